@@ -1,0 +1,254 @@
+//! The admin listener (loopback by default): metrics, liveness, readiness, status, reload,
+//! maps. Everything but `/healthz`, `/readyz` and `/metrics` needs the bearer token when one
+//! is configured.
+
+use crate::maps::MapSource;
+use crate::mapsync;
+use crate::shutdown::Phase;
+use crate::state::AppState;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct AdminApp {
+    pub state: Arc<AppState>,
+}
+
+fn reply(status: u16, ctype: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", ctype)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", v.to_string() + "\n")
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body(s: &mut ServerSession) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = s.read_request_body().await {
+        out.extend_from_slice(&chunk);
+        if out.len() > 256 << 20 {
+            break;
+        }
+    }
+    out
+}
+
+impl AdminApp {
+    /// JSON view of the live state, also used by `floodgate status`.
+    pub fn status_json(state: &AppState) -> serde_json::Value {
+        let snap = state.snapshot();
+        let upstreams: serde_json::Map<String, serde_json::Value> = snap
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let servers: Vec<serde_json::Value> = u
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        serde_json::json!({
+                            "name": s.cfg.name, "addr": s.cfg.addr.to_string(), "backup": s.cfg.backup,
+                            "healthy": s.state.is_healthy(), "drained": s.state.is_drained(),
+                            "inflight": u.admission.inflight(i), "max_inflight": s.cfg.max_inflight,
+                        })
+                    })
+                    .collect();
+                (name.clone(), serde_json::json!({ "servers": servers, "queue_depth": u.admission.queue_depth() }))
+            })
+            .collect();
+        let maps: serde_json::Map<String, serde_json::Value> = snap
+            .maps
+            .iter()
+            .map(|(n, m)| (n.clone(), serde_json::json!({ "entries": m.len(), "version": m.version, "source": m.source.as_str() })))
+            .collect();
+        serde_json::json!({
+            "version": snap.version,
+            "phase": state.current_phase().as_str(),
+            "inflight": state.inflight.load(std::sync::atomic::Ordering::Relaxed),
+            "upstreams": upstreams,
+            "maps": maps,
+            "last_reload": *state.last_reload.lock(),
+        })
+    }
+
+    /// Copies live state into the gauges right before a scrape.
+    fn refresh_gauges(&self) {
+        let st = &self.state;
+        let snap = st.snapshot();
+        let m = &st.metrics;
+        for (name, u) in &snap.upstreams {
+            m.queue_depth.with_label_values(&["upstream", name]).set(u.admission.queue_depth() as i64);
+            for (i, s) in u.servers.iter().enumerate() {
+                let labels = [name.as_str(), s.cfg.name.as_str()];
+                m.upstream_inflight.with_label_values(&labels).set(u.admission.inflight(i) as i64);
+                m.upstream_healthy.with_label_values(&labels).set(i64::from(u.is_usable(i)));
+            }
+        }
+        for (name, a) in &snap.route_admission {
+            m.queue_depth.with_label_values(&["route", name]).set(a.queue_depth() as i64);
+        }
+        m.inflight_requests.set(st.inflight.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        mapsync::refresh_gauges(st);
+    }
+
+    async fn maps(&self, s: &mut ServerSession, method: &str, rest: &str) -> Response<Vec<u8>> {
+        let mut parts = rest.splitn(3, '/');
+        let name = parts.next().unwrap_or("").to_string();
+        let sub = parts.next();
+        let key = parts.next().map(|k| percent_decode(k));
+        let snap = self.state.snapshot();
+        let Some(table) = snap.maps.get(&name).cloned() else {
+            let known: Vec<&String> = snap.maps.keys().collect();
+            return json(404, serde_json::json!({ "error": format!("no map named {name:?}"), "maps": known }));
+        };
+        let done = |r: Result<u64, String>| match r {
+            Ok(v) => json(200, serde_json::json!({ "map": name, "version": v })),
+            Err(e) => json(400, serde_json::json!({ "error": e })),
+        };
+        match (method, sub, key) {
+            ("GET", None, _) => {
+                let entries: serde_json::Map<String, serde_json::Value> =
+                    table.sorted().into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+                let src = match &table.source {
+                    MapSource::File(p) => p.display().to_string(),
+                    MapSource::Poller(u) => u.clone(),
+                    o => o.as_str().to_string(),
+                };
+                json(200, serde_json::json!({
+                    "map": name, "version": table.version, "source": table.source.as_str(), "origin": src,
+                    "updated_at": humantime::format_rfc3339_seconds(table.updated_at).to_string(),
+                    "entries": entries,
+                }))
+            }
+            ("PUT", None, _) => {
+                let body = read_body(s).await;
+                let text = String::from_utf8_lossy(&body);
+                let st = self.state.clone();
+                let text = text.to_string();
+                let n = name.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    if text.trim_start().starts_with('{') || text.trim_start().starts_with('[') {
+                        crate::maps::parse_map_json(&text, "PUT body")
+                            .map_err(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+                            .and_then(|m| mapsync::replace_map(&st, &n, m, MapSource::Api))
+                    } else {
+                        mapsync::replace_map_text(&st, &n, &text, "PUT body", MapSource::Api)
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                done(r)
+            }
+            ("POST", Some("entries"), None) => {
+                let body = read_body(s).await;
+                let text = String::from_utf8_lossy(&body).to_string();
+                let add = if text.trim_start().starts_with('{') {
+                    crate::maps::parse_map_json(&text, "POST body").map_err(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+                } else {
+                    crate::maps::parse_map_text(&text, "POST body").map_err(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+                };
+                match add {
+                    Err(e) => json(400, serde_json::json!({ "error": e })),
+                    Ok(add) => {
+                        let mut entries: HashMap<String, String> = table.entries().clone();
+                        entries.extend(add);
+                        done(mapsync::replace_map(&self.state, &name, entries, MapSource::Api))
+                    }
+                }
+            }
+            ("DELETE", Some("entries"), Some(k)) => {
+                let mut entries: HashMap<String, String> = table.entries().clone();
+                if entries.remove(&k).is_none() {
+                    return json(404, serde_json::json!({ "error": format!("no key {k:?} in map {name}") }));
+                }
+                done(mapsync::replace_map(&self.state, &name, entries, MapSource::Api))
+            }
+            _ => json(405, serde_json::json!({ "error": "use GET or PUT /maps/NAME, POST /maps/NAME/entries, DELETE /maps/NAME/entries/KEY" })),
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = s.req_header().method.as_str().to_string();
+        let path = s.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => return reply(200, "text/plain", "ok\n"),
+            ("GET", "/readyz") => {
+                let phase = self.state.current_phase();
+                return if phase == Phase::Running {
+                    reply(200, "text/plain", "ready\n")
+                } else {
+                    reply(503, "text/plain", format!("not ready: {}\n", phase.as_str()))
+                };
+            }
+            ("GET", "/metrics") => {
+                self.refresh_gauges();
+                return reply(200, "text/plain; version=0.0.4", self.state.metrics.encode());
+            }
+            _ => {}
+        }
+        if let Some(token) = &self.state.admin_token {
+            let given = s.req_header().headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+                self.state.metrics.admin_auth_failures.inc();
+                let client = s.client_addr().map(|a| a.to_string()).unwrap_or_default();
+                log::warn!("admin: refused {method} {path} from {client}: missing or wrong bearer token");
+                return json(401, serde_json::json!({ "error": "this endpoint needs Authorization: Bearer <token>" }));
+            }
+        }
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/status") => json(200, Self::status_json(&self.state)),
+            ("POST", "/reload") => match crate::reload::reload(&self.state).await {
+                Ok(r) => json(200, serde_json::json!({ "result": "ok", "version": r.version, "needs_restart": r.needs_restart })),
+                Err(errs) => json(
+                    400,
+                    serde_json::json!({ "result": "error", "kept_version": self.state.snapshot().version, "errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>() }),
+                ),
+            },
+            (m, p) if p.starts_with("/maps/") => {
+                let rest = p.trim_start_matches("/maps/").to_string();
+                self.maps(s, m, &rest).await
+            }
+            ("GET", "/maps") => {
+                let snap = self.state.snapshot();
+                json(200, serde_json::json!({ "maps": snap.maps.keys().collect::<Vec<_>>() }))
+            }
+            _ => json(404, serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["/healthz", "/readyz", "/metrics", "/status", "POST /reload", "/maps/NAME"] })),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Wiring: build the state, register the proxy, admin and background services with a
+//! Pingora `Server`, and run it with the phased shutdown watcher.
+
+use crate::admin::AdminApp;
+use crate::config::{load_config, ClientAuth, Config, ConfigErrors};
+use crate::proxy::Gateway;
+use crate::shutdown::{Phase, PhasedShutdown};
+use crate::state::{AppState, Snapshot};
+use async_trait::async_trait;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use pingora_core::server::ShutdownWatch;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Loads the config and everything it references into a first snapshot.
+pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
+    let cfg = load_config(path)?;
+    let snap = Snapshot::build(cfg, None, 1)?;
+    Ok(AppState::new(snap, path.to_path_buf()))
+}
+
+/// Validates a config and everything it references without starting anything (`floodgate check`).
+pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
+    let cfg = load_config(path)?;
+    let snap = Snapshot::build(cfg, None, 1)?;
+    Ok((*snap.config).clone())
+}
+
+/// Background work: health loop, SIGHUP reloads, map file watching, and the phase switch to
+/// `Running` once the first health round is done.
+struct Background {
+    state: Arc<AppState>,
+    handle_sighup: bool,
+}
+
+#[async_trait]
+impl BackgroundService for Background {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let st = self.state.clone();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::upstream::health::run(st.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::mapsync::watch_files(st.clone(), shutdown.clone())));
+        if self.handle_sighup {
+            tasks.push(tokio::spawn(crate::reload::sighup_loop(st.clone(), shutdown.clone())));
+        }
+        if let Some(sock) = st.snapshot().config.admin.runtime_socket.clone() {
+            let api = Arc::new(crate::maps::runtime_api::RuntimeApi::new());
+            let store: Arc<dyn crate::maps::runtime_api::MapStore> = Arc::new(crate::mapsync::LiveMaps(st.clone()));
+            let sd = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::maps::runtime_api::serve_unix(sock.clone(), api, store, sd).await {
+                    log::error!("runtime API socket {}: {e}", sock.display());
+                }
+            }));
+        }
+        // Ready once every actively checked server has had its first check (bounded wait).
+        let started = std::time::Instant::now();
+        while !crate::upstream::health::first_round_done(&st) && started.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if st.current_phase() == Phase::Starting {
+            st.set_phase(Phase::Running);
+            log::info!("floodgate is ready (config version {})", st.snapshot().version);
+        }
+        let mut sd = shutdown;
+        let _ = sd.changed().await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+fn tls_settings(t: &crate::config::TlsConfig) -> pingora_core::Result<pingora_core::listeners::tls::TlsSettings> {
+    use pingora_core::tls::ssl::SslVerifyMode;
+    let cert = t.cert.display().to_string();
+    let key = t.key.display().to_string();
+    let mut tls = pingora_core::listeners::tls::TlsSettings::intermediate(&cert, &key)?;
+    if let Some(ca) = &t.client_ca {
+        let mode = match t.client_auth {
+            ClientAuth::Require => SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+            ClientAuth::Optional => SslVerifyMode::PEER,
+            ClientAuth::None => SslVerifyMode::NONE,
+        };
+        tls.set_verify(mode);
+        tls.set_ca_file(ca).map_err(|e| pingora_error::Error::because(pingora_error::ErrorType::InternalError, "client_ca", e))?;
+    }
+    tls.enable_h2();
+    Ok(tls)
+}
+
+/// Builds the Pingora server with all services. `handle_sighup` is off for in-process tests.
+pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::Result<Server> {
+    let cfg = state.snapshot().config.clone();
+    let mut conf = ServerConf::default();
+    conf.threads = cfg.server.threads;
+    conf.work_stealing = cfg.server.work_stealing;
+    conf.upstream_keepalive_pool_size = cfg.server.upstream_keepalive_pool;
+    // why: shutdown.rs drains before handing control back, so Pingora's own unconditional
+    // grace sleep (300 s by default) must not run again
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    if let Some(p) = &cfg.server.pid_file {
+        conf.pid_file = p.clone();
+    }
+    conf.upgrade_sock = format!("/tmp/floodgate-upgrade-{}.sock", std::process::id());
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = cfg.listeners.iter().any(|l| l.h2c);
+    opts.keepalive_request_limit = cfg.server.keepalive_requests;
+    let mut proxy = pingora_proxy::ProxyServiceBuilder::new(&server.configuration, Gateway::new(state.clone()))
+        .name("floodgate proxy")
+        .server_options(opts)
+        .build();
+    for l in &cfg.listeners {
+        match &l.tls {
+            None => proxy.add_tcp(&l.bind),
+            Some(t) => proxy.add_tls_with_settings(&l.bind, None, tls_settings(t)?),
+        }
+    }
+    server.add_service(proxy);
+
+    let mut admin = Service::new("floodgate admin".to_string(), AdminApp { state: state.clone() });
+    admin.add_tcp(&cfg.admin.bind);
+    admin.threads = Some(1);
+    server.add_service(admin);
+    server.add_service(background_service("floodgate background", Background { state, handle_sighup }));
+    Ok(server)
+}
+
+/// Runs until shutdown (blocks the calling thread).
+pub fn run(state: Arc<AppState>, shutdown: Option<Box<dyn ShutdownSignalWatch>>) -> pingora_core::Result<()> {
+    let handle_sighup = shutdown.is_none();
+    let watcher: Box<dyn ShutdownSignalWatch> = shutdown.unwrap_or_else(|| Box::new(PhasedShutdown { state: state.clone() }));
+    let server = build_server(state, handle_sighup)?;
+    server.run(RunArgs { shutdown_signal: watcher });
+    Ok(())
+}

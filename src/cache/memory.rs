@@ -1,0 +1,496 @@
+//! The in-memory tier: a byte-bounded LRU of [`CachedResponse`]s, plus the response type
+//! itself and its compact binary encoding (used by the Redis tier).
+//!
+//! Eviction is least-recently-used by bytes: every entry is charged
+//! `body + header names/values + key + ENTRY_OVERHEAD_BYTES`, and inserting evicts the
+//! least recently read/written entries until the total fits `max_bytes`. Expired entries are
+//! removed when read. One `parking_lot::Mutex` guards a `HashMap` (key -> entry) and a
+//! `BTreeMap` (use tick -> key) that orders entries by last use: O(log n) per operation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::key::CacheKey;
+
+/// Fixed bytes charged per entry on top of its payload (map nodes, Arc, bookkeeping).
+pub const ENTRY_OVERHEAD_BYTES: usize = 256;
+
+/// A stored response: what the client receives on a hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers in order (names as sent by the origin; the caller strips
+    /// hop-by-hop and per-client headers such as `Set-Cookie` before storing).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Response body.
+    pub body: Bytes,
+    /// When the origin response was received.
+    pub stored_at: SystemTime,
+    /// When the entry stops being served.
+    pub expires_at: SystemTime,
+}
+
+/// Why bytes read from the shared tier could not be decoded into a [`CachedResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cached response encoding is invalid: {reason}")]
+pub struct DecodeError {
+    reason: &'static str,
+}
+
+/// Leading bytes of the binary encoding (format version 1).
+const MAGIC: &[u8; 4] = b"FGC1";
+
+impl CachedResponse {
+    /// A response stored now that expires after `ttl`.
+    pub fn new(status: u16, headers: Vec<(String, Vec<u8>)>, body: Bytes, ttl: Duration) -> Self {
+        let now = SystemTime::now();
+        Self {
+            status,
+            headers,
+            body,
+            stored_at: now,
+            expires_at: now + ttl,
+        }
+    }
+
+    /// Time since the response was stored (zero if the clock went backwards).
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.stored_at)
+            .unwrap_or_default()
+    }
+
+    /// Time left before expiry; zero once expired.
+    pub fn remaining_ttl(&self) -> Duration {
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
+
+    /// Whether the entry has expired at `now`.
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        self.expires_at <= now
+    }
+
+    /// Bytes of payload (body + header names and values).
+    pub fn payload_len(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+
+    /// Compact binary encoding: `FGC1`, status u16, stored_at and expires_at as u64
+    /// milliseconds since the Unix epoch, header count u32, then each name and value and
+    /// finally the body as u32-length-prefixed bytes (all big-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload_len() + 32 + 8 * self.headers.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.status.to_be_bytes());
+        out.extend_from_slice(&epoch_millis(self.stored_at).to_be_bytes());
+        out.extend_from_slice(&epoch_millis(self.expires_at).to_be_bytes());
+        out.extend_from_slice(&len_u32(self.headers.len()).to_be_bytes());
+        for (name, value) in &self.headers {
+            put_chunk(&mut out, name.as_bytes());
+            put_chunk(&mut out, value);
+        }
+        put_chunk(&mut out, &self.body);
+        out
+    }
+
+    /// Decodes [`CachedResponse::to_bytes`] output; any truncation, trailing garbage, bad
+    /// magic or non-UTF-8 header name is an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf: bytes };
+        if r.take(4)? != MAGIC {
+            return Err(DecodeError {
+                reason: "bad magic",
+            });
+        }
+        let status = u16::from_be_bytes(r.array()?);
+        let stored_at = UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(r.array()?));
+        let expires_at = UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(r.array()?));
+        let count = u32::from_be_bytes(r.array()?) as usize;
+        // why: each header needs at least 8 bytes, so a huge count in corrupt data fails
+        // here instead of allocating.
+        if count > r.buf.len() / 8 {
+            return Err(DecodeError {
+                reason: "header count exceeds data",
+            });
+        }
+        let mut headers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = std::str::from_utf8(r.chunk()?)
+                .map_err(|_| DecodeError {
+                    reason: "header name is not UTF-8",
+                })?
+                .to_string();
+            let value = r.chunk()?.to_vec();
+            headers.push((name, value));
+        }
+        let body = Bytes::copy_from_slice(r.chunk()?);
+        if !r.buf.is_empty() {
+            return Err(DecodeError {
+                reason: "trailing bytes",
+            });
+        }
+        Ok(Self {
+            status,
+            headers,
+            body,
+            stored_at,
+            expires_at,
+        })
+    }
+}
+
+fn epoch_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn len_u32(len: usize) -> u32 {
+    // why: responses over 4 GiB are never cached (far above any entry size limit).
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(&len_u32(data.len()).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError {
+                reason: "truncated",
+            });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn chunk(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = u32::from_be_bytes(self.array()?) as usize;
+        self.take(len)
+    }
+}
+
+struct Entry {
+    key: CacheKey,
+    resp: Arc<CachedResponse>,
+    charge: usize,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Lru {
+    map: HashMap<String, Entry>,
+    /// Use order: smallest tick = least recently used.
+    order: BTreeMap<u64, String>,
+    next_tick: u64,
+    bytes: usize,
+}
+
+impl Lru {
+    fn remove(&mut self, full: &str) -> Option<Entry> {
+        let entry = self.map.remove(full)?;
+        self.order.remove(&entry.tick);
+        self.bytes -= entry.charge;
+        Some(entry)
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.next_tick += 1;
+        self.next_tick
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
+        let doomed: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, e)| !keep(e))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &doomed {
+            self.remove(k);
+        }
+        doomed.len()
+    }
+}
+
+/// Byte-bounded LRU store of responses. Cheap to share behind an `Arc`.
+pub struct MemoryCache {
+    max_bytes: usize,
+    max_entry_bytes: usize,
+    inner: Mutex<Lru>,
+}
+
+impl MemoryCache {
+    /// A store holding at most `max_bytes` (charged as described in the module docs);
+    /// entries charged more than `max_bytes / 8` are not stored.
+    pub fn new(max_bytes: usize) -> Self {
+        Self::with_max_entry_bytes(max_bytes, max_bytes / 8)
+    }
+
+    /// Like [`MemoryCache::new`] with an explicit per-entry limit (capped at `max_bytes`).
+    pub fn with_max_entry_bytes(max_bytes: usize, max_entry_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            max_entry_bytes: max_entry_bytes.min(max_bytes),
+            inner: Mutex::new(Lru::default()),
+        }
+    }
+
+    /// Bytes charged for storing `resp` under `key`.
+    pub fn charge(key: &CacheKey, resp: &CachedResponse) -> usize {
+        resp.payload_len() + key.full.len() + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// The live entry for `key`, marking it most recently used. An expired entry is
+    /// removed and reported as a miss.
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        let now = SystemTime::now();
+        let mut lru = self.inner.lock();
+        let tick = lru.bump();
+        let lru = &mut *lru;
+        let entry = lru.map.get_mut(&key.full)?;
+        if entry.resp.is_expired_at(now) {
+            lru.remove(&key.full);
+            return None;
+        }
+        lru.order.remove(&entry.tick);
+        entry.tick = tick;
+        lru.order.insert(tick, key.full.clone());
+        Some(entry.resp.clone())
+    }
+
+    /// Stores `resp` under `key` (replacing any previous entry) and evicts least recently
+    /// used entries until the total fits. Returns `false` (and stores nothing) when the
+    /// entry alone exceeds the per-entry limit or is already expired.
+    pub fn put(&self, key: CacheKey, resp: Arc<CachedResponse>) -> bool {
+        let charge = Self::charge(&key, &resp);
+        if charge > self.max_entry_bytes || resp.is_expired_at(SystemTime::now()) {
+            return false;
+        }
+        let mut lru = self.inner.lock();
+        lru.remove(&key.full);
+        while lru.bytes + charge > self.max_bytes {
+            let Some((_, oldest)) = lru.order.pop_first() else {
+                break;
+            };
+            if let Some(e) = lru.map.remove(&oldest) {
+                lru.bytes -= e.charge;
+            }
+        }
+        let tick = lru.bump();
+        lru.order.insert(tick, key.full.clone());
+        lru.bytes += charge;
+        let full = key.full.clone();
+        lru.map.insert(
+            full,
+            Entry {
+                key,
+                resp,
+                charge,
+                tick,
+            },
+        );
+        true
+    }
+
+    /// Removes every entry; returns how many were removed.
+    pub fn purge_all(&self) -> usize {
+        let mut lru = self.inner.lock();
+        let n = lru.map.len();
+        *lru = Lru {
+            next_tick: lru.next_tick,
+            ..Lru::default()
+        };
+        n
+    }
+
+    /// Removes entries whose path starts with `path_prefix`; returns how many.
+    pub fn purge_prefix(&self, path_prefix: &str) -> usize {
+        self.inner.lock().retain(|e| !e.key.has_prefix(path_prefix))
+    }
+
+    /// Removes expired entries; returns how many (reads also drop them lazily).
+    pub fn purge_expired(&self) -> usize {
+        let now = SystemTime::now();
+        self.inner.lock().retain(|e| !e.resp.is_expired_at(now))
+    }
+
+    /// Bytes currently charged.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+
+    /// Number of entries (including expired ones not yet read).
+    pub fn entries(&self) -> usize {
+        self.inner.lock().map.len()
+    }
+
+    /// The configured byte bound.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::key::canonical_key;
+    use super::*;
+
+    fn key(i: usize) -> CacheKey {
+        canonical_key("GET", "h", "/register", Some(&format!("n={i}")), &[], b"s")
+    }
+
+    fn resp(body_len: usize, ttl: Duration) -> Arc<CachedResponse> {
+        Arc::new(CachedResponse::new(
+            200,
+            vec![("content-type".into(), b"text/x-shellscript".to_vec())],
+            Bytes::from(vec![b'x'; body_len]),
+            ttl,
+        ))
+    }
+
+    #[test]
+    fn binary_encoding_round_trips() {
+        let r = CachedResponse {
+            status: 200,
+            headers: vec![("a".into(), b"1".to_vec()), ("b".into(), vec![0, 255])],
+            body: Bytes::from_static(b"#!/bin/sh\necho hi\n"),
+            stored_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            expires_at: UNIX_EPOCH + Duration::from_millis(1_700_000_300_123),
+        };
+        let back = CachedResponse::from_bytes(&r.to_bytes()).unwrap();
+        assert_eq!(
+            back, r,
+            "round trip must be lossless at millisecond precision"
+        );
+    }
+
+    #[test]
+    fn corrupt_encoding_is_rejected() {
+        let bytes = resp(10, Duration::from_secs(1)).to_bytes();
+        assert!(
+            CachedResponse::from_bytes(&bytes[..bytes.len() - 1]).is_err(),
+            "truncated"
+        );
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(CachedResponse::from_bytes(&extra).is_err(), "trailing");
+        assert!(CachedResponse::from_bytes(b"XXXX").is_err(), "magic");
+    }
+
+    #[test]
+    fn memory_bound_is_honoured_under_many_inserts() {
+        let cache = MemoryCache::new(64 * 1024);
+        for i in 0..2000 {
+            assert!(
+                cache.put(key(i), resp(1000, Duration::from_secs(60))),
+                "fits"
+            );
+            assert!(
+                cache.bytes() <= 64 * 1024,
+                "bytes {} over bound after insert {i}",
+                cache.bytes()
+            );
+        }
+        let per = MemoryCache::charge(&key(1999), &resp(1000, Duration::from_secs(60)));
+        assert_eq!(
+            cache.entries(),
+            64 * 1024 / per,
+            "cache is filled to the bound"
+        );
+        assert_eq!(cache.bytes(), cache.entries() * per, "charge accounting");
+        assert!(cache.get(&key(1999)).is_some(), "newest entry kept");
+        assert!(cache.get(&key(0)).is_none(), "oldest entry evicted");
+    }
+
+    #[test]
+    fn least_recently_used_entry_is_evicted_first() {
+        let per = MemoryCache::charge(&key(0), &resp(100, Duration::from_secs(60)));
+        let cache = MemoryCache::with_max_entry_bytes(per * 3, per);
+        for i in 0..3 {
+            cache.put(key(i), resp(100, Duration::from_secs(60)));
+        }
+        assert!(cache.get(&key(0)).is_some(), "touch 0 so 1 becomes the LRU");
+        cache.put(key(3), resp(100, Duration::from_secs(60)));
+        assert!(cache.get(&key(1)).is_none(), "LRU entry 1 evicted");
+        for i in [0, 2, 3] {
+            assert!(cache.get(&key(i)).is_some(), "entry {i} kept");
+        }
+        assert_eq!(cache.entries(), 3, "three entries fit");
+    }
+
+    #[test]
+    fn oversized_entry_is_not_stored() {
+        let cache = MemoryCache::new(8 * 1024);
+        assert!(
+            !cache.put(key(0), resp(2000, Duration::from_secs(60))),
+            "over max/8"
+        );
+        assert_eq!(cache.entries(), 0, "nothing stored");
+        assert!(
+            cache.put(key(0), resp(100, Duration::from_secs(60))),
+            "small fits"
+        );
+    }
+
+    #[test]
+    fn expired_entry_is_a_miss_and_removed() {
+        let cache = MemoryCache::new(1 << 20);
+        let mut r = (*resp(10, Duration::from_secs(60))).clone();
+        cache.put(key(0), Arc::new(r.clone()));
+        r.expires_at = SystemTime::now() - Duration::from_millis(1);
+        // Replace through the map to simulate time passing.
+        cache.inner.lock().map.get_mut(&key(0).full).unwrap().resp = Arc::new(r);
+        assert!(cache.get(&key(0)).is_none(), "expired is a miss");
+        assert_eq!(cache.entries(), 0, "expired entry removed on read");
+        assert_eq!(cache.bytes(), 0, "bytes released");
+    }
+
+    #[test]
+    fn replacing_a_key_does_not_double_charge() {
+        let cache = MemoryCache::new(1 << 20);
+        cache.put(key(0), resp(10, Duration::from_secs(60)));
+        let once = cache.bytes();
+        cache.put(key(0), resp(10, Duration::from_secs(60)));
+        assert_eq!(cache.bytes(), once, "replace keeps one charge");
+        assert_eq!(cache.entries(), 1, "one entry");
+    }
+
+    #[test]
+    fn purge_by_prefix_and_all() {
+        let cache = MemoryCache::new(1 << 20);
+        cache.put(key(0), resp(10, Duration::from_secs(60)));
+        cache.put(key(1), resp(10, Duration::from_secs(60)));
+        let other = canonical_key("GET", "h", "/other", None, &[], b"s");
+        cache.put(other.clone(), resp(10, Duration::from_secs(60)));
+        assert_eq!(cache.purge_prefix("/register"), 2, "two under /register");
+        assert!(cache.get(&other).is_some(), "other path kept");
+        assert_eq!(cache.purge_all(), 1, "one left");
+        assert_eq!(cache.bytes(), 0, "empty");
+    }
+}

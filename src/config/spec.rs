@@ -1,0 +1,315 @@
+//! Serde types that mirror the YAML file one to one.
+//!
+//! Nothing here is checked beyond its shape: `validate.rs` turns a [`ConfigSpec`] into the
+//! validated [`super::Config`] the runtime uses, and reports every problem with its key path.
+//! Every struct denies unknown keys, so a typo is an error rather than a silently ignored line.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A value written either as one item or as a list (`path_prefix: /rhsm` or `[/rhsm, /register]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Process-wide settings. Changing any of them needs a restart (or a graceful upgrade).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Worker threads of the proxy service (default: the number of cores).
+    pub threads: Option<usize>,
+    /// Let idle worker threads steal tasks (default true).
+    pub work_stealing: Option<bool>,
+    /// Idle upstream connections kept for reuse, over all upstreams (default 1024).
+    pub upstream_keepalive_pool: Option<usize>,
+    /// Maximum requests on one downstream keep-alive connection (default unlimited).
+    pub keepalive_requests: Option<u32>,
+    /// Where the process writes its PID file.
+    pub pid_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    pub name: Option<String>,
+    pub bind: String,
+    /// Accept HTTP/2 over cleartext (prior knowledge) besides HTTP/1.1.
+    #[serde(default)]
+    pub h2c: bool,
+    pub tls: Option<TlsSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: Option<String>,
+    /// `none` (default), `optional` or `require`.
+    pub client_auth: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// Default `127.0.0.1:9901`.
+    pub bind: Option<String>,
+    /// Name of the environment variable holding the bearer token for the admin API.
+    pub token_env: Option<String>,
+    /// Path of a UNIX socket speaking HAProxy's Runtime API map commands.
+    pub runtime_socket: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSpec {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// `combined` (default) or `json`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntrySpec {
+    pub name: Option<String>,
+    pub addr: String,
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub backup: bool,
+    /// HAProxy `maxconn`: most requests in flight to this server at once (default unlimited).
+    pub max_inflight: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    pub connect: Option<String>,
+    pub read: Option<String>,
+    pub write: Option<String>,
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    pub max: Option<usize>,
+    pub max_per_class: Option<usize>,
+    pub timeout: Option<String>,
+    /// A duration (`30s`) or `auto`.
+    pub retry_after: Option<String>,
+    pub fail_fast: Option<bool>,
+    /// Body of the 503 sent when the queue cannot take or keep a request.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    /// `any`, `2xx`, or a list of status codes.
+    pub expect: Option<serde_yaml::Value>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveSpec {
+    /// Consecutive connect failures that mark a server down.
+    pub failures: Option<u32>,
+    /// Response statuses that count as failures (e.g. [502, 503]).
+    pub statuses: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// `round_robin` (default), `least_conn` or `hash`.
+    pub balance: Option<String>,
+    /// With `balance: hash`: `header:NAME` (consistent hashing on that header's value).
+    pub hash_key: Option<String>,
+    pub servers: Vec<ServerEntrySpec>,
+    #[serde(default)]
+    pub timeouts: TimeoutsSpec,
+    /// Extra tries on another server after a connect failure (default 2).
+    pub retries: Option<u32>,
+    pub queue: Option<QueueSpec>,
+    pub health: Option<HealthSpec>,
+    pub observe: Option<ObserveSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchSpec {
+    pub name: String,
+    /// When absent, the header only has to be present.
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Exact host names or `*.suffix` wildcards.
+    pub host: Option<OneOrMany<String>>,
+    pub path_prefix: Option<OneOrMany<String>>,
+    pub path: Option<OneOrMany<String>>,
+    pub methods: Option<Vec<String>>,
+    pub header: Option<OneOrMany<HeaderMatchSpec>>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSpec {
+    pub max_inflight: usize,
+    pub queue: Option<usize>,
+    pub max_per_class: Option<usize>,
+    pub queue_timeout: Option<String>,
+    pub retry_after: Option<String>,
+    pub fail_fast: Option<bool>,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSpec {
+    pub ttl: String,
+    pub methods: Option<Vec<String>>,
+    pub statuses: Option<Vec<u16>>,
+    pub vary: Option<Vec<String>>,
+    pub max_entry_size: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PickServerSpec {
+    pub map: String,
+    /// `header:NAME`.
+    pub key: String,
+    /// `balance` (default), `reject`, or `server:NAME`.
+    pub on_miss: Option<String>,
+    /// Status for `on_miss: reject` (default 404).
+    pub reject_status: Option<u16>,
+    /// Default true.
+    pub redispatch: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchSpec,
+    /// The upstream that serves this route. Not needed with `respond`.
+    pub upstream: Option<String>,
+    /// Answer locally: `upstream_health` (200/503 with a JSON list of healthy servers).
+    pub respond: Option<String>,
+    /// With `respond: upstream_health`: which upstream to report on (default `upstream`).
+    pub health_of: Option<String>,
+    pub priority: Option<i32>,
+    pub admission: Option<AdmissionSpec>,
+    pub cache: Option<RouteCacheSpec>,
+    pub pick_server: Option<PickServerSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MapSourceSpec {
+    pub url: String,
+    pub every: Option<String>,
+    pub timeout: Option<String>,
+    /// `map` (default) or `json`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MapSpec {
+    pub file: Option<String>,
+    /// Write API changes through to `file` (temp file + rename).
+    #[serde(default)]
+    pub persist: bool,
+    pub source: Option<MapSourceSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub scripts: Vec<String>,
+    pub budget: Option<String>,
+    pub memory_limit: Option<String>,
+    /// `continue` (default) or an HTTP status such as `503`.
+    pub on_error: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedCacheSpec {
+    pub url: String,
+    pub timeout: Option<String>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryCacheSpec {
+    pub max_bytes: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    #[serde(default)]
+    pub memory: MemoryCacheSpec,
+    pub shared: Option<SharedCacheSpec>,
+    /// How long a request waits for another request's fetch of the same key (default 30s).
+    pub wait_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSpec {
+    /// Readiness answers 503 for this long before draining starts (default 0s).
+    pub pre_drain: Option<String>,
+    /// Longest wait for in-flight requests to finish (default 30s).
+    pub drain: Option<String>,
+    /// Hard bound on the whole shutdown (default pre_drain + drain + 5s).
+    pub ceiling: Option<String>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    #[serde(default)]
+    pub server: ServerSpec,
+    #[serde(default)]
+    pub listeners: Vec<ListenerSpec>,
+    pub admin: Option<AdminSpec>,
+    #[serde(default)]
+    pub access_log: AccessLogSpec,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub maps: BTreeMap<String, MapSpec>,
+    pub policy: Option<PolicySpec>,
+    pub cache: Option<CacheSpec>,
+    pub shutdown: Option<ShutdownSpec>,
+}

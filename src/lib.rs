@@ -1,0 +1,22 @@
+//! floodgate: a programmable edge gateway on Pingora.
+//!
+//! See `README.md` for the operator's view and `../shared/ARCHITECTURE.md` for the module map.
+//! In short: [`config`] parses and validates, [`state`] holds the one hot [`state::Snapshot`],
+//! [`proxy`] is the thin `ProxyHttp` glue over [`routing`], [`upstream`] (balancing,
+//! admission, health) and [`error`] (the one failure-to-status mapping).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod maps;
+pub mod mapsync;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod shutdown;
+pub mod sim;
+pub mod state;
+pub mod upstream;

@@ -1,0 +1,148 @@
+//! Live map updates: every source (file change, admin API, poller, Runtime API) goes through
+//! [`replace_map`], which validates the new content, swaps a snapshot that differs only in
+//! that map, counts the update and, with `persist: true`, writes API changes to the file.
+//!
+//! Which source wins: the last update wins, whatever its source. A file change is applied
+//! when the file changes (so an API edit persists until the file is edited, or forever with
+//! `persist: true`, which writes it to the file); a poller applies only when its answer
+//! changes. A config reload keeps the live content of maps whose config did not change.
+
+use crate::maps::runtime_api::{MapInfo, MapStore};
+use crate::maps::{parse_map_text_with, write_atomic, FileWatch, MapSource, MapTable};
+use crate::state::{AppState, Snapshot};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+static MAP_VERSION: AtomicU64 = AtomicU64::new(2);
+
+/// Validates and swaps in new content for `name`. Returns the new map version.
+pub fn replace_map(state: &AppState, name: &str, entries: HashMap<String, String>, source: MapSource) -> Result<u64, String> {
+    let _w = state.writer.lock();
+    let snap = state.snapshot();
+    let Some(mc) = snap.config.maps.get(name) else {
+        return Err(format!("no map named {name:?}"));
+    };
+    let mut bad: Vec<String> = entries
+        .iter()
+        .filter(|(_, v)| !Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v))
+        .map(|(k, v)| format!("{k:?} -> {v:?}"))
+        .collect();
+    if !bad.is_empty() {
+        bad.sort();
+        bad.truncate(5);
+        state.metrics.map_updates.with_label_values(&[name, source.as_str(), "error"]).inc();
+        return Err(format!("refused: these values name no server of the routed upstream: {}", bad.join(", ")));
+    }
+    if snap.maps.get(name).is_some_and(|cur| cur.entries() == &entries) {
+        return Ok(snap.maps[name].version);
+    }
+    let version = MAP_VERSION.fetch_add(1, Ordering::Relaxed);
+    let persist_api = mc.persist && !matches!(source, MapSource::File(_) | MapSource::Poller(_));
+    let table = Arc::new(MapTable::new(entries, version, source.clone()));
+    if persist_api {
+        if let Some(f) = &mc.file {
+            if let Err(e) = write_atomic(f, &table.to_map_text()) {
+                state.metrics.map_updates.with_label_values(&[name, source.as_str(), "error"]).inc();
+                return Err(format!("could not persist to {}: {e}; the map was not changed", f.display()));
+            }
+        }
+    }
+    let next = snap.with_map(name, table.clone(), state.next_version());
+    state.publish(next);
+    let m = &state.metrics;
+    m.map_updates.with_label_values(&[name, source.as_str(), "ok"]).inc();
+    m.map_entries.with_label_values(&[name]).set(table.len() as i64);
+    let ts = table.updated_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    m.map_last_update.with_label_values(&[name]).set(ts);
+    log::info!("map {name}: version {version} from {} ({} entries)", source.as_str(), table.len());
+    Ok(version)
+}
+
+/// Parses map text and applies it, with line-numbered errors.
+pub fn replace_map_text(state: &AppState, name: &str, text: &str, origin: &str, source: MapSource) -> Result<u64, String> {
+    let snap = state.snapshot();
+    let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
+    match parse_map_text_with(text, origin, allowed) {
+        Ok(entries) => replace_map(state, name, entries, source),
+        Err(errs) => {
+            state.metrics.map_updates.with_label_values(&[name, source.as_str(), "error"]).inc();
+            Err(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+        }
+    }
+}
+
+/// The live maps as seen by the HAProxy-compatible Runtime API.
+pub struct LiveMaps(pub Arc<AppState>);
+
+impl MapStore for LiveMaps {
+    fn list(&self) -> Vec<MapInfo> {
+        let snap = self.0.snapshot();
+        snap.config
+            .maps
+            .values()
+            .map(|mc| MapInfo { name: mc.name.clone(), file: mc.file.clone(), entries: snap.maps.get(&mc.name).map(|m| m.len()).unwrap_or(0) })
+            .collect()
+    }
+
+    fn resolve(&self, name_or_file: &str) -> Option<String> {
+        let snap = self.0.snapshot();
+        snap.config
+            .maps
+            .values()
+            .find(|mc| mc.name == name_or_file || mc.file.as_ref().is_some_and(|f| f.to_str() == Some(name_or_file) || f.canonicalize().ok().and_then(|c| c.to_str().map(|s| s == name_or_file)).unwrap_or(false)))
+            .map(|mc| mc.name.clone())
+    }
+
+    fn get(&self, map: &str) -> Option<Arc<MapTable>> {
+        self.0.snapshot().maps.get(map).cloned()
+    }
+
+    fn replace(&self, map: &str, entries: HashMap<String, String>, source: MapSource) -> Result<u64, String> {
+        replace_map(&self.0, map, entries, source)
+    }
+}
+
+/// Watches every map file of the current config and applies changes (in-place writes and
+/// renames over the file alike).
+pub async fn watch_files(state: Arc<AppState>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut watches: HashMap<String, FileWatch> = HashMap::new();
+    let mut shutdown = shutdown;
+    loop {
+        let snap = state.snapshot();
+        for (name, mc) in &snap.config.maps {
+            let Some(f) = &mc.file else { continue };
+            let w = watches.entry(name.clone()).or_insert_with(|| match FileWatch::primed(f.clone()) {
+                Ok((w, _)) => w,
+                Err(_) => FileWatch::new(f.clone()),
+            });
+            if w.path() != f.as_path() {
+                *w = FileWatch::new(f.clone());
+            }
+            match w.changed() {
+                Ok(Some(text)) => {
+                    let origin = f.display().to_string();
+                    if let Err(e) = replace_map_text(&state, name, &text, &origin, MapSource::File(f.clone())) {
+                        log::error!("map {name}: the new content of {origin} was refused, keeping the running map:\n{e}");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log::debug!("map {name}: cannot read {}: {e}", f.display()),
+            }
+        }
+        watches.retain(|n, _| snap.config.maps.contains_key(n));
+        tokio::select! {
+            _ = tokio::time::sleep(crate::maps::DEFAULT_WATCH_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Refreshes the `floodgate_map_entries` gauge (also done on every update).
+pub fn refresh_gauges(state: &AppState) {
+    let snap = state.snapshot();
+    for (name, t) in &snap.maps {
+        state.metrics.map_entries.with_label_values(&[name]).set(t.len() as i64);
+    }
+}

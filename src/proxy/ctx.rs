@@ -1,0 +1,112 @@
+//! Per-request context: everything a request acquires lives here, so dropping the context at
+//! the end of the request (on every path, errors included) releases it.
+
+use crate::config::RouteConfig;
+use crate::error::Failure;
+use crate::state::{AppState, Snapshot};
+use crate::upstream::admission::Permit;
+use crate::upstream::Upstream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counts the request in [`AppState::inflight`] for as long as it lives.
+pub struct InflightGuard(Arc<AppState>);
+
+impl InflightGuard {
+    pub fn new(state: &Arc<AppState>) -> Self {
+        state.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(state.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where the request's answer came from, for the access log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Upstream,
+    Local,
+    CacheHit,
+    CacheMiss,
+    CacheCoalesced,
+}
+
+pub struct Ctx {
+    pub snap: Arc<Snapshot>,
+    pub start: Instant,
+    pub request_id: String,
+    pub route: Option<Arc<RouteConfig>>,
+    pub upstream: Option<Arc<Upstream>>,
+    /// Held from admission until the request ends.
+    pub route_permit: Option<Permit>,
+    /// Held from server selection until the upstream response ends.
+    pub server_permit: Option<Permit>,
+    pub server: Option<usize>,
+    /// The server a map pinned this request to, and whether another may take it.
+    pub pinned: Option<usize>,
+    pub redispatch: bool,
+    pub tried: Vec<usize>,
+    pub priority: i32,
+    pub hash_value: Option<Vec<u8>>,
+    pub failure: Option<Failure>,
+    pub queue_wait: Duration,
+    pub upstream_status: Option<u16>,
+    pub served: Served,
+    pub set_headers: Vec<(String, String)>,
+    pub client_ip: Option<String>,
+    pub host: String,
+    guard: InflightGuard,
+}
+
+impl Ctx {
+    pub fn new(state: &Arc<AppState>) -> Self {
+        Ctx {
+            snap: state.snapshot(),
+            start: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            upstream: None,
+            route_permit: None,
+            server_permit: None,
+            server: None,
+            pinned: None,
+            redispatch: true,
+            tried: Vec::new(),
+            priority: 0,
+            hash_value: None,
+            failure: None,
+            queue_wait: Duration::ZERO,
+            upstream_status: None,
+            served: Served::Upstream,
+            set_headers: Vec::new(),
+            client_ip: None,
+            host: String::new(),
+            guard: InflightGuard::new(state),
+        }
+    }
+
+    /// The process state (metrics, phase) this request runs under.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.guard.0
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map(|r| r.name.as_str()).unwrap_or("none")
+    }
+
+    pub fn upstream_name(&self) -> &str {
+        self.upstream.as_deref().map(|u| u.name()).unwrap_or("none")
+    }
+
+    pub fn server_name(&self) -> &str {
+        match (self.upstream.as_deref(), self.server) {
+            (Some(u), Some(i)) => u.servers[i].cfg.name.as_str(),
+            _ => "-",
+        }
+    }
+}

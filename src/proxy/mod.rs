@@ -1,0 +1,307 @@
+//! The Pingora `ProxyHttp` implementation: each phase is a short dispatcher over the pure
+//! modules (routing, admission, upstream selection, error mapping).
+
+pub mod admit;
+pub mod ctx;
+pub mod log;
+pub mod respond;
+
+use crate::config::{OnMiss, RouteTarget};
+use crate::error::Failure;
+use crate::routing::{normalize_host, RequestView};
+use crate::shutdown::Phase;
+use crate::state::AppState;
+use admit::Admit;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::{Ctx, Served};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The gateway's proxy logic.
+pub struct Gateway {
+    pub state: Arc<AppState>,
+    id_prefix: u64,
+    id_seq: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Gateway { state, id_prefix: rand::random::<u64>(), id_seq: AtomicU64::new(0) }
+    }
+
+    fn new_request_id(&self) -> String {
+        let n = self.id_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.id_prefix, n)
+    }
+}
+
+/// Ends the request with a local failure answer; `Ok(true)` tells Pingora the response is sent.
+async fn reject(session: &mut Session, ctx: &mut Ctx, f: Failure) -> Result<bool> {
+    ctx.served = Served::Local;
+    respond::write_failure(session, &f, &ctx.request_id).await?;
+    ctx.failure = Some(f);
+    Ok(true)
+}
+
+/// Writes `/register/health`-style answers: 200 with the healthy servers, 503 without.
+async fn upstream_health(session: &mut Session, ctx: &mut Ctx, name: &str) -> Result<bool> {
+    ctx.served = Served::Local;
+    let Some(up) = ctx.snap.upstream(name).cloned() else {
+        return reject(session, ctx, Failure::NoRoute).await;
+    };
+    let healthy: Vec<&str> = (0..up.servers.len()).filter(|&i| up.is_usable(i)).map(|i| up.servers[i].cfg.name.as_str()).collect();
+    let ok = !healthy.is_empty();
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "upstream": name,
+        "healthy": healthy,
+        "total": up.servers.len(),
+    })
+    .to_string();
+    let status = if ok { 200 } else { 503 };
+    let mut headers = vec![("content-type", "application/json"), ("cache-control", "no-store")];
+    if !ok {
+        headers.push(("retry-after", "5"));
+    }
+    respond::write_local(session, status, &headers, Bytes::from(body)).await?;
+    Ok(true)
+}
+
+/// Hop-by-hop headers that must not be forwarded (RFC 9110 7.6.1), besides those named in `Connection`.
+const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer"];
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new(&self.state)
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) if !id.is_empty() && id.len() <= 128 => id.to_string(),
+            _ => self.new_request_id(),
+        };
+        let host_raw = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        ctx.host = normalize_host(host_raw);
+        ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+
+        let route = {
+            let req = session.req_header();
+            let headers = &req.headers;
+            let lookup = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+            let view = RequestView { method: req.method.as_str(), host: &ctx.host, path: req.uri.path(), header: &lookup };
+            ctx.snap.routes.resolve(&view).map(|(_, r)| r.clone())
+        };
+        let Some(route) = route else {
+            return reject(session, ctx, Failure::NoRoute).await;
+        };
+        ctx.priority = route.priority;
+        ctx.route = Some(route.clone());
+        let up_name = match &route.target {
+            RouteTarget::UpstreamHealth(name) => return upstream_health(session, ctx, &name.clone()).await,
+            RouteTarget::Upstream(name) => name.clone(),
+        };
+        let Some(up) = ctx.snap.upstream(&up_name).cloned() else {
+            return reject(session, ctx, Failure::NoRoute).await;
+        };
+        ctx.upstream = Some(up.clone());
+
+        if let crate::config::Balance::Hash { header } = &up.cfg.balance {
+            ctx.hash_value = session.req_header().headers.get(header.as_str()).map(|v| v.as_bytes().to_vec());
+        }
+        if let Some(ps) = &route.pick_server {
+            let key = session.req_header().headers.get(ps.header.as_str()).and_then(|v| v.to_str().ok());
+            let map = ctx.snap.maps.get(&ps.map);
+            let hit = key.and_then(|k| map.and_then(|m| m.get(k)));
+            let m = &self.state.metrics.map_lookups;
+            m.with_label_values(&[ps.map.as_str(), if hit.is_some() { "hit" } else { "miss" }]).inc();
+            ctx.redispatch = ps.redispatch;
+            match (hit, &ps.on_miss) {
+                (Some(server), _) => ctx.pinned = up.server_index(server),
+                (None, OnMiss::Balance) => {}
+                (None, OnMiss::Reject(status)) => return reject(session, ctx, Failure::MapMiss { status: *status }).await,
+                (None, OnMiss::Server(s)) => ctx.pinned = up.server_index(s),
+            }
+        }
+
+        if let Some(adm) = ctx.snap.route_admission.get(&route.name).cloned() {
+            let body = route.admission.as_ref().map(|a| a.queue.body.clone()).unwrap_or_default();
+            match admit::admit_route(session, ctx, &adm, &body).await {
+                Admit::Granted(p) => ctx.route_permit = Some(p),
+                Admit::Rejected(f) => return reject(session, ctx, f).await,
+                Admit::ClientGone => return client_gone(ctx),
+            }
+        }
+        match admit::admit_server(session, ctx, &up).await {
+            Admit::Granted(p) => ctx.server_permit = Some(p),
+            Admit::Rejected(f) => return reject(session, ctx, f).await,
+            Admit::ClientGone => return client_gone(ctx),
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(up) = ctx.upstream.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
+        };
+        if ctx.server_permit.is_none() {
+            // A retry after a connect failure: pick again among the servers not tried yet.
+            match admit::admit_server(session, ctx, &up).await {
+                Admit::Granted(p) => ctx.server_permit = Some(p),
+                Admit::Rejected(f) => {
+                    // Tried servers exhausted: report the connect failure that got us here.
+                    let f = if matches!(f, Failure::NoHealthyServer { .. }) && !ctx.tried.is_empty() { Failure::UpstreamUnreachable } else { f };
+                    ctx.failure = Some(f);
+                    return Error::e_explain(ErrorType::HTTPStatus(503), "no server for retry");
+                }
+                Admit::ClientGone => {
+                    return Error::e_explain(ErrorType::ConnectionClosed, "client left while queued");
+                }
+            }
+        }
+        let i = ctx.server.unwrap_or(0);
+        Ok(up.servers[i].peer())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let (Some(up), Some(i)) = (ctx.upstream.clone(), ctx.server) {
+            if up.observe_failure(i) {
+                ::log::warn!("upstream {} server {} marked down: {} consecutive connect failures ({})", up.name(), up.servers[i].cfg.name, up.cfg.observe.failures, e.etype().as_str());
+            }
+            self.state.metrics.upstream_requests.with_label_values(&[up.name(), up.servers[i].cfg.name.as_str(), "connect_error"]).inc();
+            ctx.tried.push(i);
+            ctx.server_permit = None;
+            ctx.server = None;
+            // Connect failures never reached the upstream, so any method may be retried.
+            let retries_left = (ctx.tried.len() as u32) <= up.cfg.retries;
+            e.set_retry(retries_left && (ctx.pinned.is_none() || ctx.redispatch || ctx.tried.len() < 2));
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        // Headers the client named in Connection are hop-by-hop too.
+        let named: Vec<String> = req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+            .filter(|t| !t.is_empty() && t != "keep-alive" && t != "close" && t != "upgrade")
+            .collect();
+        for h in named.iter().map(String::as_str).chain(HOP_BY_HOP.iter().copied()) {
+            req.remove_header(h);
+        }
+        if let Some(ip) = &ctx.client_ip {
+            let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+                _ => ip.clone(),
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if req.headers.get("x-forwarded-host").is_none() {
+            if let Some(h) = session.req_header().headers.get(http::header::HOST).cloned() {
+                req.insert_header("x-forwarded-host", h)?;
+            }
+        }
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        for (k, v) in &ctx.set_headers {
+            req.insert_header(k.clone(), v.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        if let (Some(up), Some(i)) = (ctx.upstream.as_deref(), ctx.server) {
+            if up.observe_status(i, resp.status.as_u16()) {
+                ::log::warn!("upstream {} server {} marked down: answered {}", up.name(), up.servers[i].cfg.name, resp.status);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if self.state.current_phase() != Phase::Running && self.state.current_phase() != Phase::Starting {
+            // why: during a drain, ask clients to reconnect elsewhere rather than reuse this connection
+            session.set_keepalive(None);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(&self, _session: &mut Session, _body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            // The upstream is done with this request: free its slot now, not when a slow
+            // client finishes reading.
+            ctx.server_permit = None;
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let failure = ctx.failure.clone().or_else(|| classify(e));
+        let code = match &failure {
+            Some(f) => {
+                ctx.served = Served::Local;
+                respond::write_failure(session, f, &ctx.request_id).await.unwrap_or_else(|err| {
+                    ::log::debug!("could not write the error answer: {err}");
+                    0
+                })
+            }
+            None => 0,
+        };
+        ctx.failure = failure;
+        FailToProxy { error_code: code, can_reuse_downstream: code != 0 && code != 400 }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        // our access log already records every failure with its reason
+        ctx.failure.is_some()
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.server_permit = None;
+        ctx.route_permit = None;
+        log::record(&self.state, session, e, ctx);
+    }
+}
+
+fn client_gone(ctx: &mut Ctx) -> Result<bool> {
+    ctx.served = Served::Local;
+    Error::e_explain(ErrorType::ConnectionClosed, "client left while queued")
+}
+
+/// Maps a Pingora error that we did not cause ourselves to a failure, or `None` when the
+/// client is gone and nothing can be written.
+fn classify(e: &Error) -> Option<Failure> {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | TLSHandshakeFailure
+        | SocketError | BindError => Some(Failure::UpstreamUnreachable),
+        ReadTimedout | WriteTimedout if *e.esource() == ErrorSource::Upstream => Some(Failure::UpstreamTimeout),
+        HTTPStatus(503) => Some(Failure::NoHealthyServer { retry_after: std::time::Duration::from_secs(5) }),
+        InvalidHTTPHeader | H1Error | H2Error if *e.esource() == ErrorSource::Upstream => Some(Failure::UpstreamProtocol),
+        ConnectionClosed | ReadError | WriteError if *e.esource() == ErrorSource::Upstream => {
+            Some(Failure::UpstreamProtocol)
+        }
+        ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
+        _ if *e.esource() == ErrorSource::Downstream => Some(Failure::BadRequest),
+        _ => Some(Failure::UpstreamUnreachable),
+    }
+}

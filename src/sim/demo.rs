@@ -1,0 +1,73 @@
+//! `floodgate demo`: starts simulated app servers at the addresses the demo config names.
+
+use super::origin::{start_origin_at, OriginConfig};
+use std::path::Path;
+use std::time::Duration;
+
+/// Starts one simulated app server for every upstream server of the demo config, on a
+/// background thread, and prints what to try.
+pub fn start_demo_origins(config: &Path) -> Result<(), String> {
+    let cfg = crate::config::load_config(config).map_err(|e| e.to_string())?;
+    let mut addrs = Vec::new();
+    for u in cfg.upstreams.values() {
+        for s in &u.servers {
+            addrs.push((s.name.clone(), s.addr));
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let mut handles = Vec::new();
+            for (name, addr) in addrs {
+                let oc = OriginConfig {
+                    name: name.clone(),
+                    slots: 4,
+                    base_service: Duration::from_millis(20),
+                    ..OriginConfig::default()
+                };
+                match start_origin_at(oc, addr).await {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        let _ = tx.send(Err(format!(
+                            "cannot start the simulated server {name} on {addr}: {e}"
+                        )));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(()));
+            std::future::pending::<()>().await;
+            drop(handles);
+        });
+    });
+    rx.recv().map_err(|e| e.to_string())??;
+    let listen = cfg
+        .listeners
+        .first()
+        .map(|l| l.bind.clone())
+        .unwrap_or_default();
+    let admin = cfg.admin.bind.clone();
+    println!(
+        "floodgate demo: simulated app servers are up; the gateway listens on http://{listen}, admin on http://{admin}\n\
+         Try:\n  \
+         curl -i http://{listen}/register?activation_keys=ak1&location_id=2    # MISS, then HIT (cached, single-flight)\n  \
+         curl -i http://{listen}/register/health                                # 200 while an app server is healthy\n  \
+         curl -i -X POST http://{listen}/rhsm/consumers -d '{{}}'                # queued behind max_inflight, priority 1\n  \
+         curl -i -H 'X-Node-Name: node1.example.com' http://{listen}/echo        # routed through the node map\n  \
+         for i in $(seq 200); do curl -s -o /dev/null -w '%{{http_code}}\\n' http://{listen}/slow?ms=500 & done | sort | uniq -c   # queueing and 503s\n  \
+         curl -s http://{admin}/metrics | grep floodgate_                        # metrics\n  \
+         curl -s http://{admin}/status                                          # live state\n"
+    );
+    Ok(())
+}
