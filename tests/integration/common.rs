@@ -1,0 +1,215 @@
+//! Test harness: a real gateway in-process on ephemeral ports, real origins, a real HTTP client.
+
+#![allow(dead_code)]
+
+use async_trait::async_trait;
+use floodgate::state::AppState;
+use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use floodgate::sim::origin::{start_origin, OriginConfig, OriginHandle};
+
+/// A free TCP port on 127.0.0.1 (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!("floodgate-test-{}-{}-{}", std::process::id(), tag, N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Which signal the test sends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stop {
+    Graceful,
+    Fast,
+}
+
+struct TestSignal(tokio::sync::watch::Receiver<Option<Stop>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for TestSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        loop {
+            if let Some(s) = *rx.borrow() {
+                return match s {
+                    Stop::Graceful => ShutdownSignal::GracefulTerminate,
+                    Stop::Fast => ShutdownSignal::FastShutdown,
+                };
+            }
+            if rx.changed().await.is_err() {
+                return ShutdownSignal::FastShutdown;
+            }
+        }
+    }
+}
+
+pub struct TestGateway {
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub state: Arc<AppState>,
+    stop: tokio::sync::watch::Sender<Option<Stop>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway on `yaml`, in which `{PORT}` and `{ADMIN}` are replaced by free ports
+    /// and `{DIR}` by a fresh temp dir. Waits until `/readyz` answers 200.
+    pub async fn start(yaml: &str) -> TestGateway {
+        Self::try_start(yaml).await.unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    }
+
+    pub async fn try_start(yaml: &str) -> Result<TestGateway, String> {
+        let dir = temp_dir("gw");
+        let port = free_port();
+        let admin_port = free_port();
+        let text = yaml
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin_port.to_string())
+            .replace("{DIR}", &dir.display().to_string());
+        let text = if text.contains("admin:") { text } else { format!("{text}\nadmin: {{ bind: \"127.0.0.1:{admin_port}\" }}\n") };
+        let config_path = dir.join("floodgate.yaml");
+        std::fs::write(&config_path, text).map_err(|e| e.to_string())?;
+        let state = floodgate::app::prepare(&config_path).map_err(|e| e.to_string())?;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let st = state.clone();
+        let thread = std::thread::spawn(move || {
+            if let Err(e) = floodgate::app::run(st, Some(Box::new(TestSignal(rx)))) {
+                eprintln!("gateway run failed: {e}");
+            }
+        });
+        let gw = TestGateway { port, admin_port, dir, config_path, state, stop: tx, thread: Some(thread) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let client = client();
+        loop {
+            if let Ok(r) = client.get(gw.admin("/readyz")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("not ready within 15 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // the proxy listener starts with the admin one, but make sure it accepts
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                return Err("proxy listener not accepting".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(gw)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Rewrites the config file (same placeholders) without reloading.
+    pub fn write_config(&self, yaml: &str) {
+        let text = yaml
+            .replace("{PORT}", &self.port.to_string())
+            .replace("{ADMIN}", &self.admin_port.to_string())
+            .replace("{DIR}", &self.dir.display().to_string());
+        let text = if text.contains("admin:") { text } else { format!("{text}\nadmin: {{ bind: \"127.0.0.1:{}\" }}\n", self.admin_port) };
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// Reads one metric sample's value from `/metrics` (sum over samples whose labels contain
+    /// every `label="value"` pair given).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = client().get(self.admin("/metrics")).send().await.expect("metrics").text().await.expect("metrics body");
+        metric_in(&text, name, labels)
+    }
+
+    /// Sends the stop signal and waits for the gateway thread to end.
+    pub fn stop(mut self, how: Stop) -> Duration {
+        let t = Instant::now();
+        let _ = self.stop.send(Some(how));
+        if let Some(th) = self.thread.take() {
+            let _ = th.join();
+        }
+        t.elapsed()
+    }
+
+    /// Starts the stop without waiting; `join` waits.
+    pub fn signal(&self, how: Stop) {
+        let _ = self.stop.send(Some(how));
+    }
+
+    pub fn join(mut self) {
+        if let Some(th) = self.thread.take() {
+            let _ = th.join();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(th) = self.thread.take() {
+            let _ = self.stop.send(Some(Stop::Fast));
+            let _ = th.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A client that does not pool idle connections across tests and never follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Starts an origin with default settings (8 slots, 20 ms service) named `name`.
+pub async fn origin(name: &str) -> OriginHandle {
+    start_origin(OriginConfig { name: name.to_string(), ..OriginConfig::default() }).await.expect("origin")
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
