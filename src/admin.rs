@@ -83,6 +83,8 @@ impl AdminApp {
             "upstreams": upstreams,
             "maps": maps,
             "last_reload": *state.last_reload.lock(),
+            "policy": { "generation": state.policy.generation(), "last_error": state.policy.last_error() },
+            "cache": { "entries": state.cache.stats().entries, "bytes": state.cache.stats().bytes, "shared_up": state.cache.shared_is_up() },
         })
     }
 
@@ -102,6 +104,10 @@ impl AdminApp {
         for (name, a) in &snap.route_admission {
             m.queue_depth.with_label_values(&["route", name]).set(a.queue_depth() as i64);
         }
+        let cs = st.cache.stats();
+        m.cache_bytes.set(i64::try_from(cs.bytes).unwrap_or(i64::MAX));
+        m.cache_entries.set(i64::try_from(cs.entries).unwrap_or(i64::MAX));
+        m.cache_shared_errors.set(i64::try_from(cs.shared_errors).unwrap_or(i64::MAX));
         m.inflight_requests.set(st.inflight.load(std::sync::atomic::Ordering::Relaxed) as i64);
         mapsync::refresh_gauges(st);
     }
@@ -243,6 +249,20 @@ impl ServeHttp for AdminApp {
             (m, p) if p.starts_with("/maps/") => {
                 let rest = p.trim_start_matches("/maps/").to_string();
                 self.maps(s, m, &rest).await
+            }
+            ("DELETE", "/cache") => {
+                let q = s.req_header().uri.query().unwrap_or("").to_string();
+                let prefix = q.split('&').find_map(|kv| kv.strip_prefix("prefix=")).map(percent_decode);
+                let r = self.state.cache.purge(prefix.as_deref()).await;
+                json(200, serde_json::json!({ "purged_memory": r.memory, "purged_shared": r.shared }))
+            }
+            ("POST", "/policy/reload") => {
+                let st = self.state.clone();
+                match tokio::task::spawn_blocking(move || crate::policysync::reload(&st)).await {
+                    Ok(Ok(g)) => json(200, serde_json::json!({ "result": "ok", "generation": g })),
+                    Ok(Err(e)) => json(400, serde_json::json!({ "result": "error", "generation": self.state.policy.generation(), "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>() })),
+                    Err(e) => json(500, serde_json::json!({ "error": e.to_string() })),
+                }
             }
             ("GET", "/maps") => {
                 let snap = self.state.snapshot();

@@ -19,13 +19,41 @@ use std::sync::Arc;
 /// Loads the config and everything it references into a first snapshot.
 pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
     let cfg = load_config(path)?;
+    let file = path.display().to_string();
+    let policy = crate::policysync::load(cfg.policy.as_ref(), &file)?;
+    let cache = build_cache(&cfg).map_err(|m| ConfigErrors(vec![crate::config::ConfigError { file: file.clone(), path: "cache.shared.url".into(), message: m }]))?;
     let snap = Snapshot::build(cfg, None, 1)?;
-    Ok(AppState::new(snap, path.to_path_buf()))
+    Ok(AppState::new(snap, path.to_path_buf(), policy, cache))
+}
+
+/// The response cache for a config: memory bound, shared tier, and which statuses to store.
+pub fn build_cache(cfg: &Config) -> Result<crate::cache::ResponseCache, String> {
+    let mut statuses: Vec<u16> = cfg.routes.iter().filter_map(|r| r.cache.as_ref()).flat_map(|c| c.statuses.clone()).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    if statuses.is_empty() {
+        statuses.push(200);
+    }
+    let max_entry = cfg.routes.iter().filter_map(|r| r.cache.as_ref()).map(|c| c.max_entry_size).max();
+    let settings = crate::cache::CacheSettings {
+        max_bytes: usize::try_from(cfg.cache.max_bytes).unwrap_or(usize::MAX),
+        max_entry_bytes: max_entry.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+        shared: cfg.cache.shared.as_ref().map(|s| {
+            let mut sh = crate::cache::SharedSettings::new(s.url.clone());
+            sh.timeout = s.timeout;
+            sh.key_prefix = s.key_prefix.clone();
+            sh
+        }),
+        follower_timeout: cfg.cache.wait_timeout,
+        cacheable_statuses: statuses,
+    };
+    crate::cache::ResponseCache::new(settings).map_err(|e| format!("{e}; write e.g. \"redis://127.0.0.1:6379/0\""))
 }
 
 /// Validates a config and everything it references without starting anything (`floodgate check`).
 pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
     let cfg = load_config(path)?;
+    crate::policysync::load(cfg.policy.as_ref(), &path.display().to_string())?;
     let snap = Snapshot::build(cfg, None, 1)?;
     Ok((*snap.config).clone())
 }
@@ -44,6 +72,7 @@ impl BackgroundService for Background {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::upstream::health::run(st.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(crate::mapsync::watch_files(st.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::policysync::watch_scripts(st.clone(), shutdown.clone())));
         if self.handle_sighup {
             tasks.push(tokio::spawn(crate::reload::sighup_loop(st.clone(), shutdown.clone())));
         }

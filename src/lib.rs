@@ -8,11 +8,14 @@
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod maps;
 pub mod mapsync;
 pub mod metrics;
+pub mod policy;
+pub mod policysync;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

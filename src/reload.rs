@@ -63,7 +63,12 @@ pub fn reload_blocking(state: &Arc<AppState>) -> Result<ReloadReport, ConfigErro
     match outcome {
         Ok((snap, needs_restart)) => {
             let version = snap.version;
+            let policy_changed = prev.config.policy != snap.config.policy || snap.config.policy.is_some();
             state.publish(snap);
+            if policy_changed {
+                // A broken script keeps the running policy; the config itself is still applied.
+                let _ = crate::policysync::reload(state);
+            }
             state.metrics.reloads.with_label_values(&["config", "ok"]).inc();
             if needs_restart.is_empty() {
                 log::info!("reload: config version {version} is live");

@@ -165,10 +165,16 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Last reload outcome, for `/status`.
     pub last_reload: parking_lot::Mutex<Option<String>>,
+    /// The Lua policy engine (no hooks when no scripts are configured).
+    pub policy: Arc<crate::policy::PolicyEngine>,
+    /// The response cache (memory, and Redis/Valkey when configured).
+    pub cache: crate::cache::ResponseCache,
+    /// Key for hashing credentials into cache keys (same on every gateway sharing a Redis).
+    pub cache_secret: Vec<u8>,
 }
 
 impl AppState {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<AppState> {
+    pub fn new(snapshot: Snapshot, config_path: PathBuf, policy: Arc<crate::policy::PolicyEngine>, cache: crate::cache::ResponseCache) -> Arc<AppState> {
         let admin_token = snapshot
             .config
             .admin
@@ -188,6 +194,9 @@ impl AppState {
             next_version: AtomicU64::new(v + 1),
             admin_token,
             last_reload: parking_lot::Mutex::new(None),
+            policy,
+            cache,
+            cache_secret: std::env::var("FLOODGATE_CACHE_SECRET").unwrap_or_else(|_| "floodgate-default-cache-key".into()).into_bytes(),
         })
     }
 

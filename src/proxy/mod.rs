@@ -2,12 +2,15 @@
 //! modules (routing, admission, upstream selection, error mapping).
 
 pub mod admit;
+pub mod cached;
 pub mod ctx;
 pub mod log;
+pub mod policy;
 pub mod respond;
 
 use crate::config::{OnMiss, RouteTarget};
 use crate::error::Failure;
+use crate::policy::Hook;
 use crate::routing::{normalize_host, RequestView};
 use crate::shutdown::Phase;
 use crate::state::AppState;
@@ -98,6 +101,11 @@ impl ProxyHttp for Gateway {
         ctx.host = normalize_host(host_raw);
         ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
 
+        let on_error = ctx.snap.config.policy.as_ref().map(|p| p.on_error.clone()).unwrap_or(crate::config::OnPolicyError::Continue);
+        let engine = self.state.policy.clone();
+        if let policy::Verdict::Reject(f) = policy::run(&engine, Hook::Admit, session, ctx, &on_error) {
+            return reject(session, ctx, f).await;
+        }
         let route = {
             let req = session.req_header();
             let headers = &req.headers;
@@ -108,7 +116,9 @@ impl ProxyHttp for Gateway {
         let Some(route) = route else {
             return reject(session, ctx, Failure::NoRoute).await;
         };
-        ctx.priority = route.priority;
+        if ctx.priority == 0 {
+            ctx.priority = route.priority;
+        }
         ctx.route = Some(route.clone());
         let up_name = match &route.target {
             RouteTarget::UpstreamHealth(name) => return upstream_health(session, ctx, &name.clone()).await,
@@ -117,12 +127,19 @@ impl ProxyHttp for Gateway {
         let Some(up) = ctx.snap.upstream(&up_name).cloned() else {
             return reject(session, ctx, Failure::NoRoute).await;
         };
-        ctx.upstream = Some(up.clone());
+        ctx.upstream = Some(up);
+        if let policy::Verdict::Reject(f) = policy::run(&engine, Hook::Route, session, ctx, &on_error) {
+            return reject(session, ctx, f).await;
+        }
+        // The route hook may have chosen another upstream (and server).
+        let Some(up) = ctx.upstream.clone() else {
+            return reject(session, ctx, Failure::NoRoute).await;
+        };
 
         if let crate::config::Balance::Hash { header } = &up.cfg.balance {
             ctx.hash_value = session.req_header().headers.get(header.as_str()).map(|v| v.as_bytes().to_vec());
         }
-        if let Some(ps) = &route.pick_server {
+        if let (Some(ps), None) = (&route.pick_server, ctx.pinned) {
             let key = session.req_header().headers.get(ps.header.as_str()).and_then(|v| v.to_str().ok());
             let map = ctx.snap.maps.get(&ps.map);
             let hit = key.and_then(|k| map.and_then(|m| m.get(k)));
@@ -135,6 +152,11 @@ impl ProxyHttp for Gateway {
                 (None, OnMiss::Reject(status)) => return reject(session, ctx, Failure::MapMiss { status: *status }).await,
                 (None, OnMiss::Server(s)) => ctx.pinned = up.server_index(s),
             }
+        }
+
+        if cached::applies(&route, session) {
+            let secret = self.state.cache_secret.clone();
+            return cached::serve(session, ctx, &self.state.cache, &secret, up).await;
         }
 
         if let Some(adm) = ctx.snap.route_admission.get(&route.name).cloned() {
@@ -238,6 +260,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        policy::response(&self.state.policy, session, ctx, resp);
         if self.state.current_phase() != Phase::Running && self.state.current_phase() != Phase::Starting {
             // why: during a drain, ask clients to reconnect elsewhere rather than reuse this connection
             session.set_keepalive(None);
@@ -279,6 +302,7 @@ impl ProxyHttp for Gateway {
         ctx.server_permit = None;
         ctx.route_permit = None;
         log::record(&self.state, session, e, ctx);
+        policy::log(&self.state.policy, session, ctx);
     }
 }
 

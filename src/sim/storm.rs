@@ -431,7 +431,10 @@ impl SimpleClient {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> io::Result<SimpleResponse> {
-        let mut wire = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.target);
+        let mut wire = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            wire.push_str(&format!("Host: {}\r\n", self.target));
+        }
         for (n, v) in headers {
             wire.push_str(&format!("{n}: {v}\r\n"));
         }
