@@ -116,7 +116,7 @@ impl AdminApp {
         let mut parts = rest.splitn(3, '/');
         let name = parts.next().unwrap_or("").to_string();
         let sub = parts.next();
-        let key = parts.next().map(|k| percent_decode(k));
+        let key = parts.next().map(percent_decode);
         let snap = self.state.snapshot();
         let Some(table) = snap.maps.get(&name).cloned() else {
             let known: Vec<&String> = snap.maps.keys().collect();

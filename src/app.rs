@@ -73,6 +73,7 @@ impl BackgroundService for Background {
         tasks.push(tokio::spawn(crate::upstream::health::run(st.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(crate::mapsync::watch_files(st.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(crate::policysync::watch_scripts(st.clone(), shutdown.clone())));
+        tasks.extend(crate::mapsync::spawn_pollers(&st, &shutdown));
         if self.handle_sighup {
             tasks.push(tokio::spawn(crate::reload::sighup_loop(st.clone(), shutdown.clone())));
         }
@@ -122,6 +123,8 @@ fn tls_settings(t: &crate::config::TlsConfig) -> pingora_core::Result<pingora_co
 }
 
 /// Builds the Pingora server with all services. `handle_sighup` is off for in-process tests.
+// why: HttpServerOptions and ServerConf are non-exhaustive, so they cannot be struct literals
+#[allow(clippy::field_reassign_with_default)]
 pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::Result<Server> {
     let cfg = state.snapshot().config.clone();
     let mut conf = ServerConf::default();

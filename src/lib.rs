@@ -5,6 +5,7 @@
 //! [`proxy`] is the thin `ProxyHttp` glue over [`routing`], [`upstream`] (balancing,
 //! admission, health) and [`error`] (the one failure-to-status mapping).
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
 pub mod app;

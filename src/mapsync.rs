@@ -146,3 +146,35 @@ pub fn refresh_gauges(state: &AppState) {
         state.metrics.map_entries.with_label_values(&[name]).set(t.len() as i64);
     }
 }
+
+/// Starts one poller per map with a `source:` (maps of the config at start; a reload that
+/// adds a source needs a restart of the poller set, reported by the reload).
+pub fn spawn_pollers(state: &Arc<AppState>, shutdown: &tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::maps::poller::{http_get, run_poller, FetchFuture, MapFormat, PollerSettings, PollerStats};
+    let snap = state.snapshot();
+    let mut tasks = Vec::new();
+    for (name, mc) in &snap.config.maps {
+        let Some(src) = &mc.source else { continue };
+        let settings = PollerSettings {
+            url: src.url.clone(),
+            every: src.every,
+            timeout: src.timeout,
+            format: match src.format {
+                crate::config::MapFormat::Map => MapFormat::Map,
+                crate::config::MapFormat::Json => MapFormat::Json,
+            },
+        };
+        let st = state.clone();
+        let map = name.clone();
+        let url = src.url.clone();
+        let fetch = |u: String, t: std::time::Duration| -> FetchFuture { Box::pin(async move { http_get(&u, t).await }) };
+        let on_update = move |entries: HashMap<String, String>| -> Result<bool, String> {
+            let before = st.snapshot().maps.get(&map).map(|m| m.version);
+            let v = replace_map(&st, &map, entries, MapSource::Poller(url.clone()))?;
+            Ok(before != Some(v))
+        };
+        let sd = shutdown.clone();
+        tasks.push(tokio::spawn(run_poller(settings, fetch, on_update, sd, Arc::new(PollerStats::default()))));
+    }
+    tasks
+}
