@@ -94,21 +94,33 @@ impl AdminApp {
         let snap = st.snapshot();
         let m = &st.metrics;
         for (name, u) in &snap.upstreams {
-            m.queue_depth.with_label_values(&["upstream", name]).set(u.admission.queue_depth() as i64);
+            m.queue_depth
+                .with_label_values(&["upstream", name])
+                .set(u.admission.queue_depth() as i64);
             for (i, s) in u.servers.iter().enumerate() {
                 let labels = [name.as_str(), s.cfg.name.as_str()];
-                m.upstream_inflight.with_label_values(&labels).set(u.admission.inflight(i) as i64);
-                m.upstream_healthy.with_label_values(&labels).set(i64::from(u.is_usable(i)));
+                m.upstream_inflight
+                    .with_label_values(&labels)
+                    .set(u.admission.inflight(i) as i64);
+                m.upstream_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(u.is_usable(i)));
             }
         }
         for (name, a) in &snap.route_admission {
-            m.queue_depth.with_label_values(&["route", name]).set(a.queue_depth() as i64);
+            m.queue_depth
+                .with_label_values(&["route", name])
+                .set(a.queue_depth() as i64);
         }
         let cs = st.cache.stats();
-        m.cache_bytes.set(i64::try_from(cs.bytes).unwrap_or(i64::MAX));
-        m.cache_entries.set(i64::try_from(cs.entries).unwrap_or(i64::MAX));
-        m.cache_shared_errors.set(i64::try_from(cs.shared_errors).unwrap_or(i64::MAX));
-        m.inflight_requests.set(st.inflight.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        m.cache_bytes
+            .set(i64::try_from(cs.bytes).unwrap_or(i64::MAX));
+        m.cache_entries
+            .set(i64::try_from(cs.entries).unwrap_or(i64::MAX));
+        m.cache_shared_errors
+            .set(i64::try_from(cs.shared_errors).unwrap_or(i64::MAX));
+        m.inflight_requests
+            .set(st.inflight.load(std::sync::atomic::Ordering::Relaxed) as i64);
         mapsync::refresh_gauges(st);
     }
 
@@ -120,7 +132,10 @@ impl AdminApp {
         let snap = self.state.snapshot();
         let Some(table) = snap.maps.get(&name).cloned() else {
             let known: Vec<&String> = snap.maps.keys().collect();
-            return json(404, serde_json::json!({ "error": format!("no map named {name:?}"), "maps": known }));
+            return json(
+                404,
+                serde_json::json!({ "error": format!("no map named {name:?}"), "maps": known }),
+            );
         };
         let done = |r: Result<u64, String>| match r {
             Ok(v) => json(200, serde_json::json!({ "map": name, "version": v })),
@@ -128,18 +143,24 @@ impl AdminApp {
         };
         match (method, sub, key) {
             ("GET", None, _) => {
-                let entries: serde_json::Map<String, serde_json::Value> =
-                    table.sorted().into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+                let entries: serde_json::Map<String, serde_json::Value> = table
+                    .sorted()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+                    .collect();
                 let src = match &table.source {
                     MapSource::File(p) => p.display().to_string(),
                     MapSource::Poller(u) => u.clone(),
                     o => o.as_str().to_string(),
                 };
-                json(200, serde_json::json!({
-                    "map": name, "version": table.version, "source": table.source.as_str(), "origin": src,
-                    "updated_at": humantime::format_rfc3339_seconds(table.updated_at).to_string(),
-                    "entries": entries,
-                }))
+                json(
+                    200,
+                    serde_json::json!({
+                        "map": name, "version": table.version, "source": table.source.as_str(), "origin": src,
+                        "updated_at": humantime::format_rfc3339_seconds(table.updated_at).to_string(),
+                        "entries": entries,
+                    }),
+                )
             }
             ("PUT", None, _) => {
                 let body = read_body(s).await;
@@ -150,7 +171,12 @@ impl AdminApp {
                 let r = tokio::task::spawn_blocking(move || {
                     if text.trim_start().starts_with('{') || text.trim_start().starts_with('[') {
                         crate::maps::parse_map_json(&text, "PUT body")
-                            .map_err(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+                            .map_err(|e| {
+                                e.iter()
+                                    .map(|x| x.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            })
                             .and_then(|m| mapsync::replace_map(&st, &n, m, MapSource::Api))
                     } else {
                         mapsync::replace_map_text(&st, &n, &text, "PUT body", MapSource::Api)
@@ -164,27 +190,53 @@ impl AdminApp {
                 let body = read_body(s).await;
                 let text = String::from_utf8_lossy(&body).to_string();
                 let add = if text.trim_start().starts_with('{') {
-                    crate::maps::parse_map_json(&text, "POST body").map_err(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+                    crate::maps::parse_map_json(&text, "POST body").map_err(|e| {
+                        e.iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
                 } else {
-                    crate::maps::parse_map_text(&text, "POST body").map_err(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+                    crate::maps::parse_map_text(&text, "POST body").map_err(|e| {
+                        e.iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
                 };
                 match add {
                     Err(e) => json(400, serde_json::json!({ "error": e })),
                     Ok(add) => {
                         let mut entries: HashMap<String, String> = table.entries().clone();
                         entries.extend(add);
-                        done(mapsync::replace_map(&self.state, &name, entries, MapSource::Api))
+                        done(mapsync::replace_map(
+                            &self.state,
+                            &name,
+                            entries,
+                            MapSource::Api,
+                        ))
                     }
                 }
             }
             ("DELETE", Some("entries"), Some(k)) => {
                 let mut entries: HashMap<String, String> = table.entries().clone();
                 if entries.remove(&k).is_none() {
-                    return json(404, serde_json::json!({ "error": format!("no key {k:?} in map {name}") }));
+                    return json(
+                        404,
+                        serde_json::json!({ "error": format!("no key {k:?} in map {name}") }),
+                    );
                 }
-                done(mapsync::replace_map(&self.state, &name, entries, MapSource::Api))
+                done(mapsync::replace_map(
+                    &self.state,
+                    &name,
+                    entries,
+                    MapSource::Api,
+                ))
             }
-            _ => json(405, serde_json::json!({ "error": "use GET or PUT /maps/NAME, POST /maps/NAME/entries, DELETE /maps/NAME/entries/KEY" })),
+            _ => json(
+                405,
+                serde_json::json!({ "error": "use GET or PUT /maps/NAME, POST /maps/NAME/entries, DELETE /maps/NAME/entries/KEY" }),
+            ),
         }
     }
 }
@@ -219,28 +271,49 @@ impl ServeHttp for AdminApp {
                 return if phase == Phase::Running {
                     reply(200, "text/plain", "ready\n")
                 } else {
-                    reply(503, "text/plain", format!("not ready: {}\n", phase.as_str()))
+                    reply(
+                        503,
+                        "text/plain",
+                        format!("not ready: {}\n", phase.as_str()),
+                    )
                 };
             }
             ("GET", "/metrics") => {
                 self.refresh_gauges();
-                return reply(200, "text/plain; version=0.0.4", self.state.metrics.encode());
+                return reply(
+                    200,
+                    "text/plain; version=0.0.4",
+                    self.state.metrics.encode(),
+                );
             }
             _ => {}
         }
         if let Some(token) = &self.state.admin_token {
-            let given = s.req_header().headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            let given = s
+                .req_header()
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
             if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
                 self.state.metrics.admin_auth_failures.inc();
                 let client = s.client_addr().map(|a| a.to_string()).unwrap_or_default();
-                log::warn!("admin: refused {method} {path} from {client}: missing or wrong bearer token");
-                return json(401, serde_json::json!({ "error": "this endpoint needs Authorization: Bearer <token>" }));
+                log::warn!(
+                    "admin: refused {method} {path} from {client}: missing or wrong bearer token"
+                );
+                return json(
+                    401,
+                    serde_json::json!({ "error": "this endpoint needs Authorization: Bearer <token>" }),
+                );
             }
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/status") => json(200, Self::status_json(&self.state)),
             ("POST", "/reload") => match crate::reload::reload(&self.state).await {
-                Ok(r) => json(200, serde_json::json!({ "result": "ok", "version": r.version, "needs_restart": r.needs_restart })),
+                Ok(r) => json(
+                    200,
+                    serde_json::json!({ "result": "ok", "version": r.version, "needs_restart": r.needs_restart }),
+                ),
                 Err(errs) => json(
                     400,
                     serde_json::json!({ "result": "error", "kept_version": self.state.snapshot().version, "errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>() }),
@@ -252,23 +325,71 @@ impl ServeHttp for AdminApp {
             }
             ("DELETE", "/cache") => {
                 let q = s.req_header().uri.query().unwrap_or("").to_string();
-                let prefix = q.split('&').find_map(|kv| kv.strip_prefix("prefix=")).map(percent_decode);
+                let prefix = q
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("prefix="))
+                    .map(percent_decode);
                 let r = self.state.cache.purge(prefix.as_deref()).await;
-                json(200, serde_json::json!({ "purged_memory": r.memory, "purged_shared": r.shared }))
+                json(
+                    200,
+                    serde_json::json!({ "purged_memory": r.memory, "purged_shared": r.shared }),
+                )
             }
             ("POST", "/policy/reload") => {
                 let st = self.state.clone();
                 match tokio::task::spawn_blocking(move || crate::policysync::reload(&st)).await {
                     Ok(Ok(g)) => json(200, serde_json::json!({ "result": "ok", "generation": g })),
-                    Ok(Err(e)) => json(400, serde_json::json!({ "result": "error", "generation": self.state.policy.generation(), "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>() })),
+                    Ok(Err(e)) => json(
+                        400,
+                        serde_json::json!({ "result": "error", "generation": self.state.policy.generation(), "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>() }),
+                    ),
                     Err(e) => json(500, serde_json::json!({ "error": e.to_string() })),
+                }
+            }
+            (m @ ("PUT" | "DELETE" | "GET"), p) if p.starts_with("/policy/shared/") => {
+                use crate::policy::SharedValue;
+                let key = percent_decode(p.trim_start_matches("/policy/shared/"));
+                let dict = self.state.policy.shared();
+                match m {
+                    "GET" => json(
+                        200,
+                        serde_json::json!({ "key": key, "value": format!("{:?}", dict.get(&key)) }),
+                    ),
+                    "DELETE" => {
+                        dict.delete(&key);
+                        json(200, serde_json::json!({ "key": key, "deleted": true }))
+                    }
+                    _ => {
+                        let body = String::from_utf8_lossy(&read_body(s).await)
+                            .trim()
+                            .to_string();
+                        let v = match body.as_str() {
+                            "true" => SharedValue::Bool(true),
+                            "false" => SharedValue::Bool(false),
+                            b => match (b.parse::<i64>(), b.parse::<f64>()) {
+                                (Ok(i), _) => SharedValue::Int(i),
+                                (_, Ok(f)) => SharedValue::Num(f),
+                                _ => SharedValue::Str(b.to_string()),
+                            },
+                        };
+                        match dict.set(&key, v, None) {
+                            Ok(()) => json(200, serde_json::json!({ "key": key, "set": body })),
+                            Err(e) => json(409, serde_json::json!({ "error": e.to_string() })),
+                        }
+                    }
                 }
             }
             ("GET", "/maps") => {
                 let snap = self.state.snapshot();
-                json(200, serde_json::json!({ "maps": snap.maps.keys().collect::<Vec<_>>() }))
+                json(
+                    200,
+                    serde_json::json!({ "maps": snap.maps.keys().collect::<Vec<_>>() }),
+                )
             }
-            _ => json(404, serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["/healthz", "/readyz", "/metrics", "/status", "POST /reload", "/maps/NAME"] })),
+            _ => json(
+                404,
+                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["/healthz", "/readyz", "/metrics", "/status", "POST /reload", "/maps/NAME"] }),
+            ),
         }
     }
 }

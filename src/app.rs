@@ -9,10 +9,10 @@ use crate::state::{AppState, Snapshot};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
-use pingora_core::server::ShutdownWatch;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,20 +21,36 @@ pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
     let cfg = load_config(path)?;
     let file = path.display().to_string();
     let policy = crate::policysync::load(cfg.policy.as_ref(), &file)?;
-    let cache = build_cache(&cfg).map_err(|m| ConfigErrors(vec![crate::config::ConfigError { file: file.clone(), path: "cache.shared.url".into(), message: m }]))?;
+    let cache = build_cache(&cfg).map_err(|m| {
+        ConfigErrors(vec![crate::config::ConfigError {
+            file: file.clone(),
+            path: "cache.shared.url".into(),
+            message: m,
+        }])
+    })?;
     let snap = Snapshot::build(cfg, None, 1)?;
     Ok(AppState::new(snap, path.to_path_buf(), policy, cache))
 }
 
 /// The response cache for a config: memory bound, shared tier, and which statuses to store.
 pub fn build_cache(cfg: &Config) -> Result<crate::cache::ResponseCache, String> {
-    let mut statuses: Vec<u16> = cfg.routes.iter().filter_map(|r| r.cache.as_ref()).flat_map(|c| c.statuses.clone()).collect();
+    let mut statuses: Vec<u16> = cfg
+        .routes
+        .iter()
+        .filter_map(|r| r.cache.as_ref())
+        .flat_map(|c| c.statuses.clone())
+        .collect();
     statuses.sort_unstable();
     statuses.dedup();
     if statuses.is_empty() {
         statuses.push(200);
     }
-    let max_entry = cfg.routes.iter().filter_map(|r| r.cache.as_ref()).map(|c| c.max_entry_size).max();
+    let max_entry = cfg
+        .routes
+        .iter()
+        .filter_map(|r| r.cache.as_ref())
+        .map(|c| c.max_entry_size)
+        .max();
     let settings = crate::cache::CacheSettings {
         max_bytes: usize::try_from(cfg.cache.max_bytes).unwrap_or(usize::MAX),
         max_entry_bytes: max_entry.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
@@ -47,7 +63,8 @@ pub fn build_cache(cfg: &Config) -> Result<crate::cache::ResponseCache, String> 
         follower_timeout: cfg.cache.wait_timeout,
         cacheable_statuses: statuses,
     };
-    crate::cache::ResponseCache::new(settings).map_err(|e| format!("{e}; write e.g. \"redis://127.0.0.1:6379/0\""))
+    crate::cache::ResponseCache::new(settings)
+        .map_err(|e| format!("{e}; write e.g. \"redis://127.0.0.1:6379/0\""))
 }
 
 /// Validates a config and everything it references without starting anything (`floodgate check`).
@@ -70,31 +87,51 @@ impl BackgroundService for Background {
     async fn start(&self, shutdown: ShutdownWatch) {
         let st = self.state.clone();
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::upstream::health::run(st.clone(), shutdown.clone())));
-        tasks.push(tokio::spawn(crate::mapsync::watch_files(st.clone(), shutdown.clone())));
-        tasks.push(tokio::spawn(crate::policysync::watch_scripts(st.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::upstream::health::run(
+            st.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::mapsync::watch_files(
+            st.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::policysync::watch_scripts(
+            st.clone(),
+            shutdown.clone(),
+        )));
         tasks.extend(crate::mapsync::spawn_pollers(&st, &shutdown));
         if self.handle_sighup {
-            tasks.push(tokio::spawn(crate::reload::sighup_loop(st.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(crate::reload::sighup_loop(
+                st.clone(),
+                shutdown.clone(),
+            )));
         }
         if let Some(sock) = st.snapshot().config.admin.runtime_socket.clone() {
             let api = Arc::new(crate::maps::runtime_api::RuntimeApi::new());
-            let store: Arc<dyn crate::maps::runtime_api::MapStore> = Arc::new(crate::mapsync::LiveMaps(st.clone()));
+            let store: Arc<dyn crate::maps::runtime_api::MapStore> =
+                Arc::new(crate::mapsync::LiveMaps(st.clone()));
             let sd = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::maps::runtime_api::serve_unix(sock.clone(), api, store, sd).await {
+                if let Err(e) =
+                    crate::maps::runtime_api::serve_unix(sock.clone(), api, store, sd).await
+                {
                     log::error!("runtime API socket {}: {e}", sock.display());
                 }
             }));
         }
         // Ready once every actively checked server has had its first check (bounded wait).
         let started = std::time::Instant::now();
-        while !crate::upstream::health::first_round_done(&st) && started.elapsed() < std::time::Duration::from_secs(10) {
+        while !crate::upstream::health::first_round_done(&st)
+            && started.elapsed() < std::time::Duration::from_secs(10)
+        {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         if st.current_phase() == Phase::Starting {
             st.set_phase(Phase::Running);
-            log::info!("floodgate is ready (config version {})", st.snapshot().version);
+            log::info!(
+                "floodgate is ready (config version {})",
+                st.snapshot().version
+            );
         }
         let mut sd = shutdown;
         let _ = sd.changed().await;
@@ -104,7 +141,9 @@ impl BackgroundService for Background {
     }
 }
 
-fn tls_settings(t: &crate::config::TlsConfig) -> pingora_core::Result<pingora_core::listeners::tls::TlsSettings> {
+fn tls_settings(
+    t: &crate::config::TlsConfig,
+) -> pingora_core::Result<pingora_core::listeners::tls::TlsSettings> {
     use pingora_core::tls::ssl::SslVerifyMode;
     let cert = t.cert.display().to_string();
     let key = t.key.display().to_string();
@@ -116,7 +155,9 @@ fn tls_settings(t: &crate::config::TlsConfig) -> pingora_core::Result<pingora_co
             ClientAuth::None => SslVerifyMode::NONE,
         };
         tls.set_verify(mode);
-        tls.set_ca_file(ca).map_err(|e| pingora_error::Error::because(pingora_error::ErrorType::InternalError, "client_ca", e))?;
+        tls.set_ca_file(ca).map_err(|e| {
+            pingora_error::Error::because(pingora_error::ErrorType::InternalError, "client_ca", e)
+        })?;
     }
     tls.enable_h2();
     Ok(tls)
@@ -145,10 +186,11 @@ pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::
     let mut opts = HttpServerOptions::default();
     opts.h2c = cfg.listeners.iter().any(|l| l.h2c);
     opts.keepalive_request_limit = cfg.server.keepalive_requests;
-    let mut proxy = pingora_proxy::ProxyServiceBuilder::new(&server.configuration, Gateway::new(state.clone()))
-        .name("floodgate proxy")
-        .server_options(opts)
-        .build();
+    let mut proxy =
+        pingora_proxy::ProxyServiceBuilder::new(&server.configuration, Gateway::new(state.clone()))
+            .name("floodgate proxy")
+            .server_options(opts)
+            .build();
     for l in &cfg.listeners {
         match &l.tls {
             None => proxy.add_tcp(&l.bind),
@@ -157,19 +199,39 @@ pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::
     }
     server.add_service(proxy);
 
-    let mut admin = Service::new("floodgate admin".to_string(), AdminApp { state: state.clone() });
+    let mut admin = Service::new(
+        "floodgate admin".to_string(),
+        AdminApp {
+            state: state.clone(),
+        },
+    );
     admin.add_tcp(&cfg.admin.bind);
     admin.threads = Some(1);
     server.add_service(admin);
-    server.add_service(background_service("floodgate background", Background { state, handle_sighup }));
+    server.add_service(background_service(
+        "floodgate background",
+        Background {
+            state,
+            handle_sighup,
+        },
+    ));
     Ok(server)
 }
 
 /// Runs until shutdown (blocks the calling thread).
-pub fn run(state: Arc<AppState>, shutdown: Option<Box<dyn ShutdownSignalWatch>>) -> pingora_core::Result<()> {
+pub fn run(
+    state: Arc<AppState>,
+    shutdown: Option<Box<dyn ShutdownSignalWatch>>,
+) -> pingora_core::Result<()> {
     let handle_sighup = shutdown.is_none();
-    let watcher: Box<dyn ShutdownSignalWatch> = shutdown.unwrap_or_else(|| Box::new(PhasedShutdown { state: state.clone() }));
+    let watcher: Box<dyn ShutdownSignalWatch> = shutdown.unwrap_or_else(|| {
+        Box::new(PhasedShutdown {
+            state: state.clone(),
+        })
+    });
     let server = build_server(state, handle_sighup)?;
-    server.run(RunArgs { shutdown_signal: watcher });
+    server.run(RunArgs {
+        shutdown_signal: watcher,
+    });
     Ok(())
 }

@@ -11,19 +11,38 @@ use std::time::Duration;
 pub enum Failure {
     NoRoute,
     /// The route's map lookup missed and `on_miss: reject`.
-    MapMiss { status: u16 },
-    QueueFull { retry_after: Duration, body: String },
-    QueueTimeout { retry_after: Duration, body: String },
-    FailFast { retry_after: Duration, body: String },
+    MapMiss {
+        status: u16,
+    },
+    QueueFull {
+        retry_after: Duration,
+        body: String,
+    },
+    QueueTimeout {
+        retry_after: Duration,
+        body: String,
+    },
+    FailFast {
+        retry_after: Duration,
+        body: String,
+    },
     /// No server of the upstream is healthy (or the pinned one is down with redispatch off).
-    NoHealthyServer { retry_after: Duration },
+    NoHealthyServer {
+        retry_after: Duration,
+    },
     /// Could not connect to any server (after retries).
     UpstreamUnreachable,
     UpstreamTimeout,
     /// The upstream answered something unusable.
     UpstreamProtocol,
-    PolicyDeny { status: u16, retry_after: Option<Duration>, body: Option<String> },
-    PolicyError { status: u16 },
+    PolicyDeny {
+        status: u16,
+        retry_after: Option<Duration>,
+        body: Option<String>,
+    },
+    PolicyError {
+        status: u16,
+    },
     BadRequest,
     /// The gateway is shutting down and does not take new work.
     ShuttingDown,
@@ -74,7 +93,11 @@ pub fn failure_response(f: &Failure, request_id: &str) -> ErrorResponse {
     let busy = |status: u16, ra: Duration, body: &str| ErrorResponse {
         status,
         retry_after: Some(secs(ra)),
-        content_type: if body.trim_start().starts_with('{') { "application/json" } else { "text/plain; charset=utf-8" },
+        content_type: if body.trim_start().starts_with('{') {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        },
         body: body.to_string(),
     };
     match f {
@@ -91,12 +114,20 @@ pub fn failure_response(f: &Failure, request_id: &str) -> ErrorResponse {
         Failure::UpstreamUnreachable => text(502, "the upstream server could not be reached"),
         Failure::UpstreamTimeout => text(504, "the upstream server did not answer in time"),
         Failure::UpstreamProtocol => text(502, "the upstream server sent an invalid response"),
-        Failure::PolicyDeny { status, retry_after, body } => {
+        Failure::PolicyDeny {
+            status,
+            retry_after,
+            body,
+        } => {
             let mut r = match body {
                 Some(b) => ErrorResponse {
                     status: *status,
                     retry_after: None,
-                    content_type: if b.trim_start().starts_with('{') { "application/json" } else { "text/plain; charset=utf-8" },
+                    content_type: if b.trim_start().starts_with('{') {
+                        "application/json"
+                    } else {
+                        "text/plain; charset=utf-8"
+                    },
                     body: b.clone(),
                 },
                 None => text(*status, "denied by policy"),
@@ -121,7 +152,10 @@ mod tests {
     #[test]
     fn queue_rejections_carry_retry_after_and_the_configured_body() {
         let r = failure_response(
-            &Failure::QueueFull { retry_after: Duration::from_secs(30), body: "{\"displayMessage\": \"busy\"}".into() },
+            &Failure::QueueFull {
+                retry_after: Duration::from_secs(30),
+                body: "{\"displayMessage\": \"busy\"}".into(),
+            },
             "rid",
         );
         assert_eq!(r.status, 503);
@@ -133,7 +167,11 @@ mod tests {
     fn upstream_failures_map_to_502_and_504_with_request_id() {
         let r = failure_response(&Failure::UpstreamUnreachable, "abc");
         assert_eq!(r.status, 502);
-        assert!(r.body.contains("abc"), "body names the request id: {}", r.body);
+        assert!(
+            r.body.contains("abc"),
+            "body names the request id: {}",
+            r.body
+        );
         assert_eq!(failure_response(&Failure::UpstreamTimeout, "x").status, 504);
         assert_eq!(failure_response(&Failure::NoRoute, "x").status, 404);
     }

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "floodgate", version, about = "A programmable edge gateway: routing, admission queues, health checks, caching, Lua policies")]
+#[command(
+    name = "floodgate",
+    version,
+    about = "A programmable edge gateway: routing, admission queues, health checks, caching, Lua policies"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,9 +70,11 @@ enum Cmd {
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn"))
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn"),
+    )
+    .format_timestamp_millis()
+    .init();
 }
 
 fn main() -> ExitCode {
@@ -94,27 +100,48 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config } => run(&config),
-        Cmd::SimOrigin { listen, slots, base_ms, render_ms, collapse } => sim(async move {
-            use floodgate::sim::origin::{start_origin_at, OriginConfig};
-            use std::time::Duration;
-            let cfg = OriginConfig {
-                name: "app".into(),
-                slots,
-                base_service: Duration::from_millis(base_ms),
-                render_time: Duration::from_millis(render_ms),
-                collapse,
-                ..OriginConfig::default()
-            };
-            let h = start_origin_at(cfg, listen).await.map_err(|e| e.to_string())?;
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
-            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
-            let st = h.stats();
-            eprintln!("origin: requests={} renders={} max_concurrent={} served_for_gone={}", st.requests, st.renders, st.max_concurrent, st.served_for_gone);
-            println!("{{\"requests\":{},\"renders\":{},\"max_concurrent\":{},\"served_for_gone\":{}}}", st.requests, st.renders, st.max_concurrent, st.served_for_gone);
-            h.shutdown().await;
-            Ok(())
-        }),
-        Cmd::SimStorm { target, hosts, deadline_s, ramp_s, json } => sim(async move {
+        Cmd::SimOrigin {
+            listen,
+            slots,
+            base_ms,
+            render_ms,
+            collapse,
+        } => {
+            sim(async move {
+                use floodgate::sim::origin::{start_origin_at, OriginConfig};
+                use std::time::Duration;
+                let cfg = OriginConfig {
+                    name: "app".into(),
+                    slots,
+                    base_service: Duration::from_millis(base_ms),
+                    render_time: Duration::from_millis(render_ms),
+                    collapse,
+                    ..OriginConfig::default()
+                };
+                let h = start_origin_at(cfg, listen)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .map_err(|e| e.to_string())?;
+                tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+                let st = h.stats();
+                eprintln!(
+                    "origin: requests={} renders={} max_concurrent={} served_for_gone={}",
+                    st.requests, st.renders, st.max_concurrent, st.served_for_gone
+                );
+                println!("{{\"requests\":{},\"renders\":{},\"max_concurrent\":{},\"served_for_gone\":{}}}", st.requests, st.renders, st.max_concurrent, st.served_for_gone);
+                h.shutdown().await;
+                Ok(())
+            })
+        }
+        Cmd::SimStorm {
+            target,
+            hosts,
+            deadline_s,
+            ramp_s,
+            json,
+        } => sim(async move {
             use floodgate::sim::storm::{run_storm, StormConfig};
             use std::time::Duration;
             let mut cfg = StormConfig::new(target);
@@ -123,7 +150,11 @@ fn main() -> ExitCode {
             cfg.per_request_timeout = cfg.deadline;
             cfg.ramp = Duration::from_secs_f64(ramp_s);
             let report = run_storm(cfg).await;
-            if json { println!("{}", report.to_json()) } else { println!("{report}") }
+            if json {
+                println!("{}", report.to_json())
+            } else {
+                println!("{report}")
+            }
             Ok(())
         }),
         Cmd::Demo { config } => {
@@ -137,7 +168,11 @@ fn main() -> ExitCode {
 }
 
 fn sim(f: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{e}");
@@ -158,7 +193,11 @@ fn run(config: &std::path::Path) -> ExitCode {
         Ok(s) => s,
         Err(errs) => {
             eprintln!("{errs}");
-            eprintln!("refusing to start: {} error(s) in {}", errs.0.len(), config.display());
+            eprintln!(
+                "refusing to start: {} error(s) in {}",
+                errs.0.len(),
+                config.display()
+            );
             return ExitCode::from(1);
         }
     };

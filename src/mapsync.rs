@@ -18,7 +18,12 @@ use std::time::UNIX_EPOCH;
 static MAP_VERSION: AtomicU64 = AtomicU64::new(2);
 
 /// Validates and swaps in new content for `name`. Returns the new map version.
-pub fn replace_map(state: &AppState, name: &str, entries: HashMap<String, String>, source: MapSource) -> Result<u64, String> {
+pub fn replace_map(
+    state: &AppState,
+    name: &str,
+    entries: HashMap<String, String>,
+    source: MapSource,
+) -> Result<u64, String> {
     let _w = state.writer.lock();
     let snap = state.snapshot();
     let Some(mc) = snap.config.maps.get(name) else {
@@ -32,10 +37,21 @@ pub fn replace_map(state: &AppState, name: &str, entries: HashMap<String, String
     if !bad.is_empty() {
         bad.sort();
         bad.truncate(5);
-        state.metrics.map_updates.with_label_values(&[name, source.as_str(), "error"]).inc();
-        return Err(format!("refused: these values name no server of the routed upstream: {}", bad.join(", ")));
+        state
+            .metrics
+            .map_updates
+            .with_label_values(&[name, source.as_str(), "error"])
+            .inc();
+        return Err(format!(
+            "refused: these values name no server of the routed upstream: {}",
+            bad.join(", ")
+        ));
     }
-    if snap.maps.get(name).is_some_and(|cur| cur.entries() == &entries) {
+    if snap
+        .maps
+        .get(name)
+        .is_some_and(|cur| cur.entries() == &entries)
+    {
         return Ok(snap.maps[name].version);
     }
     let version = MAP_VERSION.fetch_add(1, Ordering::Relaxed);
@@ -44,31 +60,64 @@ pub fn replace_map(state: &AppState, name: &str, entries: HashMap<String, String
     if persist_api {
         if let Some(f) = &mc.file {
             if let Err(e) = write_atomic(f, &table.to_map_text()) {
-                state.metrics.map_updates.with_label_values(&[name, source.as_str(), "error"]).inc();
-                return Err(format!("could not persist to {}: {e}; the map was not changed", f.display()));
+                state
+                    .metrics
+                    .map_updates
+                    .with_label_values(&[name, source.as_str(), "error"])
+                    .inc();
+                return Err(format!(
+                    "could not persist to {}: {e}; the map was not changed",
+                    f.display()
+                ));
             }
         }
     }
     let next = snap.with_map(name, table.clone(), state.next_version());
     state.publish(next);
     let m = &state.metrics;
-    m.map_updates.with_label_values(&[name, source.as_str(), "ok"]).inc();
-    m.map_entries.with_label_values(&[name]).set(table.len() as i64);
-    let ts = table.updated_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    m.map_updates
+        .with_label_values(&[name, source.as_str(), "ok"])
+        .inc();
+    m.map_entries
+        .with_label_values(&[name])
+        .set(table.len() as i64);
+    let ts = table
+        .updated_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     m.map_last_update.with_label_values(&[name]).set(ts);
-    log::info!("map {name}: version {version} from {} ({} entries)", source.as_str(), table.len());
+    log::info!(
+        "map {name}: version {version} from {} ({} entries)",
+        source.as_str(),
+        table.len()
+    );
     Ok(version)
 }
 
 /// Parses map text and applies it, with line-numbered errors.
-pub fn replace_map_text(state: &AppState, name: &str, text: &str, origin: &str, source: MapSource) -> Result<u64, String> {
+pub fn replace_map_text(
+    state: &AppState,
+    name: &str,
+    text: &str,
+    origin: &str,
+    source: MapSource,
+) -> Result<u64, String> {
     let snap = state.snapshot();
     let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
     match parse_map_text_with(text, origin, allowed) {
         Ok(entries) => replace_map(state, name, entries, source),
         Err(errs) => {
-            state.metrics.map_updates.with_label_values(&[name, source.as_str(), "error"]).inc();
-            Err(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+            state
+                .metrics
+                .map_updates
+                .with_label_values(&[name, source.as_str(), "error"])
+                .inc();
+            Err(errs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
     }
 }
@@ -82,7 +131,11 @@ impl MapStore for LiveMaps {
         snap.config
             .maps
             .values()
-            .map(|mc| MapInfo { name: mc.name.clone(), file: mc.file.clone(), entries: snap.maps.get(&mc.name).map(|m| m.len()).unwrap_or(0) })
+            .map(|mc| MapInfo {
+                name: mc.name.clone(),
+                file: mc.file.clone(),
+                entries: snap.maps.get(&mc.name).map(|m| m.len()).unwrap_or(0),
+            })
             .collect()
     }
 
@@ -91,7 +144,16 @@ impl MapStore for LiveMaps {
         snap.config
             .maps
             .values()
-            .find(|mc| mc.name == name_or_file || mc.file.as_ref().is_some_and(|f| f.to_str() == Some(name_or_file) || f.canonicalize().ok().and_then(|c| c.to_str().map(|s| s == name_or_file)).unwrap_or(false)))
+            .find(|mc| {
+                mc.name == name_or_file
+                    || mc.file.as_ref().is_some_and(|f| {
+                        f.to_str() == Some(name_or_file)
+                            || f.canonicalize()
+                                .ok()
+                                .and_then(|c| c.to_str().map(|s| s == name_or_file))
+                                .unwrap_or(false)
+                    })
+            })
             .map(|mc| mc.name.clone())
     }
 
@@ -99,7 +161,12 @@ impl MapStore for LiveMaps {
         self.0.snapshot().maps.get(map).cloned()
     }
 
-    fn replace(&self, map: &str, entries: HashMap<String, String>, source: MapSource) -> Result<u64, String> {
+    fn replace(
+        &self,
+        map: &str,
+        entries: HashMap<String, String>,
+        source: MapSource,
+    ) -> Result<u64, String> {
         replace_map(&self.0, map, entries, source)
     }
 }
@@ -113,17 +180,22 @@ pub async fn watch_files(state: Arc<AppState>, shutdown: tokio::sync::watch::Rec
         let snap = state.snapshot();
         for (name, mc) in &snap.config.maps {
             let Some(f) = &mc.file else { continue };
-            let w = watches.entry(name.clone()).or_insert_with(|| match FileWatch::primed(f.clone()) {
-                Ok((w, _)) => w,
-                Err(_) => FileWatch::new(f.clone()),
-            });
+            let w =
+                watches
+                    .entry(name.clone())
+                    .or_insert_with(|| match FileWatch::primed(f.clone()) {
+                        Ok((w, _)) => w,
+                        Err(_) => FileWatch::new(f.clone()),
+                    });
             if w.path() != f.as_path() {
                 *w = FileWatch::new(f.clone());
             }
             match w.changed() {
                 Ok(Some(text)) => {
                     let origin = f.display().to_string();
-                    if let Err(e) = replace_map_text(&state, name, &text, &origin, MapSource::File(f.clone())) {
+                    if let Err(e) =
+                        replace_map_text(&state, name, &text, &origin, MapSource::File(f.clone()))
+                    {
                         log::error!("map {name}: the new content of {origin} was refused, keeping the running map:\n{e}");
                     }
                 }
@@ -143,14 +215,23 @@ pub async fn watch_files(state: Arc<AppState>, shutdown: tokio::sync::watch::Rec
 pub fn refresh_gauges(state: &AppState) {
     let snap = state.snapshot();
     for (name, t) in &snap.maps {
-        state.metrics.map_entries.with_label_values(&[name]).set(t.len() as i64);
+        state
+            .metrics
+            .map_entries
+            .with_label_values(&[name])
+            .set(t.len() as i64);
     }
 }
 
 /// Starts one poller per map with a `source:` (maps of the config at start; a reload that
 /// adds a source needs a restart of the poller set, reported by the reload).
-pub fn spawn_pollers(state: &Arc<AppState>, shutdown: &tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-    use crate::maps::poller::{http_get, run_poller, FetchFuture, MapFormat, PollerSettings, PollerStats};
+pub fn spawn_pollers(
+    state: &Arc<AppState>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::maps::poller::{
+        http_get, run_poller, FetchFuture, MapFormat, PollerSettings, PollerStats,
+    };
     let snap = state.snapshot();
     let mut tasks = Vec::new();
     for (name, mc) in &snap.config.maps {
@@ -167,14 +248,22 @@ pub fn spawn_pollers(state: &Arc<AppState>, shutdown: &tokio::sync::watch::Recei
         let st = state.clone();
         let map = name.clone();
         let url = src.url.clone();
-        let fetch = |u: String, t: std::time::Duration| -> FetchFuture { Box::pin(async move { http_get(&u, t).await }) };
+        let fetch = |u: String, t: std::time::Duration| -> FetchFuture {
+            Box::pin(async move { http_get(&u, t).await })
+        };
         let on_update = move |entries: HashMap<String, String>| -> Result<bool, String> {
             let before = st.snapshot().maps.get(&map).map(|m| m.version);
             let v = replace_map(&st, &map, entries, MapSource::Poller(url.clone()))?;
             Ok(before != Some(v))
         };
         let sd = shutdown.clone();
-        tasks.push(tokio::spawn(run_poller(settings, fetch, on_update, sd, Arc::new(PollerStats::default()))));
+        tasks.push(tokio::spawn(run_poller(
+            settings,
+            fetch,
+            on_update,
+            sd,
+            Arc::new(PollerStats::default()),
+        )));
     }
     tasks
 }

@@ -6,8 +6,8 @@
 //! keeps the request path free of gauge updates.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -42,25 +42,32 @@ pub struct Metrics {
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    r.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("register {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    r.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("register {name}: {e}"));
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
     g
 }
 
 fn hist(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    r.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("register {name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
     h
 }
 
-const LATENCY: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0];
+const LATENCY: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0,
+];
 
 impl Metrics {
     // why: metric definitions are static and valid; a failure here is a programming error
@@ -70,49 +77,168 @@ impl Metrics {
         let r = Registry::new();
         let single = |name: &str, help: &str| -> IntGauge {
             let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            r.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("register {name}: {e}"));
+            r.register(Box::new(g.clone()))
+                .unwrap_or_else(|e| panic!("register {name}: {e}"));
             g
         };
         let health_check_duration = {
-            let h = Histogram::with_opts(HistogramOpts::new(
-                "floodgate_health_check_duration_seconds",
-                "Duration of active health checks",
-            ).buckets(LATENCY.to_vec()))
+            let h = Histogram::with_opts(
+                HistogramOpts::new(
+                    "floodgate_health_check_duration_seconds",
+                    "Duration of active health checks",
+                )
+                .buckets(LATENCY.to_vec()),
+            )
             .unwrap_or_else(|e| panic!("metric: {e}"));
-            r.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("register: {e}"));
+            r.register(Box::new(h.clone()))
+                .unwrap_or_else(|e| panic!("register: {e}"));
             h
         };
-        let auth = IntCounter::new("floodgate_admin_auth_failures_total", "Admin API requests refused for a missing or wrong token")
-            .unwrap_or_else(|e| panic!("metric: {e}"));
-        r.register(Box::new(auth.clone())).unwrap_or_else(|e| panic!("register: {e}"));
+        let auth = IntCounter::new(
+            "floodgate_admin_auth_failures_total",
+            "Admin API requests refused for a missing or wrong token",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        r.register(Box::new(auth.clone()))
+            .unwrap_or_else(|e| panic!("register: {e}"));
         Metrics {
-            requests: counter(&r, "floodgate_requests_total", "Requests answered, by route, upstream and status", &["route", "upstream", "code"]),
-            request_duration: hist(&r, "floodgate_request_duration_seconds", "Time from request to the end of the response", &["route"], LATENCY.to_vec()),
-            upstream_requests: counter(&r, "floodgate_upstream_requests_total", "Requests sent to each server, by status", &["upstream", "server", "code"]),
-            upstream_inflight: gauge(&r, "floodgate_upstream_inflight", "Requests in flight to each server", &["upstream", "server"]),
-            queue_depth: gauge(&r, "floodgate_queue_depth", "Requests waiting in an admission queue", &["scope", "name"]),
-            queue_wait: hist(&r, "floodgate_queue_wait_seconds", "Time requests waited for admission", &["scope", "name"], LATENCY.to_vec()),
-            admission_rejected: counter(&r, "floodgate_admission_rejected_total", "Requests refused by admission control", &["scope", "name", "reason"]),
-            admission_abandoned: counter(&r, "floodgate_admission_abandoned_total", "Queued requests whose client left before admission", &["scope", "name"]),
-            upstream_healthy: gauge(&r, "floodgate_upstream_healthy", "1 when the server takes traffic", &["upstream", "server"]),
-            health_checks: counter(&r, "floodgate_health_checks_total", "Active health checks by result", &["upstream", "server", "result"]),
+            requests: counter(
+                &r,
+                "floodgate_requests_total",
+                "Requests answered, by route, upstream and status",
+                &["route", "upstream", "code"],
+            ),
+            request_duration: hist(
+                &r,
+                "floodgate_request_duration_seconds",
+                "Time from request to the end of the response",
+                &["route"],
+                LATENCY.to_vec(),
+            ),
+            upstream_requests: counter(
+                &r,
+                "floodgate_upstream_requests_total",
+                "Requests sent to each server, by status",
+                &["upstream", "server", "code"],
+            ),
+            upstream_inflight: gauge(
+                &r,
+                "floodgate_upstream_inflight",
+                "Requests in flight to each server",
+                &["upstream", "server"],
+            ),
+            queue_depth: gauge(
+                &r,
+                "floodgate_queue_depth",
+                "Requests waiting in an admission queue",
+                &["scope", "name"],
+            ),
+            queue_wait: hist(
+                &r,
+                "floodgate_queue_wait_seconds",
+                "Time requests waited for admission",
+                &["scope", "name"],
+                LATENCY.to_vec(),
+            ),
+            admission_rejected: counter(
+                &r,
+                "floodgate_admission_rejected_total",
+                "Requests refused by admission control",
+                &["scope", "name", "reason"],
+            ),
+            admission_abandoned: counter(
+                &r,
+                "floodgate_admission_abandoned_total",
+                "Queued requests whose client left before admission",
+                &["scope", "name"],
+            ),
+            upstream_healthy: gauge(
+                &r,
+                "floodgate_upstream_healthy",
+                "1 when the server takes traffic",
+                &["upstream", "server"],
+            ),
+            health_checks: counter(
+                &r,
+                "floodgate_health_checks_total",
+                "Active health checks by result",
+                &["upstream", "server", "result"],
+            ),
             health_check_duration,
-            reloads: counter(&r, "floodgate_reloads_total", "Configuration reloads by result", &["kind", "result"]),
+            reloads: counter(
+                &r,
+                "floodgate_reloads_total",
+                "Configuration reloads by result",
+                &["kind", "result"],
+            ),
             map_entries: gauge(&r, "floodgate_map_entries", "Entries in each map", &["map"]),
-            map_updates: counter(&r, "floodgate_map_updates_total", "Map updates by source and result", &["map", "source", "result"]),
-            map_last_update: gauge(&r, "floodgate_map_last_update_timestamp_seconds", "Unix time of the last map change", &["map"]),
-            map_lookups: counter(&r, "floodgate_map_lookups_total", "Map lookups on the request path", &["map", "result"]),
-            cache_requests: counter(&r, "floodgate_cache_requests_total", "Cache lookups by result", &["route", "result"]),
-            cache_shared_errors: single("floodgate_cache_shared_errors_total", "Errors talking to the shared (Redis/Valkey) cache tier"),
+            map_updates: counter(
+                &r,
+                "floodgate_map_updates_total",
+                "Map updates by source and result",
+                &["map", "source", "result"],
+            ),
+            map_last_update: gauge(
+                &r,
+                "floodgate_map_last_update_timestamp_seconds",
+                "Unix time of the last map change",
+                &["map"],
+            ),
+            map_lookups: counter(
+                &r,
+                "floodgate_map_lookups_total",
+                "Map lookups on the request path",
+                &["map", "result"],
+            ),
+            cache_requests: counter(
+                &r,
+                "floodgate_cache_requests_total",
+                "Cache lookups by result",
+                &["route", "result"],
+            ),
+            cache_shared_errors: single(
+                "floodgate_cache_shared_errors_total",
+                "Errors talking to the shared (Redis/Valkey) cache tier",
+            ),
             cache_bytes: single("floodgate_cache_bytes", "Bytes held by the memory cache"),
-            cache_entries: single("floodgate_cache_entries", "Entries held by the memory cache"),
-            policy_runs: counter(&r, "floodgate_policy_runs_total", "Lua policy hook runs by outcome", &["hook", "outcome"]),
-            policy_duration: hist(&r, "floodgate_policy_duration_seconds", "Time spent in Lua policy hooks", &["hook"], vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01]),
-            policy_reloads: counter(&r, "floodgate_policy_reloads_total", "Lua policy reloads by result", &["result"]),
-            policy_version: single("floodgate_policy_version", "Generation of the running Lua policy"),
+            cache_entries: single(
+                "floodgate_cache_entries",
+                "Entries held by the memory cache",
+            ),
+            policy_runs: counter(
+                &r,
+                "floodgate_policy_runs_total",
+                "Lua policy hook runs by outcome",
+                &["hook", "outcome"],
+            ),
+            policy_duration: hist(
+                &r,
+                "floodgate_policy_duration_seconds",
+                "Time spent in Lua policy hooks",
+                &["hook"],
+                vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01],
+            ),
+            policy_reloads: counter(
+                &r,
+                "floodgate_policy_reloads_total",
+                "Lua policy reloads by result",
+                &["result"],
+            ),
+            policy_version: single(
+                "floodgate_policy_version",
+                "Generation of the running Lua policy",
+            ),
             admin_auth_failures: auth,
-            phase: gauge(&r, "floodgate_phase", "1 for the current lifecycle phase", &["phase"]),
-            inflight_requests: single("floodgate_inflight_requests", "Requests being handled by the gateway"),
+            phase: gauge(
+                &r,
+                "floodgate_phase",
+                "1 for the current lifecycle phase",
+                &["phase"],
+            ),
+            inflight_requests: single(
+                "floodgate_inflight_requests",
+                "Requests being handled by the gateway",
+            ),
             registry: r,
         }
     }

@@ -19,10 +19,18 @@ pub fn settings(p: Option<&PolicyConfig>) -> PolicySettings {
 }
 
 /// Reads the scripts named by the config.
-pub fn read_scripts(p: Option<&PolicyConfig>, file: &str) -> Result<Vec<(String, String)>, ConfigErrors> {
+pub fn read_scripts(
+    p: Option<&PolicyConfig>,
+    file: &str,
+) -> Result<Vec<(String, String)>, ConfigErrors> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for (i, path) in p.map(|p| p.scripts.as_slice()).unwrap_or(&[]).iter().enumerate() {
+    for (i, path) in p
+        .map(|p| p.scripts.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
         match std::fs::read_to_string(path) {
             Ok(src) => out.push((path.display().to_string(), src)),
             Err(e) => errors.push(ConfigError {
@@ -32,11 +40,23 @@ pub fn read_scripts(p: Option<&PolicyConfig>, file: &str) -> Result<Vec<(String,
             }),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(ConfigErrors(errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 fn to_config_errors(file: &str, errs: Vec<crate::policy::PolicyError>) -> ConfigErrors {
-    ConfigErrors(errs.into_iter().map(|e| ConfigError { file: file.to_string(), path: "policy".into(), message: e.to_string() }).collect())
+    ConfigErrors(
+        errs.into_iter()
+            .map(|e| ConfigError {
+                file: file.to_string(),
+                path: "policy".into(),
+                message: e.to_string(),
+            })
+            .collect(),
+    )
 }
 
 /// Builds the engine for a config (an engine with no scripts when there is no policy).
@@ -50,15 +70,31 @@ pub fn reload(state: &AppState) -> Result<u64, ConfigErrors> {
     let snap = state.snapshot();
     let file = snap.config.file.display().to_string();
     let p = snap.config.policy.as_ref();
-    let r = read_scripts(p, &file).and_then(|s| state.policy.reload_with(s, settings(p)).map_err(|e| to_config_errors(&file, e)));
+    let r = read_scripts(p, &file).and_then(|s| {
+        state
+            .policy
+            .reload_with(s, settings(p))
+            .map_err(|e| to_config_errors(&file, e))
+    });
     match &r {
         Ok(g) => {
-            state.metrics.policy_reloads.with_label_values(&["ok"]).inc();
-            state.metrics.policy_version.set(i64::try_from(*g).unwrap_or(i64::MAX));
+            state
+                .metrics
+                .policy_reloads
+                .with_label_values(&["ok"])
+                .inc();
+            state
+                .metrics
+                .policy_version
+                .set(i64::try_from(*g).unwrap_or(i64::MAX));
             log::info!("policy: generation {g} is live");
         }
         Err(e) => {
-            state.metrics.policy_reloads.with_label_values(&["error"]).inc();
+            state
+                .metrics
+                .policy_reloads
+                .with_label_values(&["error"])
+                .inc();
             log::error!("policy reload refused, the last good version keeps running:\n{e}");
         }
     }
@@ -66,12 +102,26 @@ pub fn reload(state: &AppState) -> Result<u64, ConfigErrors> {
 }
 
 fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
-    paths.iter().map(|p| std::fs::metadata(p).ok().and_then(|m| m.modified().ok().map(|t| (t, m.len())))).collect()
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| m.modified().ok().map(|t| (t, m.len())))
+        })
+        .collect()
 }
 
 /// Watches the script files; reloads the engine when one changes.
 pub async fn watch_scripts(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let paths = |s: &AppState| s.snapshot().config.policy.as_ref().map(|p| p.scripts.clone()).unwrap_or_default();
+    let paths = |s: &AppState| {
+        s.snapshot()
+            .config
+            .policy
+            .as_ref()
+            .map(|p| p.scripts.clone())
+            .unwrap_or_default()
+    };
     let mut seen = stamp(&paths(&state));
     loop {
         tokio::select! {

@@ -63,23 +63,35 @@ pub fn reload_blocking(state: &Arc<AppState>) -> Result<ReloadReport, ConfigErro
     match outcome {
         Ok((snap, needs_restart)) => {
             let version = snap.version;
-            let policy_changed = prev.config.policy != snap.config.policy || snap.config.policy.is_some();
+            let policy_changed =
+                prev.config.policy != snap.config.policy || snap.config.policy.is_some();
             state.publish(snap);
             if policy_changed {
                 // A broken script keeps the running policy; the config itself is still applied.
                 let _ = crate::policysync::reload(state);
             }
-            state.metrics.reloads.with_label_values(&["config", "ok"]).inc();
+            state
+                .metrics
+                .reloads
+                .with_label_values(&["config", "ok"])
+                .inc();
             if needs_restart.is_empty() {
                 log::info!("reload: config version {version} is live");
             } else {
                 log::warn!("reload: config version {version} is live; changes to {} need a restart to take effect", needs_restart.join(", "));
             }
             *state.last_reload.lock() = Some(format!("ok: version {version}"));
-            Ok(ReloadReport { version, needs_restart })
+            Ok(ReloadReport {
+                version,
+                needs_restart,
+            })
         }
         Err(errs) => {
-            state.metrics.reloads.with_label_values(&["config", "error"]).inc();
+            state
+                .metrics
+                .reloads
+                .with_label_values(&["config", "error"])
+                .inc();
             log::error!("reload refused, keeping version {}:\n{errs}", prev.version);
             *state.last_reload.lock() = Some(format!("error: {}", errs.0.len()));
             Err(errs)

@@ -25,7 +25,12 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 4] = [Phase::Starting, Phase::Running, Phase::Draining, Phase::Stopping];
+    pub const ALL: [Phase; 4] = [
+        Phase::Starting,
+        Phase::Running,
+        Phase::Draining,
+        Phase::Stopping,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,9 +51,11 @@ pub struct PhasedShutdown {
 impl ShutdownSignalWatch for PhasedShutdown {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit()))
-        else {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
             log::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
@@ -68,7 +75,8 @@ impl ShutdownSignalWatch for PhasedShutdown {
         let sd = self.state.snapshot().config.shutdown.clone();
         log::info!(
             "SIGTERM: readiness now 503; serving for pre_drain {:?}, then draining up to {:?}",
-            sd.pre_drain, sd.drain
+            sd.pre_drain,
+            sd.drain
         );
         self.state.set_phase(Phase::Draining);
         let interrupted = tokio::select! {
@@ -87,7 +95,10 @@ impl ShutdownSignalWatch for PhasedShutdown {
                 break;
             }
             if start.elapsed() >= sd.drain {
-                log::warn!("drain budget {:?} spent with {n} requests still in flight; stopping", sd.drain);
+                log::warn!(
+                    "drain budget {:?} spent with {n} requests still in flight; stopping",
+                    sd.drain
+                );
                 break;
             }
             tokio::select! {

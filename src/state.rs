@@ -38,7 +38,12 @@ impl Snapshot {
 
     /// The values a map may hold: names (or addresses) of servers of every upstream that a
     /// route picks servers from through this map.
-    pub fn map_value_allowed(config: &Config, upstreams: &HashMap<String, Arc<Upstream>>, map: &str, value: &str) -> bool {
+    pub fn map_value_allowed(
+        config: &Config,
+        upstreams: &HashMap<String, Arc<Upstream>>,
+        map: &str,
+        value: &str,
+    ) -> bool {
         for r in &config.routes {
             if let (Some(ps), RouteTarget::Upstream(up)) = (&r.pick_server, &r.target) {
                 if ps.map == map {
@@ -55,7 +60,11 @@ impl Snapshot {
     /// Builds a snapshot from a validated config, reusing what `prev` already has: unchanged
     /// upstreams (same `Arc`, so queues and in-flight counts carry on), server health of kept
     /// servers, unchanged route limits, and the live content of maps whose file did not change.
-    pub fn build(config: Config, prev: Option<&Snapshot>, version: u64) -> Result<Snapshot, ConfigErrors> {
+    pub fn build(
+        config: Config,
+        prev: Option<&Snapshot>,
+        version: u64,
+    ) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
         let mut upstreams = HashMap::new();
         for (name, cfg) in &config.upstreams {
@@ -83,7 +92,9 @@ impl Snapshot {
                 let reuse = prev_route
                     .filter(|pr| pr.admission.as_ref() == Some(a))
                     .and_then(|_| prev.and_then(|p| p.route_admission.get(&r.name)).cloned());
-                let adm = reuse.unwrap_or_else(|| Admission::new(vec![Some(a.max_inflight)], queue_settings(&a.queue)));
+                let adm = reuse.unwrap_or_else(|| {
+                    Admission::new(vec![Some(a.max_inflight)], queue_settings(&a.queue))
+                });
                 route_admission.insert(r.name.clone(), adm);
             }
         }
@@ -91,7 +102,11 @@ impl Snapshot {
         for (name, mc) in &config.maps {
             let kept = prev.and_then(|p| {
                 let same = p.config.maps.get(name) == Some(mc);
-                if same { p.maps.get(name).cloned() } else { None }
+                if same {
+                    p.maps.get(name).cloned()
+                } else {
+                    None
+                }
             });
             if let Some(t) = kept {
                 maps.insert(name.clone(), t);
@@ -100,7 +115,9 @@ impl Snapshot {
             let table = match &mc.file {
                 None => MapTable::empty(),
                 Some(f) => match std::fs::read_to_string(f) {
-                    Err(e) if mc.source.is_some() && e.kind() == std::io::ErrorKind::NotFound => MapTable::empty(),
+                    Err(e) if mc.source.is_some() && e.kind() == std::io::ErrorKind::NotFound => {
+                        MapTable::empty()
+                    }
                     Err(e) => {
                         errors.push(ConfigError {
                             file: config.file.display().to_string(),
@@ -110,7 +127,8 @@ impl Snapshot {
                         continue;
                     }
                     Ok(text) => {
-                        let allowed = |v: &str| Snapshot::map_value_allowed(&config, &upstreams, name, v);
+                        let allowed =
+                            |v: &str| Snapshot::map_value_allowed(&config, &upstreams, name, v);
                         match parse_map_text_with(&text, &f.display().to_string(), allowed) {
                             Ok(entries) => MapTable::new(entries, 1, MapSource::File(f.clone())),
                             Err(errs) => {
@@ -132,7 +150,14 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Snapshot { version, routes: RouteTable::new(&config.routes), config: Arc::new(config), upstreams, route_admission, maps })
+        Ok(Snapshot {
+            version,
+            routes: RouteTable::new(&config.routes),
+            config: Arc::new(config),
+            upstreams,
+            route_admission,
+            maps,
+        })
     }
 
     /// A copy with one map replaced (everything else shared).
@@ -174,7 +199,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf, policy: Arc<crate::policy::PolicyEngine>, cache: crate::cache::ResponseCache) -> Arc<AppState> {
+    pub fn new(
+        snapshot: Snapshot,
+        config_path: PathBuf,
+        policy: Arc<crate::policy::PolicyEngine>,
+        cache: crate::cache::ResponseCache,
+    ) -> Arc<AppState> {
         let admin_token = snapshot
             .config
             .admin
@@ -196,7 +226,9 @@ impl AppState {
             last_reload: parking_lot::Mutex::new(None),
             policy,
             cache,
-            cache_secret: std::env::var("FLOODGATE_CACHE_SECRET").unwrap_or_else(|_| "floodgate-default-cache-key".into()).into_bytes(),
+            cache_secret: std::env::var("FLOODGATE_CACHE_SECRET")
+                .unwrap_or_else(|_| "floodgate-default-cache-key".into())
+                .into_bytes(),
         })
     }
 
@@ -222,7 +254,10 @@ impl AppState {
     pub fn set_phase(&self, p: Phase) {
         self.phase.send_replace(p);
         for ph in Phase::ALL {
-            self.metrics.phase.with_label_values(&[ph.as_str()]).set(i64::from(ph == p));
+            self.metrics
+                .phase
+                .with_label_values(&[ph.as_str()])
+                .set(i64::from(ph == p));
         }
     }
 }

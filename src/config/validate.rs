@@ -111,7 +111,9 @@ pub enum Balance {
     RoundRobin,
     LeastConn,
     /// Consistent (ketama) hashing on the value of this header (lowercased name).
-    Hash { header: String },
+    Hash {
+        header: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -348,7 +350,10 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates configuration text; `path` names the file in errors and anchors relative paths.
 pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let mut v = Validator { file: path.display().to_string(), errors: Vec::new() };
+    let mut v = Validator {
+        file: path.display().to_string(),
+        errors: Vec::new(),
+    };
     let spec = v.parse_spec(text);
     let config = spec.map(|s| v.validate(&s, path));
     match config {
@@ -364,7 +369,11 @@ struct Validator {
 
 impl Validator {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError { file: self.file.clone(), path: path.into(), message: message.into() });
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     /// Deserializes each section (and each list item or map entry) on its own, so one typo does
@@ -386,14 +395,26 @@ impl Validator {
             }
         };
         const SECTIONS: &[&str] = &[
-            "server", "listeners", "admin", "access_log", "upstreams", "routes", "maps", "policy", "cache", "shutdown",
+            "server",
+            "listeners",
+            "admin",
+            "access_log",
+            "upstreams",
+            "routes",
+            "maps",
+            "policy",
+            "cache",
+            "shutdown",
         ];
         let mut clean = serde_yaml::Mapping::new();
         let mut ok = true;
         for (k, val) in map {
             let key = k.as_str().unwrap_or("").to_string();
             if !SECTIONS.contains(&key.as_str()) {
-                self.err(key.clone(), format!("unknown section; expected one of: {}", SECTIONS.join(", ")));
+                self.err(
+                    key.clone(),
+                    format!("unknown section; expected one of: {}", SECTIONS.join(", ")),
+                );
                 ok = false;
                 continue;
             }
@@ -443,18 +464,30 @@ impl Validator {
             }
             ("routes", serde_yaml::Value::Sequence(items)) => {
                 for (i, it) in items.iter().enumerate() {
-                    let name = it.get("name").and_then(|n| n.as_str()).map(|n| format!(" ({n})")).unwrap_or_default();
+                    let name = it
+                        .get("name")
+                        .and_then(|n| n.as_str())
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default();
                     report(self, format!("routes[{i}]{name}"), item::<RouteSpec>(it));
                 }
             }
             ("upstreams", serde_yaml::Value::Mapping(m)) => {
                 for (k, it) in m {
-                    report(self, format!("upstreams.{}", k.as_str().unwrap_or("?")), item::<UpstreamSpec>(it));
+                    report(
+                        self,
+                        format!("upstreams.{}", k.as_str().unwrap_or("?")),
+                        item::<UpstreamSpec>(it),
+                    );
                 }
             }
             ("maps", serde_yaml::Value::Mapping(m)) => {
                 for (k, it) in m {
-                    report(self, format!("maps.{}", k.as_str().unwrap_or("?")), item::<MapSpec>(it));
+                    report(
+                        self,
+                        format!("maps.{}", k.as_str().unwrap_or("?")),
+                        item::<MapSpec>(it),
+                    );
                 }
             }
             ("server", v) => report(self, "server".into(), item::<ServerSpec>(v)),
@@ -465,7 +498,11 @@ impl Validator {
             ("shutdown", v) => report(self, "shutdown".into(), item::<ShutdownSpec>(v)),
             (_, serde_yaml::Value::Null) => {}
             (k, _) => {
-                let want = if k == "listeners" || k == "routes" { "a list" } else { "a mapping" };
+                let want = if k == "listeners" || k == "routes" {
+                    "a list"
+                } else {
+                    "a mapping"
+                };
                 report(self, k.to_string(), Err(format!("must be {want}")));
             }
         }
@@ -496,23 +533,38 @@ impl Validator {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let rel = |p: &str| -> PathBuf {
             let p = PathBuf::from(p);
-            if p.is_absolute() { p } else { base.join(p) }
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
         };
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let server = ServerSettings {
             threads: s.server.threads.unwrap_or(cores),
             work_stealing: s.server.work_stealing.unwrap_or(true),
-            upstream_keepalive_pool: s.server.upstream_keepalive_pool.unwrap_or(DEFAULT_KEEPALIVE_POOL),
+            upstream_keepalive_pool: s
+                .server
+                .upstream_keepalive_pool
+                .unwrap_or(DEFAULT_KEEPALIVE_POOL),
             keepalive_requests: s.server.keepalive_requests,
             pid_file: s.server.pid_file.clone(),
         };
         if server.threads == 0 {
-            self.err("server.threads", "0 is not a thread count; use 1 or more (default: number of cores)");
+            self.err(
+                "server.threads",
+                "0 is not a thread count; use 1 or more (default: number of cores)",
+            );
         }
 
         // Listeners
         if s.listeners.is_empty() {
-            self.err("listeners", "no listener is defined; add one, e.g. `listeners: [{ bind: \"0.0.0.0:8080\" }]`");
+            self.err(
+                "listeners",
+                "no listener is defined; add one, e.g. `listeners: [{ bind: \"0.0.0.0:8080\" }]`",
+            );
         }
         let mut binds = HashSet::new();
         let mut names = HashSet::new();
@@ -520,14 +572,29 @@ impl Validator {
         for (i, l) in s.listeners.iter().enumerate() {
             let p = format!("listeners[{i}]");
             if l.bind.parse::<SocketAddr>().is_err() {
-                self.err(format!("{p}.bind"), format!("{:?} is not an IP:port address; write e.g. \"0.0.0.0:8080\"", l.bind));
+                self.err(
+                    format!("{p}.bind"),
+                    format!(
+                        "{:?} is not an IP:port address; write e.g. \"0.0.0.0:8080\"",
+                        l.bind
+                    ),
+                );
             }
             if !binds.insert(l.bind.clone()) {
-                self.err(format!("{p}.bind"), format!("{:?} is bound by an earlier listener; give each listener its own address", l.bind));
+                self.err(
+                    format!("{p}.bind"),
+                    format!(
+                        "{:?} is bound by an earlier listener; give each listener its own address",
+                        l.bind
+                    ),
+                );
             }
             let name = l.name.clone().unwrap_or_else(|| l.bind.clone());
             if !names.insert(name.clone()) {
-                self.err(format!("{p}.name"), format!("{name:?} is used by an earlier listener; names must be unique"));
+                self.err(
+                    format!("{p}.name"),
+                    format!("{name:?} is used by an earlier listener; names must be unique"),
+                );
             }
             let tls = l.tls.as_ref().map(|t| {
                 let client_auth = match t.client_auth.as_deref() {
@@ -535,28 +602,58 @@ impl Validator {
                     Some("optional") => ClientAuth::Optional,
                     Some("require") => ClientAuth::Require,
                     Some(o) => {
-                        self.err(format!("{p}.tls.client_auth"), format!("{o:?} is not a choice; use none, optional or require"));
+                        self.err(
+                            format!("{p}.tls.client_auth"),
+                            format!("{o:?} is not a choice; use none, optional or require"),
+                        );
                         ClientAuth::None
                     }
                 };
                 if client_auth != ClientAuth::None && t.client_ca.is_none() {
-                    self.err(format!("{p}.tls.client_ca"), "client_auth needs a client_ca file to verify client certificates against");
+                    self.err(
+                        format!("{p}.tls.client_ca"),
+                        "client_auth needs a client_ca file to verify client certificates against",
+                    );
                 }
-                for (k, f) in [("cert", Some(&t.cert)), ("key", Some(&t.key)), ("client_ca", t.client_ca.as_ref())] {
+                for (k, f) in [
+                    ("cert", Some(&t.cert)),
+                    ("key", Some(&t.key)),
+                    ("client_ca", t.client_ca.as_ref()),
+                ] {
                     if let Some(f) = f {
                         if !rel(f).exists() {
-                            self.err(format!("{p}.tls.{k}"), format!("{f:?} does not exist; give the path of a PEM file"));
+                            self.err(
+                                format!("{p}.tls.{k}"),
+                                format!("{f:?} does not exist; give the path of a PEM file"),
+                            );
                         }
                     }
                 }
-                TlsConfig { cert: rel(&t.cert), key: rel(&t.key), client_ca: t.client_ca.as_deref().map(rel), client_auth }
+                TlsConfig {
+                    cert: rel(&t.cert),
+                    key: rel(&t.key),
+                    client_ca: t.client_ca.as_deref().map(rel),
+                    client_auth,
+                }
             });
-            listeners.push(ListenerConfig { name, bind: l.bind.clone(), h2c: l.h2c, tls });
+            listeners.push(ListenerConfig {
+                name,
+                bind: l.bind.clone(),
+                h2c: l.h2c,
+                tls,
+            });
         }
 
-        let admin_spec = s.admin.clone().unwrap_or(AdminSpec { bind: None, token_env: None, runtime_socket: None });
+        let admin_spec = s.admin.clone().unwrap_or(AdminSpec {
+            bind: None,
+            token_env: None,
+            runtime_socket: None,
+        });
         let admin = AdminConfig {
-            bind: admin_spec.bind.clone().unwrap_or_else(|| DEFAULT_ADMIN_BIND.to_string()),
+            bind: admin_spec
+                .bind
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ADMIN_BIND.to_string()),
             token_env: admin_spec.token_env.clone(),
             runtime_socket: admin_spec.runtime_socket.as_deref().map(rel),
         };
@@ -569,7 +666,13 @@ impl Validator {
             Ok(_) => {}
         }
         if binds.contains(&admin.bind) {
-            self.err("admin.bind", format!("{:?} is also a proxy listener; give the admin API its own address", admin.bind));
+            self.err(
+                "admin.bind",
+                format!(
+                    "{:?} is also a proxy listener; give the admin API its own address",
+                    admin.bind
+                ),
+            );
         }
 
         let access_log = AccessLogConfig {
@@ -578,7 +681,10 @@ impl Validator {
                 None | Some("combined") => LogFormat::Combined,
                 Some("json") => LogFormat::Json,
                 Some(o) => {
-                    self.err("access_log.format", format!("{o:?} is not a format; use combined or json"));
+                    self.err(
+                        "access_log.format",
+                        format!("{o:?} is not a format; use combined or json"),
+                    );
                     LogFormat::Combined
                 }
             },
@@ -597,78 +703,148 @@ impl Validator {
                 self.err(&p, "a map needs a file, a source, or both");
             }
             if m.persist && m.file.is_none() {
-                self.err(format!("{p}.persist"), "persist: true writes API changes to the map file, so it needs file:");
+                self.err(
+                    format!("{p}.persist"),
+                    "persist: true writes API changes to the map file, so it needs file:",
+                );
             }
             let source = m.source.as_ref().map(|src| {
                 if !src.url.starts_with("http://") {
-                    self.err(format!("{p}.source.url"), format!("{:?} is not supported; use an http:// URL", src.url));
+                    self.err(
+                        format!("{p}.source.url"),
+                        format!("{:?} is not supported; use an http:// URL", src.url),
+                    );
                 }
                 MapSourceConfig {
                     url: src.url.clone(),
-                    every: self.duration(&format!("{p}.source.every"), src.every.as_ref(), DEFAULT_MAP_POLL_EVERY),
-                    timeout: self.duration(&format!("{p}.source.timeout"), src.timeout.as_ref(), DEFAULT_MAP_POLL_TIMEOUT),
+                    every: self.duration(
+                        &format!("{p}.source.every"),
+                        src.every.as_ref(),
+                        DEFAULT_MAP_POLL_EVERY,
+                    ),
+                    timeout: self.duration(
+                        &format!("{p}.source.timeout"),
+                        src.timeout.as_ref(),
+                        DEFAULT_MAP_POLL_TIMEOUT,
+                    ),
                     format: match src.format.as_deref() {
                         None | Some("map") => MapFormat::Map,
                         Some("json") => MapFormat::Json,
                         Some(o) => {
-                            self.err(format!("{p}.source.format"), format!("{o:?} is not a format; use map or json"));
+                            self.err(
+                                format!("{p}.source.format"),
+                                format!("{o:?} is not a format; use map or json"),
+                            );
                             MapFormat::Map
                         }
                     },
                 }
             });
-            maps.insert(name.clone(), MapConfig { name: name.clone(), file: m.file.as_deref().map(rel), persist: m.persist, source });
+            maps.insert(
+                name.clone(),
+                MapConfig {
+                    name: name.clone(),
+                    file: m.file.as_deref().map(rel),
+                    persist: m.persist,
+                    source,
+                },
+            );
         }
 
         let mut routes = Vec::new();
         let mut route_names = HashSet::new();
         for (i, r) in s.routes.iter().enumerate() {
             if !route_names.insert(r.name.clone()) {
-                self.err(format!("routes[{i}].name"), format!("{:?} is used by an earlier route; route names must be unique", r.name));
+                self.err(
+                    format!("routes[{i}].name"),
+                    format!(
+                        "{:?} is used by an earlier route; route names must be unique",
+                        r.name
+                    ),
+                );
             }
             if let Some(rc) = self.route(i, r, &upstreams, &maps) {
                 routes.push(rc);
             }
         }
         if routes.is_empty() && s.routes.is_empty() {
-            self.err("routes", "no route is defined; add one, e.g. `routes: [{ name: all, upstream: app }]`");
+            self.err(
+                "routes",
+                "no route is defined; add one, e.g. `routes: [{ name: all, upstream: app }]`",
+            );
         }
 
         let policy = s.policy.as_ref().map(|p| {
             if p.scripts.is_empty() {
-                self.err("policy.scripts", "the list is empty; name at least one .lua file or remove the policy section");
+                self.err(
+                    "policy.scripts",
+                    "the list is empty; name at least one .lua file or remove the policy section",
+                );
             }
             let on_error = match &p.on_error {
                 None => OnPolicyError::Continue,
                 Some(serde_yaml::Value::String(s)) if s == "continue" => OnPolicyError::Continue,
-                Some(serde_yaml::Value::Number(n)) if n.as_u64().is_some_and(|c| (400..600).contains(&c)) => {
+                Some(serde_yaml::Value::Number(n))
+                    if n.as_u64().is_some_and(|c| (400..600).contains(&c)) =>
+                {
                     OnPolicyError::Status(n.as_u64().unwrap_or(503) as u16)
                 }
                 Some(o) => {
-                    self.err("policy.on_error", format!("{o:?} is not a choice; use continue or a status from 400 to 599"));
+                    self.err(
+                        "policy.on_error",
+                        format!("{o:?} is not a choice; use continue or a status from 400 to 599"),
+                    );
                     OnPolicyError::Continue
                 }
             };
             PolicyConfig {
                 scripts: p.scripts.iter().map(|s| rel(s)).collect(),
                 budget: self.duration("policy.budget", p.budget.as_ref(), DEFAULT_POLICY_BUDGET),
-                memory_limit: self.size("policy.memory_limit", p.memory_limit.as_ref(), DEFAULT_POLICY_MEMORY),
+                memory_limit: self.size(
+                    "policy.memory_limit",
+                    p.memory_limit.as_ref(),
+                    DEFAULT_POLICY_MEMORY,
+                ),
                 on_error,
             }
         });
 
         let cs = s.cache.clone().unwrap_or_default();
         let cache = CacheConfig {
-            max_bytes: self.size("cache.memory.max_bytes", cs.memory.max_bytes.as_ref(), DEFAULT_CACHE_MAX_BYTES),
-            wait_timeout: self.duration("cache.wait_timeout", cs.wait_timeout.as_ref(), DEFAULT_CACHE_WAIT),
+            max_bytes: self.size(
+                "cache.memory.max_bytes",
+                cs.memory.max_bytes.as_ref(),
+                DEFAULT_CACHE_MAX_BYTES,
+            ),
+            wait_timeout: self.duration(
+                "cache.wait_timeout",
+                cs.wait_timeout.as_ref(),
+                DEFAULT_CACHE_WAIT,
+            ),
             shared: cs.shared.as_ref().map(|sh| {
-                if !(sh.url.starts_with("redis://") || sh.url.starts_with("rediss://") || sh.url.starts_with("valkey://")) {
-                    self.err("cache.shared.url", format!("{:?} is not a redis:// URL; write e.g. \"redis://127.0.0.1:6379/0\"", sh.url));
+                if !(sh.url.starts_with("redis://")
+                    || sh.url.starts_with("rediss://")
+                    || sh.url.starts_with("valkey://"))
+                {
+                    self.err(
+                        "cache.shared.url",
+                        format!(
+                            "{:?} is not a redis:// URL; write e.g. \"redis://127.0.0.1:6379/0\"",
+                            sh.url
+                        ),
+                    );
                 }
                 SharedCacheConfig {
                     url: sh.url.replacen("valkey://", "redis://", 1),
-                    timeout: self.duration("cache.shared.timeout", sh.timeout.as_ref(), DEFAULT_SHARED_TIMEOUT),
-                    key_prefix: sh.key_prefix.clone().unwrap_or_else(|| "floodgate:".to_string()),
+                    timeout: self.duration(
+                        "cache.shared.timeout",
+                        sh.timeout.as_ref(),
+                        DEFAULT_SHARED_TIMEOUT,
+                    ),
+                    key_prefix: sh
+                        .key_prefix
+                        .clone()
+                        .unwrap_or_else(|| "floodgate:".to_string()),
                 }
             }),
         };
@@ -676,7 +852,11 @@ impl Validator {
         let sd = s.shutdown.clone().unwrap_or_default();
         let pre_drain = self.duration("shutdown.pre_drain", sd.pre_drain.as_ref(), Duration::ZERO);
         let drain = self.duration("shutdown.drain", sd.drain.as_ref(), DEFAULT_DRAIN);
-        let ceiling = self.duration("shutdown.ceiling", sd.ceiling.as_ref(), pre_drain + drain + Duration::from_secs(5));
+        let ceiling = self.duration(
+            "shutdown.ceiling",
+            sd.ceiling.as_ref(),
+            pre_drain + drain + Duration::from_secs(5),
+        );
         if ceiling < pre_drain + drain {
             self.err(
                 "shutdown.ceiling",
@@ -699,7 +879,11 @@ impl Validator {
             maps,
             policy,
             cache,
-            shutdown: ShutdownConfig { pre_drain, drain, ceiling },
+            shutdown: ShutdownConfig {
+                pre_drain,
+                drain,
+                ceiling,
+            },
         }
     }
 
@@ -720,7 +904,11 @@ impl Validator {
         match v.map(String::as_str) {
             None => RetryAfterSetting::Fixed(DEFAULT_RETRY_AFTER),
             Some("auto") => RetryAfterSetting::Auto,
-            Some(s) => RetryAfterSetting::Fixed(self.duration(p, Some(&s.to_string()), DEFAULT_RETRY_AFTER)),
+            Some(s) => RetryAfterSetting::Fixed(self.duration(
+                p,
+                Some(&s.to_string()),
+                DEFAULT_RETRY_AFTER,
+            )),
         }
     }
 
@@ -729,15 +917,30 @@ impl Validator {
         let balance = match u.balance.as_deref() {
             None | Some("round_robin") => Balance::RoundRobin,
             Some("least_conn") => Balance::LeastConn,
-            Some("hash") => match u.hash_key.as_deref().and_then(|k| k.strip_prefix("header:")) {
-                Some(h) if !h.is_empty() => Balance::Hash { header: h.to_ascii_lowercase() },
+            Some("hash") => match u
+                .hash_key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("header:"))
+            {
+                Some(h) if !h.is_empty() => Balance::Hash {
+                    header: h.to_ascii_lowercase(),
+                },
                 _ => {
-                    self.err(format!("{p}.hash_key"), format!("{:?}: balance: hash needs hash_key: \"header:NAME\"", u.hash_key.clone().unwrap_or_default()));
+                    self.err(
+                        format!("{p}.hash_key"),
+                        format!(
+                            "{:?}: balance: hash needs hash_key: \"header:NAME\"",
+                            u.hash_key.clone().unwrap_or_default()
+                        ),
+                    );
                     Balance::RoundRobin
                 }
             },
             Some(o) => {
-                self.err(format!("{p}.balance"), format!("{o:?} is not a balancing method; use round_robin, least_conn or hash"));
+                self.err(
+                    format!("{p}.balance"),
+                    format!("{o:?} is not a balancing method; use round_robin, least_conn or hash"),
+                );
                 Balance::RoundRobin
             }
         };
@@ -750,37 +953,70 @@ impl Validator {
             let sp = format!("{p}.servers[{i}]");
             let addr = match sv.addr.parse::<SocketAddr>() {
                 Ok(a) => Some(a),
-                Err(_) => match sv.addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-                    Some(a) => Some(a),
-                    None => {
-                        self.err(format!("{sp}.addr"), format!("{:?} is not a host:port address; write e.g. \"127.0.0.1:3000\"", sv.addr));
-                        None
+                Err(_) => {
+                    match sv.addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                        Some(a) => Some(a),
+                        None => {
+                            self.err(format!("{sp}.addr"), format!("{:?} is not a host:port address; write e.g. \"127.0.0.1:3000\"", sv.addr));
+                            None
+                        }
                     }
-                },
+                }
             };
             let sname = sv.name.clone().unwrap_or_else(|| sv.addr.clone());
             if !seen.insert(sname.clone()) {
                 self.err(format!("{sp}.name"), format!("{sname:?} names an earlier server of this upstream; server names must be unique"));
             }
             if sv.weight == Some(0) {
-                self.err(format!("{sp}.weight"), "0 would never be chosen; use 1 or more, or remove the server");
+                self.err(
+                    format!("{sp}.weight"),
+                    "0 would never be chosen; use 1 or more, or remove the server",
+                );
             }
             if sv.max_inflight == Some(0) {
-                self.err(format!("{sp}.max_inflight"), "0 would never admit a request; use 1 or more, or leave it out for no limit");
+                self.err(
+                    format!("{sp}.max_inflight"),
+                    "0 would never admit a request; use 1 or more, or leave it out for no limit",
+                );
             }
             if let Some(addr) = addr {
-                servers.push(ServerConfig { name: sname, addr, weight: sv.weight.unwrap_or(1), backup: sv.backup, max_inflight: sv.max_inflight });
+                servers.push(ServerConfig {
+                    name: sname,
+                    addr,
+                    weight: sv.weight.unwrap_or(1),
+                    backup: sv.backup,
+                    max_inflight: sv.max_inflight,
+                });
             }
         }
         if !u.servers.is_empty() && u.servers.iter().all(|s| s.backup) {
-            self.err(format!("{p}.servers"), "every server is a backup; mark at least one as a primary (backup: false)");
+            self.err(
+                format!("{p}.servers"),
+                "every server is a backup; mark at least one as a primary (backup: false)",
+            );
         }
         let t = &u.timeouts;
         let timeouts = Timeouts {
-            connect: self.duration(&format!("{p}.timeouts.connect"), t.connect.as_ref(), DEFAULT_CONNECT_TIMEOUT),
-            read: self.duration(&format!("{p}.timeouts.read"), t.read.as_ref(), DEFAULT_READ_TIMEOUT),
-            write: self.duration(&format!("{p}.timeouts.write"), t.write.as_ref(), DEFAULT_WRITE_TIMEOUT),
-            idle: self.duration(&format!("{p}.timeouts.idle"), t.idle.as_ref(), DEFAULT_IDLE_TIMEOUT),
+            connect: self.duration(
+                &format!("{p}.timeouts.connect"),
+                t.connect.as_ref(),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            read: self.duration(
+                &format!("{p}.timeouts.read"),
+                t.read.as_ref(),
+                DEFAULT_READ_TIMEOUT,
+            ),
+            write: self.duration(
+                &format!("{p}.timeouts.write"),
+                t.write.as_ref(),
+                DEFAULT_WRITE_TIMEOUT,
+            ),
+            idle: self.duration(
+                &format!("{p}.timeouts.idle"),
+                t.idle.as_ref(),
+                DEFAULT_IDLE_TIMEOUT,
+            ),
         };
         let health = u.health.as_ref().map(|h| {
             let hp = format!("{p}.health");
@@ -789,18 +1025,32 @@ impl Validator {
                 Some(serde_yaml::Value::String(s)) if s == "any" => Expect::Any,
                 Some(serde_yaml::Value::String(s)) if s == "2xx" => Expect::Success,
                 Some(serde_yaml::Value::Sequence(list)) => {
-                    let codes: Vec<u16> = list.iter().filter_map(|v| v.as_u64()).filter(|c| (100..600).contains(c)).map(|c| c as u16).collect();
+                    let codes: Vec<u16> = list
+                        .iter()
+                        .filter_map(|v| v.as_u64())
+                        .filter(|c| (100..600).contains(c))
+                        .map(|c| c as u16)
+                        .collect();
                     if codes.len() != list.len() || codes.is_empty() {
-                        self.err(format!("{hp}.expect"), "the list must hold HTTP status codes, e.g. [200, 204]");
+                        self.err(
+                            format!("{hp}.expect"),
+                            "the list must hold HTTP status codes, e.g. [200, 204]",
+                        );
                     }
                     Expect::Statuses(codes)
                 }
                 Some(o) => {
-                    self.err(format!("{hp}.expect"), format!("{o:?} is not a choice; use any, 2xx or a list of statuses"));
+                    self.err(
+                        format!("{hp}.expect"),
+                        format!("{o:?} is not a choice; use any, 2xx or a list of statuses"),
+                    );
                     Expect::Any
                 }
             };
-            let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_string());
+            let path = h
+                .path
+                .clone()
+                .unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_string());
             if !path.starts_with('/') {
                 self.err(format!("{hp}.path"), format!("{path:?} must start with /"));
             }
@@ -811,8 +1061,16 @@ impl Validator {
             }
             HealthConfig {
                 path,
-                interval: self.duration(&format!("{hp}.interval"), h.interval.as_ref(), DEFAULT_HEALTH_INTERVAL),
-                timeout: self.duration(&format!("{hp}.timeout"), h.timeout.as_ref(), DEFAULT_HEALTH_TIMEOUT),
+                interval: self.duration(
+                    &format!("{hp}.interval"),
+                    h.interval.as_ref(),
+                    DEFAULT_HEALTH_INTERVAL,
+                ),
+                timeout: self.duration(
+                    &format!("{hp}.timeout"),
+                    h.timeout.as_ref(),
+                    DEFAULT_HEALTH_TIMEOUT,
+                ),
                 rise: rise.max(1),
                 fall: fall.max(1),
                 expect,
@@ -822,8 +1080,14 @@ impl Validator {
         let observe = u
             .observe
             .as_ref()
-            .map(|o| ObserveConfig { failures: o.failures.unwrap_or(DEFAULT_OBSERVE_FAILURES), statuses: o.statuses.clone().unwrap_or_default() })
-            .unwrap_or(ObserveConfig { failures: DEFAULT_OBSERVE_FAILURES, statuses: Vec::new() });
+            .map(|o| ObserveConfig {
+                failures: o.failures.unwrap_or(DEFAULT_OBSERVE_FAILURES),
+                statuses: o.statuses.clone().unwrap_or_default(),
+            })
+            .unwrap_or(ObserveConfig {
+                failures: DEFAULT_OBSERVE_FAILURES,
+                statuses: Vec::new(),
+            });
         UpstreamConfig {
             name: name.to_string(),
             balance,
@@ -849,7 +1113,13 @@ impl Validator {
             if upstreams.contains_key(name) {
                 true
             } else {
-                v.err(format!("{p}.{key}"), format!("{name:?} is not a defined upstream (defined: {})", defined()));
+                v.err(
+                    format!("{p}.{key}"),
+                    format!(
+                        "{name:?} is not a defined upstream (defined: {})",
+                        defined()
+                    ),
+                );
                 false
             }
         };
@@ -857,7 +1127,9 @@ impl Validator {
             (Some("upstream_health"), up) => {
                 let of = r.health_of.as_deref().or(up);
                 match of {
-                    Some(n) if check_up(self, "health_of", n) => RouteTarget::UpstreamHealth(n.to_string()),
+                    Some(n) if check_up(self, "health_of", n) => {
+                        RouteTarget::UpstreamHealth(n.to_string())
+                    }
                     Some(_) => return None,
                     None => {
                         self.err(format!("{p}.health_of"), "respond: upstream_health needs health_of: (or upstream:) naming the upstream to report on");
@@ -866,7 +1138,10 @@ impl Validator {
                 }
             }
             (Some(o), _) => {
-                self.err(format!("{p}.respond"), format!("{o:?} is not a choice; use upstream_health"));
+                self.err(
+                    format!("{p}.respond"),
+                    format!("{o:?} is not a choice; use upstream_health"),
+                );
                 return None;
             }
             (None, Some(up)) => {
@@ -876,7 +1151,13 @@ impl Validator {
                 RouteTarget::Upstream(up.to_string())
             }
             (None, None) => {
-                self.err(format!("{p}.upstream"), format!("missing; name the upstream that serves this route (defined: {})", defined()));
+                self.err(
+                    format!("{p}.upstream"),
+                    format!(
+                        "missing; name the upstream that serves this route (defined: {})",
+                        defined()
+                    ),
+                );
                 return None;
             }
         };
@@ -895,25 +1176,40 @@ impl Validator {
         ] {
             for pp in list.as_ref().map(|l| l.to_vec()).unwrap_or_default() {
                 if !pp.starts_with('/') {
-                    self.err(format!("{p}.match.{key}"), format!("{pp:?} must start with /"));
+                    self.err(
+                        format!("{p}.match.{key}"),
+                        format!("{pp:?} must start with /"),
+                    );
                 }
                 out.push(pp);
             }
         }
         for meth in m.methods.clone().unwrap_or_default() {
             let up = meth.to_ascii_uppercase();
-            if !["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"].contains(&up.as_str()) {
-                self.err(format!("{p}.match.methods"), format!("{meth:?} is not an HTTP method; use e.g. GET, POST"));
+            if ![
+                "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+            ]
+            .contains(&up.as_str())
+            {
+                self.err(
+                    format!("{p}.match.methods"),
+                    format!("{meth:?} is not an HTTP method; use e.g. GET, POST"),
+                );
             }
             matcher.methods.push(up);
         }
         for h in m.header.as_ref().map(|h| h.to_vec()).unwrap_or_default() {
-            matcher.headers.push((h.name.to_ascii_lowercase(), h.value.clone()));
+            matcher
+                .headers
+                .push((h.name.to_ascii_lowercase(), h.value.clone()));
         }
         let admission = r.admission.as_ref().map(|a| {
             let ap = format!("{p}.admission");
             if a.max_inflight == 0 {
-                self.err(format!("{ap}.max_inflight"), "0 would never admit a request; use 1 or more");
+                self.err(
+                    format!("{ap}.max_inflight"),
+                    "0 would never admit a request; use 1 or more",
+                );
             }
             let spec = QueueSpec {
                 max: a.queue,
@@ -923,21 +1219,43 @@ impl Validator {
                 fail_fast: a.fail_fast,
                 body: a.body.clone(),
             };
-            RouteAdmission { max_inflight: a.max_inflight, queue: self.queue(&ap, Some(&spec)) }
+            RouteAdmission {
+                max_inflight: a.max_inflight,
+                queue: self.queue(&ap, Some(&spec)),
+            }
         });
         let cache = r.cache.as_ref().map(|c| {
             let cp = format!("{p}.cache");
             let ttl = self.duration(&format!("{cp}.ttl"), Some(&c.ttl), Duration::from_secs(300));
-            let methods: Vec<String> = c.methods.clone().unwrap_or_else(|| vec!["GET".into(), "HEAD".into()]).iter().map(|m| m.to_ascii_uppercase()).collect();
+            let methods: Vec<String> = c
+                .methods
+                .clone()
+                .unwrap_or_else(|| vec!["GET".into(), "HEAD".into()])
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
             if methods.iter().any(|m| m != "GET" && m != "HEAD") {
-                self.err(format!("{cp}.methods"), "only GET and HEAD responses can be cached");
+                self.err(
+                    format!("{cp}.methods"),
+                    "only GET and HEAD responses can be cached",
+                );
             }
             RouteCacheConfig {
                 ttl,
                 methods,
                 statuses: c.statuses.clone().unwrap_or_else(|| vec![200]),
-                vary: c.vary.clone().unwrap_or_else(|| vec!["authorization".into()]).iter().map(|h| h.to_ascii_lowercase()).collect(),
-                max_entry_size: self.size(&format!("{cp}.max_entry_size"), c.max_entry_size.as_ref(), DEFAULT_CACHE_ENTRY_MAX),
+                vary: c
+                    .vary
+                    .clone()
+                    .unwrap_or_else(|| vec!["authorization".into()])
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                max_entry_size: self.size(
+                    &format!("{cp}.max_entry_size"),
+                    c.max_entry_size.as_ref(),
+                    DEFAULT_CACHE_ENTRY_MAX,
+                ),
             }
         });
         let pick_server = r.pick_server.as_ref().and_then(|ps| {
@@ -975,6 +1293,14 @@ impl Validator {
             };
             Some(PickServer { map: ps.map.clone(), header, on_miss, redispatch: ps.redispatch.unwrap_or(true) })
         });
-        Some(RouteConfig { name: r.name.clone(), matcher, target, priority: r.priority.unwrap_or(0), admission, cache, pick_server })
+        Some(RouteConfig {
+            name: r.name.clone(),
+            matcher,
+            target,
+            priority: r.priority.unwrap_or(0),
+            admission,
+            cache,
+            pick_server,
+        })
     }
 }

@@ -19,7 +19,10 @@ pub enum Admit {
 
 fn has_body(session: &Session) -> bool {
     let h = session.req_header();
-    h.headers.get("content-length").is_some_and(|v| v.as_bytes() != b"0") || h.headers.contains_key("transfer-encoding")
+    h.headers
+        .get("content-length")
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || h.headers.contains_key("transfer-encoding")
 }
 
 /// Waits for `fut`, unless the downstream closes first (bodyless requests only: reading to
@@ -48,37 +51,79 @@ where
 fn rejection_failure(r: &Rejection, body: &str) -> Failure {
     let body = body.to_string();
     match r.reason {
-        RejectReason::QueueFull => Failure::QueueFull { retry_after: r.retry_after, body },
-        RejectReason::QueueTimeout => Failure::QueueTimeout { retry_after: r.retry_after, body },
-        RejectReason::FailFast => Failure::FailFast { retry_after: r.retry_after, body },
-        RejectReason::NoEligibleGroup => Failure::NoHealthyServer { retry_after: r.retry_after },
+        RejectReason::QueueFull => Failure::QueueFull {
+            retry_after: r.retry_after,
+            body,
+        },
+        RejectReason::QueueTimeout => Failure::QueueTimeout {
+            retry_after: r.retry_after,
+            body,
+        },
+        RejectReason::FailFast => Failure::FailFast {
+            retry_after: r.retry_after,
+            body,
+        },
+        RejectReason::NoEligibleGroup => Failure::NoHealthyServer {
+            retry_after: r.retry_after,
+        },
     }
 }
 
 fn record(ctx: &Ctx, scope: &str, name: &str, res: &Result<Permit, Rejection>, gone: bool) {
     let m = &ctx.state().metrics;
     match (res, gone) {
-        (_, true) => m.admission_abandoned.with_label_values(&[scope, name]).inc(),
-        (Ok(p), _) => m.queue_wait.with_label_values(&[scope, name]).observe(p.waited().as_secs_f64()),
+        (_, true) => m
+            .admission_abandoned
+            .with_label_values(&[scope, name])
+            .inc(),
+        (Ok(p), _) => m
+            .queue_wait
+            .with_label_values(&[scope, name])
+            .observe(p.waited().as_secs_f64()),
         (Err(r), _) => {
-            m.admission_rejected.with_label_values(&[scope, name, r.reason.as_str()]).inc();
-            m.queue_wait.with_label_values(&[scope, name]).observe(r.waited.as_secs_f64());
+            m.admission_rejected
+                .with_label_values(&[scope, name, r.reason.as_str()])
+                .inc();
+            m.queue_wait
+                .with_label_values(&[scope, name])
+                .observe(r.waited.as_secs_f64());
         }
     }
 }
 
 /// Applies the route's own limit (if any).
-pub async fn admit_route(session: &mut Session, ctx: &mut Ctx, adm: &Arc<Admission>, body: &str) -> Admit {
+pub async fn admit_route(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    adm: &Arc<Admission>,
+    body: &str,
+) -> Admit {
     let route = ctx.route_name().to_string();
     let fut = adm.acquire(ctx.priority, &[0], &mut |free| free[0]);
     let res = race_client(session, fut).await;
     finish(ctx, "route", &route, res, body)
 }
 
-fn finish(ctx: &mut Ctx, scope: &str, name: &str, res: Option<Result<Permit, Rejection>>, body: &str) -> Admit {
+fn finish(
+    ctx: &mut Ctx,
+    scope: &str,
+    name: &str,
+    res: Option<Result<Permit, Rejection>>,
+    body: &str,
+) -> Admit {
     match res {
         None => {
-            record(ctx, scope, name, &Err(Rejection { reason: RejectReason::QueueTimeout, retry_after: Duration::ZERO, waited: Duration::ZERO }), true);
+            record(
+                ctx,
+                scope,
+                name,
+                &Err(Rejection {
+                    reason: RejectReason::QueueTimeout,
+                    retry_after: Duration::ZERO,
+                    waited: Duration::ZERO,
+                }),
+                true,
+            );
             Admit::ClientGone
         }
         Some(r) => {
@@ -106,11 +151,15 @@ pub async fn admit_server(session: &mut Session, ctx: &mut Ctx, up: &Arc<Upstrea
         _ => up.eligible(&ctx.tried),
     };
     let Eligible::Servers(list) = eligible else {
-        return Admit::Rejected(Failure::NoHealthyServer { retry_after: up.retry_after() });
+        return Admit::Rejected(Failure::NoHealthyServer {
+            retry_after: up.retry_after(),
+        });
     };
     let hash = ctx.hash_value.clone();
     let upc = up.clone();
-    let fut = up.admission.acquire(ctx.priority, &list, &mut |free| upc.choose(free, hash.as_deref()));
+    let fut = up.admission.acquire(ctx.priority, &list, &mut |free| {
+        upc.choose(free, hash.as_deref())
+    });
     let res = race_client(session, fut).await;
     let name = up.name().to_string();
     let body = up.cfg.queue.body.clone();

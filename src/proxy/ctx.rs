@@ -96,7 +96,10 @@ impl Ctx {
     }
 
     pub fn route_name(&self) -> &str {
-        self.route.as_deref().map(|r| r.name.as_str()).unwrap_or("none")
+        self.route
+            .as_deref()
+            .map(|r| r.name.as_str())
+            .unwrap_or("none")
     }
 
     pub fn upstream_name(&self) -> &str {

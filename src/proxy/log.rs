@@ -33,16 +33,25 @@ fn status_label(code: u16) -> &'static str {
 }
 
 pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &Ctx) {
-    let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0);
     let elapsed = ctx.start.elapsed();
     let route = ctx.route_name();
     let upstream = ctx.upstream_name();
     let m = &state.metrics;
     let code = status_label(status);
     m.requests.with_label_values(&[route, upstream, code]).inc();
-    m.request_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
-    if let (Some(up), Some(i), Some(st)) = (ctx.upstream.as_deref(), ctx.server, ctx.upstream_status) {
-        m.upstream_requests.with_label_values(&[up.name(), up.servers[i].cfg.name.as_str(), status_label(st)]).inc();
+    m.request_duration
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+    if let (Some(up), Some(i), Some(st)) =
+        (ctx.upstream.as_deref(), ctx.server, ctx.upstream_status)
+    {
+        m.upstream_requests
+            .with_label_values(&[up.name(), up.servers[i].cfg.name.as_str(), status_label(st)])
+            .inc();
     }
     let cfg = &ctx.snap.config.access_log;
     if !cfg.enabled || !log::log_enabled!(target: "access", log::Level::Info) {
@@ -50,7 +59,12 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
     }
     let req = session.req_header();
     let bytes = session.as_downstream().body_bytes_sent();
-    let reason = ctx.failure.as_ref().map(|f| f.reason()).or_else(|| e.map(|_| "error")).unwrap_or("-");
+    let reason = ctx
+        .failure
+        .as_ref()
+        .map(|f| f.reason())
+        .or_else(|| e.map(|_| "error"))
+        .unwrap_or("-");
     let served = match ctx.served {
         Served::Upstream => "upstream",
         Served::Local => "local",
@@ -60,7 +74,12 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
     };
     let client = ctx.client_ip.as_deref().unwrap_or("-");
     let uri = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let hdr = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let hdr = |n: &str| {
+        req.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    };
     match cfg.format {
         LogFormat::Combined => log::info!(
             target: "access",

@@ -34,7 +34,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
-        Gateway { state, id_prefix: rand::random::<u64>(), id_seq: AtomicU64::new(0) }
+        Gateway {
+            state,
+            id_prefix: rand::random::<u64>(),
+            id_seq: AtomicU64::new(0),
+        }
     }
 
     fn new_request_id(&self) -> String {
@@ -57,7 +61,10 @@ async fn upstream_health(session: &mut Session, ctx: &mut Ctx, name: &str) -> Re
     let Some(up) = ctx.snap.upstream(name).cloned() else {
         return reject(session, ctx, Failure::NoRoute).await;
     };
-    let healthy: Vec<&str> = (0..up.servers.len()).filter(|&i| up.is_usable(i)).map(|i| up.servers[i].cfg.name.as_str()).collect();
+    let healthy: Vec<&str> = (0..up.servers.len())
+        .filter(|&i| up.is_usable(i))
+        .map(|i| up.servers[i].cfg.name.as_str())
+        .collect();
     let ok = !healthy.is_empty();
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "unavailable" },
@@ -67,7 +74,10 @@ async fn upstream_health(session: &mut Session, ctx: &mut Ctx, name: &str) -> Re
     })
     .to_string();
     let status = if ok { 200 } else { 503 };
-    let mut headers = vec![("content-type", "application/json"), ("cache-control", "no-store")];
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+    ];
     if !ok {
         headers.push(("retry-after", "5"));
     }
@@ -88,7 +98,11 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
-        ctx.request_id = match req.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        ctx.request_id = match req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(id) if !id.is_empty() && id.len() <= 128 => id.to_string(),
             _ => self.new_request_id(),
         };
@@ -99,18 +113,34 @@ impl ProxyHttp for Gateway {
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
         ctx.host = normalize_host(host_raw);
-        ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
 
-        let on_error = ctx.snap.config.policy.as_ref().map(|p| p.on_error.clone()).unwrap_or(crate::config::OnPolicyError::Continue);
+        let on_error = ctx
+            .snap
+            .config
+            .policy
+            .as_ref()
+            .map(|p| p.on_error.clone())
+            .unwrap_or(crate::config::OnPolicyError::Continue);
         let engine = self.state.policy.clone();
-        if let policy::Verdict::Reject(f) = policy::run(&engine, Hook::Admit, session, ctx, &on_error) {
+        if let policy::Verdict::Reject(f) =
+            policy::run(&engine, Hook::Admit, session, ctx, &on_error)
+        {
             return reject(session, ctx, f).await;
         }
         let route = {
             let req = session.req_header();
             let headers = &req.headers;
             let lookup = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-            let view = RequestView { method: req.method.as_str(), host: &ctx.host, path: req.uri.path(), header: &lookup };
+            let view = RequestView {
+                method: req.method.as_str(),
+                host: &ctx.host,
+                path: req.uri.path(),
+                header: &lookup,
+            };
             ctx.snap.routes.resolve(&view).map(|(_, r)| r.clone())
         };
         let Some(route) = route else {
@@ -121,14 +151,18 @@ impl ProxyHttp for Gateway {
         }
         ctx.route = Some(route.clone());
         let up_name = match &route.target {
-            RouteTarget::UpstreamHealth(name) => return upstream_health(session, ctx, &name.clone()).await,
+            RouteTarget::UpstreamHealth(name) => {
+                return upstream_health(session, ctx, &name.clone()).await
+            }
             RouteTarget::Upstream(name) => name.clone(),
         };
         let Some(up) = ctx.snap.upstream(&up_name).cloned() else {
             return reject(session, ctx, Failure::NoRoute).await;
         };
         ctx.upstream = Some(up);
-        if let policy::Verdict::Reject(f) = policy::run(&engine, Hook::Route, session, ctx, &on_error) {
+        if let policy::Verdict::Reject(f) =
+            policy::run(&engine, Hook::Route, session, ctx, &on_error)
+        {
             return reject(session, ctx, f).await;
         }
         // The route hook may have chosen another upstream (and server).
@@ -137,19 +171,30 @@ impl ProxyHttp for Gateway {
         };
 
         if let crate::config::Balance::Hash { header } = &up.cfg.balance {
-            ctx.hash_value = session.req_header().headers.get(header.as_str()).map(|v| v.as_bytes().to_vec());
+            ctx.hash_value = session
+                .req_header()
+                .headers
+                .get(header.as_str())
+                .map(|v| v.as_bytes().to_vec());
         }
         if let (Some(ps), None) = (&route.pick_server, ctx.pinned) {
-            let key = session.req_header().headers.get(ps.header.as_str()).and_then(|v| v.to_str().ok());
+            let key = session
+                .req_header()
+                .headers
+                .get(ps.header.as_str())
+                .and_then(|v| v.to_str().ok());
             let map = ctx.snap.maps.get(&ps.map);
             let hit = key.and_then(|k| map.and_then(|m| m.get(k)));
             let m = &self.state.metrics.map_lookups;
-            m.with_label_values(&[ps.map.as_str(), if hit.is_some() { "hit" } else { "miss" }]).inc();
+            m.with_label_values(&[ps.map.as_str(), if hit.is_some() { "hit" } else { "miss" }])
+                .inc();
             ctx.redispatch = ps.redispatch;
             match (hit, &ps.on_miss) {
                 (Some(server), _) => ctx.pinned = up.server_index(server),
                 (None, OnMiss::Balance) => {}
-                (None, OnMiss::Reject(status)) => return reject(session, ctx, Failure::MapMiss { status: *status }).await,
+                (None, OnMiss::Reject(status)) => {
+                    return reject(session, ctx, Failure::MapMiss { status: *status }).await
+                }
                 (None, OnMiss::Server(s)) => ctx.pinned = up.server_index(s),
             }
         }
@@ -160,7 +205,11 @@ impl ProxyHttp for Gateway {
         }
 
         if let Some(adm) = ctx.snap.route_admission.get(&route.name).cloned() {
-            let body = route.admission.as_ref().map(|a| a.queue.body.clone()).unwrap_or_default();
+            let body = route
+                .admission
+                .as_ref()
+                .map(|a| a.queue.body.clone())
+                .unwrap_or_default();
             match admit::admit_route(session, ctx, &adm, &body).await {
                 Admit::Granted(p) => ctx.route_permit = Some(p),
                 Admit::Rejected(f) => return reject(session, ctx, f).await,
@@ -185,12 +234,20 @@ impl ProxyHttp for Gateway {
                 Admit::Granted(p) => ctx.server_permit = Some(p),
                 Admit::Rejected(f) => {
                     // Tried servers exhausted: report the connect failure that got us here.
-                    let f = if matches!(f, Failure::NoHealthyServer { .. }) && !ctx.tried.is_empty() { Failure::UpstreamUnreachable } else { f };
+                    let f = if matches!(f, Failure::NoHealthyServer { .. }) && !ctx.tried.is_empty()
+                    {
+                        Failure::UpstreamUnreachable
+                    } else {
+                        f
+                    };
                     ctx.failure = Some(f);
                     return Error::e_explain(ErrorType::HTTPStatus(503), "no server for retry");
                 }
                 Admit::ClientGone => {
-                    return Error::e_explain(ErrorType::ConnectionClosed, "client left while queued");
+                    return Error::e_explain(
+                        ErrorType::ConnectionClosed,
+                        "client left while queued",
+                    );
                 }
             }
         }
@@ -198,23 +255,46 @@ impl ProxyHttp for Gateway {
         Ok(up.servers[i].peer())
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let (Some(up), Some(i)) = (ctx.upstream.clone(), ctx.server) {
             if up.observe_failure(i) {
-                ::log::warn!("upstream {} server {} marked down: {} consecutive connect failures ({})", up.name(), up.servers[i].cfg.name, up.cfg.observe.failures, e.etype().as_str());
+                ::log::warn!(
+                    "upstream {} server {} marked down: {} consecutive connect failures ({})",
+                    up.name(),
+                    up.servers[i].cfg.name,
+                    up.cfg.observe.failures,
+                    e.etype().as_str()
+                );
             }
-            self.state.metrics.upstream_requests.with_label_values(&[up.name(), up.servers[i].cfg.name.as_str(), "connect_error"]).inc();
+            self.state
+                .metrics
+                .upstream_requests
+                .with_label_values(&[up.name(), up.servers[i].cfg.name.as_str(), "connect_error"])
+                .inc();
             ctx.tried.push(i);
             ctx.server_permit = None;
             ctx.server = None;
             // Connect failures never reached the upstream, so any method may be retried.
             let retries_left = (ctx.tried.len() as u32) <= up.cfg.retries;
-            e.set_retry(retries_left && (ctx.pinned.is_none() || ctx.redispatch || ctx.tried.len() < 2));
+            e.set_retry(
+                retries_left && (ctx.pinned.is_none() || ctx.redispatch || ctx.tried.len() < 2),
+            );
         }
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         // Headers the client named in Connection are hop-by-hop too.
         let named: Vec<String> = req
             .headers
@@ -224,11 +304,19 @@ impl ProxyHttp for Gateway {
             .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
             .filter(|t| !t.is_empty() && t != "keep-alive" && t != "close" && t != "upgrade")
             .collect();
-        for h in named.iter().map(String::as_str).chain(HOP_BY_HOP.iter().copied()) {
+        for h in named
+            .iter()
+            .map(String::as_str)
+            .chain(HOP_BY_HOP.iter().copied())
+        {
             req.remove_header(h);
         }
         if let Some(ip) = &ctx.client_ip {
-            let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
                 _ => ip.clone(),
             };
@@ -237,7 +325,12 @@ impl ProxyHttp for Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         if req.headers.get("x-forwarded-host").is_none() {
-            if let Some(h) = session.req_header().headers.get(http::header::HOST).cloned() {
+            if let Some(h) = session
+                .req_header()
+                .headers
+                .get(http::header::HOST)
+                .cloned()
+            {
                 req.insert_header("x-forwarded-host", h)?;
             }
         }
@@ -248,27 +341,50 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
         if let (Some(up), Some(i)) = (ctx.upstream.as_deref(), ctx.server) {
             if up.observe_status(i, resp.status.as_u16()) {
-                ::log::warn!("upstream {} server {} marked down: answered {}", up.name(), up.servers[i].cfg.name, resp.status);
+                ::log::warn!(
+                    "upstream {} server {} marked down: answered {}",
+                    up.name(),
+                    up.servers[i].cfg.name,
+                    resp.status
+                );
             }
         }
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         policy::response(&self.state.policy, session, ctx, resp);
-        if self.state.current_phase() != Phase::Running && self.state.current_phase() != Phase::Starting {
+        if self.state.current_phase() != Phase::Running
+            && self.state.current_phase() != Phase::Starting
+        {
             // why: during a drain, ask clients to reconnect elsewhere rather than reuse this connection
             session.set_keepalive(None);
         }
         Ok(())
     }
 
-    fn upstream_response_body_filter(&self, _session: &mut Session, _body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<Option<std::time::Duration>> {
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
             // The upstream is done with this request: free its slot now, not when a slow
             // client finishes reading.
@@ -282,15 +398,20 @@ impl ProxyHttp for Gateway {
         let code = match &failure {
             Some(f) => {
                 ctx.served = Served::Local;
-                respond::write_failure(session, f, &ctx.request_id).await.unwrap_or_else(|err| {
-                    ::log::debug!("could not write the error answer: {err}");
-                    0
-                })
+                respond::write_failure(session, f, &ctx.request_id)
+                    .await
+                    .unwrap_or_else(|err| {
+                        ::log::debug!("could not write the error answer: {err}");
+                        0
+                    })
             }
             None => 0,
         };
         ctx.failure = failure;
-        FailToProxy { error_code: code, can_reuse_downstream: code != 0 && code != 400 }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: code != 0 && code != 400,
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
@@ -316,11 +437,17 @@ fn client_gone(ctx: &mut Ctx) -> Result<bool> {
 fn classify(e: &Error) -> Option<Failure> {
     use ErrorType::*;
     match e.etype() {
-        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | TLSHandshakeFailure
-        | SocketError | BindError => Some(Failure::UpstreamUnreachable),
-        ReadTimedout | WriteTimedout if *e.esource() == ErrorSource::Upstream => Some(Failure::UpstreamTimeout),
-        HTTPStatus(503) => Some(Failure::NoHealthyServer { retry_after: std::time::Duration::from_secs(5) }),
-        InvalidHTTPHeader | H1Error | H2Error if *e.esource() == ErrorSource::Upstream => Some(Failure::UpstreamProtocol),
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | SocketError | BindError => Some(Failure::UpstreamUnreachable),
+        ReadTimedout | WriteTimedout if *e.esource() == ErrorSource::Upstream => {
+            Some(Failure::UpstreamTimeout)
+        }
+        HTTPStatus(503) => Some(Failure::NoHealthyServer {
+            retry_after: std::time::Duration::from_secs(5),
+        }),
+        InvalidHTTPHeader | H1Error | H2Error if *e.esource() == ErrorSource::Upstream => {
+            Some(Failure::UpstreamProtocol)
+        }
         ConnectionClosed | ReadError | WriteError if *e.esource() == ErrorSource::Upstream => {
             Some(Failure::UpstreamProtocol)
         }

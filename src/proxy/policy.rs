@@ -4,7 +4,10 @@
 use super::ctx::Ctx;
 use crate::config::OnPolicyError;
 use crate::error::Failure;
-use crate::policy::{Hook, Outcome, PolicyDecision, PolicyEngine, PolicyHost, PolicyRequest, PolicyResponse, UpstreamState};
+use crate::policy::{
+    Hook, Outcome, PolicyDecision, PolicyEngine, PolicyHost, PolicyRequest, PolicyResponse,
+    UpstreamState,
+};
 use crate::state::{AppState, Snapshot};
 use pingora_proxy::Session;
 use std::time::{Duration, Instant};
@@ -14,7 +17,11 @@ pub struct SnapshotHost<'a>(pub &'a Snapshot);
 
 impl PolicyHost for SnapshotHost<'_> {
     fn map_get(&self, map: &str, key: &str) -> Option<String> {
-        self.0.maps.get(map).and_then(|m| m.get(key)).map(str::to_string)
+        self.0
+            .maps
+            .get(map)
+            .and_then(|m| m.get(key))
+            .map(str::to_string)
     }
 
     fn upstream_state(&self, name: &str) -> Option<UpstreamState> {
@@ -46,7 +53,15 @@ pub fn request_view(session: &Session, ctx: &Ctx) -> PolicyRequest {
         method: req.method.as_str().to_string(),
         path: req.uri.path().to_string(),
         query,
-        headers: req.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string()))).collect(),
+        headers: req
+            .headers
+            .iter()
+            .filter_map(|(n, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (n.as_str().to_string(), v.to_string()))
+            })
+            .collect(),
         client_ip: ctx.client_ip.clone(),
         tls: None,
         route: ctx.route.as_ref().map(|r| r.name.clone()),
@@ -72,8 +87,16 @@ fn hook_label(h: Hook) -> &'static str {
 }
 
 fn count(state: &AppState, hook: Hook, o: &Outcome, took: Duration) {
-    state.metrics.policy_runs.with_label_values(&[hook_label(hook), outcome_label(o)]).inc();
-    state.metrics.policy_duration.with_label_values(&[hook_label(hook)]).observe(took.as_secs_f64());
+    state
+        .metrics
+        .policy_runs
+        .with_label_values(&[hook_label(hook), outcome_label(o)])
+        .inc();
+    state
+        .metrics
+        .policy_duration
+        .with_label_values(&[hook_label(hook)])
+        .observe(took.as_secs_f64());
     if let Outcome::Error(e) = o {
         ::log::warn!("policy {} hook failed: {e}", hook_label(hook));
     }
@@ -86,7 +109,13 @@ pub enum Verdict {
 }
 
 /// Runs `admit` or `route` and applies the decision to `ctx`.
-pub fn run(engine: &PolicyEngine, hook: Hook, session: &Session, ctx: &mut Ctx, on_error: &OnPolicyError) -> Verdict {
+pub fn run(
+    engine: &PolicyEngine,
+    hook: Hook,
+    session: &Session,
+    ctx: &mut Ctx,
+    on_error: &OnPolicyError,
+) -> Verdict {
     if !engine.has_hook(hook) {
         return Verdict::Continue;
     }
@@ -106,17 +135,30 @@ pub fn run(engine: &PolicyEngine, hook: Hook, session: &Session, ctx: &mut Ctx, 
     }
     match decision {
         PolicyDecision::Pass => Verdict::Continue,
-        PolicyDecision::Deny { status, retry_after, body } => {
-            Verdict::Reject(Failure::PolicyDeny { status, retry_after: retry_after.map(|s| Duration::from_secs(u64::from(s))), body })
-        }
-        PolicyDecision::Adjust { priority, set_headers } => {
+        PolicyDecision::Deny {
+            status,
+            retry_after,
+            body,
+        } => Verdict::Reject(Failure::PolicyDeny {
+            status,
+            retry_after: retry_after.map(|s| Duration::from_secs(u64::from(s))),
+            body,
+        }),
+        PolicyDecision::Adjust {
+            priority,
+            set_headers,
+        } => {
             if let Some(p) = priority {
                 ctx.priority = p;
             }
             ctx.set_headers.extend(set_headers);
             Verdict::Continue
         }
-        PolicyDecision::Route { upstream, server, set_headers } => {
+        PolicyDecision::Route {
+            upstream,
+            server,
+            set_headers,
+        } => {
             ctx.set_headers.extend(set_headers);
             match ctx.snap.upstream(&upstream).cloned() {
                 Some(up) => {
@@ -128,7 +170,12 @@ pub fn run(engine: &PolicyEngine, hook: Hook, session: &Session, ctx: &mut Ctx, 
                     Verdict::Continue
                 }
                 None => {
-                    count(ctx.state(), hook, &Outcome::Error(format!("unknown upstream {upstream:?}")), Duration::ZERO);
+                    count(
+                        ctx.state(),
+                        hook,
+                        &Outcome::Error(format!("unknown upstream {upstream:?}")),
+                        Duration::ZERO,
+                    );
                     Verdict::Continue
                 }
             }
@@ -137,14 +184,27 @@ pub fn run(engine: &PolicyEngine, hook: Hook, session: &Session, ctx: &mut Ctx, 
 }
 
 /// Runs the `response` hook and applies its header edits.
-pub fn response(engine: &PolicyEngine, session: &Session, ctx: &Ctx, resp: &mut pingora_http::ResponseHeader) {
+pub fn response(
+    engine: &PolicyEngine,
+    session: &Session,
+    ctx: &Ctx,
+    resp: &mut pingora_http::ResponseHeader,
+) {
     if !engine.has_hook(Hook::Response) {
         return;
     }
     let view = request_view(session, ctx);
     let pr = PolicyResponse {
         status: resp.status.as_u16(),
-        headers: resp.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string()))).collect(),
+        headers: resp
+            .headers
+            .iter()
+            .filter_map(|(n, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (n.as_str().to_string(), v.to_string()))
+            })
+            .collect(),
     };
     let snap = ctx.snap.clone();
     let t = Instant::now();
@@ -165,7 +225,10 @@ pub fn log(engine: &PolicyEngine, session: &Session, ctx: &Ctx) {
     }
     let view = request_view(session, ctx);
     let pr = PolicyResponse {
-        status: session.response_written().map(|r| r.status.as_u16()).unwrap_or(0),
+        status: session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0),
         headers: Vec::new(),
     };
     let snap = ctx.snap.clone();

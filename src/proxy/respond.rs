@@ -21,7 +21,9 @@ pub async fn write_local(
     }
     resp.insert_header("content-length", body.len().to_string())?;
     let head = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head || body.is_empty()).await?;
+    session
+        .write_response_header(Box::new(resp), head || body.is_empty())
+        .await?;
     if !head && !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
     }
@@ -32,7 +34,10 @@ pub async fn write_local(
 pub async fn write_failure(session: &mut Session, f: &Failure, request_id: &str) -> Result<u16> {
     let r = failure_response(f, request_id);
     let ra = r.retry_after.map(|s| s.to_string());
-    let mut headers: Vec<(&str, &str)> = vec![("content-type", r.content_type), ("x-request-id", request_id)];
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("content-type", r.content_type),
+        ("x-request-id", request_id),
+    ];
     if let Some(ra) = ra.as_deref() {
         headers.push(("retry-after", ra));
     }

@@ -22,12 +22,17 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(routes: &[RouteConfig]) -> Self {
-        RouteTable { routes: routes.iter().cloned().map(Arc::new).collect() }
+        RouteTable {
+            routes: routes.iter().cloned().map(Arc::new).collect(),
+        }
     }
 
     /// The first matching route, with its index.
     pub fn resolve(&self, req: &RequestView<'_>) -> Option<(usize, &Arc<RouteConfig>)> {
-        self.routes.iter().enumerate().find(|(_, r)| matches(&r.matcher, req))
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| matches(&r.matcher, req))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<RouteConfig>> {
@@ -76,11 +81,13 @@ fn matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
             return false;
         }
     }
-    m.headers.iter().all(|(name, want)| match ((req.header)(name), want) {
-        (None, _) => false,
-        (Some(_), None) => true,
-        (Some(v), Some(w)) => v == w,
-    })
+    m.headers
+        .iter()
+        .all(|(name, want)| match ((req.header)(name), want) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(v), Some(w)) => v == w,
+        })
 }
 
 /// `/register` matches `/register`, `/register/health` and `/register?x`, not `/registered`;
@@ -106,10 +113,26 @@ mod tests {
         RouteTable::new(&cfg.routes)
     }
 
-    fn resolve<'a>(t: &'a RouteTable, method: &str, host: &str, path: &str, hdrs: &[(&str, &str)]) -> Option<&'a str> {
-        let owned: Vec<(String, String)> = hdrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let f = |n: &str| -> Option<&str> { owned.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()) };
-        let view = RequestView { method, host, path, header: &f };
+    fn resolve<'a>(
+        t: &'a RouteTable,
+        method: &str,
+        host: &str,
+        path: &str,
+        hdrs: &[(&str, &str)],
+    ) -> Option<&'a str> {
+        let owned: Vec<(String, String)> = hdrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let f = |n: &str| -> Option<&str> {
+            owned.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str())
+        };
+        let view = RequestView {
+            method,
+            host,
+            path,
+            header: &f,
+        };
         t.resolve(&view).map(|(_, r)| r.name.as_str())
     }
 
@@ -129,16 +152,43 @@ routes:
     #[test]
     fn first_matching_route_wins_on_each_matcher() {
         let t = table(Y);
-        assert_eq!(resolve(&t, "GET", "x", "/", &[("x-node-name", "n1")]), Some("by-header"));
-        assert_eq!(resolve(&t, "GET", "x", "/", &[("x-env", "prod")]), Some("by-header-value"));
+        assert_eq!(
+            resolve(&t, "GET", "x", "/", &[("x-node-name", "n1")]),
+            Some("by-header")
+        );
+        assert_eq!(
+            resolve(&t, "GET", "x", "/", &[("x-env", "prod")]),
+            Some("by-header-value")
+        );
         assert_eq!(resolve(&t, "GET", "x", "/", &[("x-env", "dev")]), None);
-        assert_eq!(resolve(&t, "GET", "a.example.com", "/", &[]), Some("wildcard"));
-        assert_eq!(resolve(&t, "GET", "example.com", "/", &[]), None, "wildcard needs a label before the suffix");
-        assert_eq!(resolve(&t, "GET", "API.test", "/v1", &[]), Some("exact-host"));
-        assert_eq!(resolve(&t, "GET", "api.test", "/v1/x", &[]), None, "path is exact");
-        assert_eq!(resolve(&t, "POST", "h", "/rhsm/consumers", &[]), Some("rhsm-post"));
+        assert_eq!(
+            resolve(&t, "GET", "a.example.com", "/", &[]),
+            Some("wildcard")
+        );
+        assert_eq!(
+            resolve(&t, "GET", "example.com", "/", &[]),
+            None,
+            "wildcard needs a label before the suffix"
+        );
+        assert_eq!(
+            resolve(&t, "GET", "API.test", "/v1", &[]),
+            Some("exact-host")
+        );
+        assert_eq!(
+            resolve(&t, "GET", "api.test", "/v1/x", &[]),
+            None,
+            "path is exact"
+        );
+        assert_eq!(
+            resolve(&t, "POST", "h", "/rhsm/consumers", &[]),
+            Some("rhsm-post")
+        );
         assert_eq!(resolve(&t, "GET", "h", "/register", &[]), Some("register"));
-        assert_eq!(resolve(&t, "GET", "h", "/registered", &[]), None, "prefix stops at a segment boundary");
+        assert_eq!(
+            resolve(&t, "GET", "h", "/registered", &[]),
+            None,
+            "prefix stops at a segment boundary"
+        );
     }
 
     #[test]

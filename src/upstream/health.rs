@@ -106,7 +106,11 @@ pub async fn probe(addr: SocketAddr, hc: &HealthConfig) -> Probe {
             match resp.parse(&buf[..n]) {
                 Ok(_) if resp.code.is_some() => {
                     let code = resp.code.unwrap_or(0);
-                    return if hc.expect.accepts(code) { Probe::Pass(code) } else { Probe::BadStatus(code) };
+                    return if hc.expect.accepts(code) {
+                        Probe::Pass(code)
+                    } else {
+                        Probe::BadStatus(code)
+                    };
                 }
                 Ok(_) if n < buf.len() => continue,
                 Ok(_) => return Probe::Error("status line too long".into()),
@@ -123,20 +127,25 @@ pub async fn probe(addr: SocketAddr, hc: &HealthConfig) -> Probe {
 /// True when every actively checked server of the snapshot has been checked once.
 pub fn first_round_done(state: &AppState) -> bool {
     let snap = state.snapshot();
-    snap.upstreams.values().all(|u| u.cfg.health.is_none() || u.servers.iter().all(|s| s.state.was_checked()))
+    snap.upstreams
+        .values()
+        .all(|u| u.cfg.health.is_none() || u.servers.iter().all(|s| s.state.was_checked()))
 }
 
 /// The health loop: checks each server when due; leaves promptly on shutdown.
 pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     // (upstream, server name, addr) -> next due time
     let mut due: HashMap<(String, String, SocketAddr), Instant> = HashMap::new();
-    let mut running: HashMap<(String, String, SocketAddr), tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut running: HashMap<(String, String, SocketAddr), tokio::task::JoinHandle<()>> =
+        HashMap::new();
     loop {
         let snap = state.snapshot();
         let now = Instant::now();
         let mut live = std::collections::HashSet::new();
         for up in snap.upstreams.values() {
-            let Some(hc) = up.cfg.health.clone() else { continue };
+            let Some(hc) = up.cfg.health.clone() else {
+                continue;
+            };
             for s in &up.servers {
                 let key = (up.name().to_string(), s.cfg.name.clone(), s.cfg.addr);
                 live.insert(key.clone());
@@ -157,11 +166,22 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
                     tokio::spawn(async move {
                         let t0 = Instant::now();
                         let p = probe(addr, &hc).await;
-                        st.metrics.health_check_duration.observe(t0.elapsed().as_secs_f64());
-                        st.metrics.health_checks.with_label_values(&[&upname, &sname, p.label()]).inc();
+                        st.metrics
+                            .health_check_duration
+                            .observe(t0.elapsed().as_secs_f64());
+                        st.metrics
+                            .health_checks
+                            .with_label_values(&[&upname, &sname, p.label()])
+                            .inc();
                         match apply(&sstate, p.passed(), hc.rise, hc.fall) {
-                            Transition::Up => log::info!("health: upstream {upname} server {sname} ({addr}) is UP: {}", p.describe()),
-                            Transition::Down => log::warn!("health: upstream {upname} server {sname} ({addr}) is DOWN: {}", p.describe()),
+                            Transition::Up => log::info!(
+                                "health: upstream {upname} server {sname} ({addr}) is UP: {}",
+                                p.describe()
+                            ),
+                            Transition::Down => log::warn!(
+                                "health: upstream {upname} server {sname} ({addr}) is DOWN: {}",
+                                p.describe()
+                            ),
                             Transition::None => {}
                         }
                     }),
@@ -189,10 +209,18 @@ mod tests {
     fn first_check_decides_then_rise_and_fall_apply() {
         let s = ServerState::new(true);
         assert!(!s.is_healthy(), "an actively checked server starts down");
-        assert_eq!(apply(&s, true, 2, 3), Transition::Up, "the first pass brings it up at once");
+        assert_eq!(
+            apply(&s, true, 2, 3),
+            Transition::Up,
+            "the first pass brings it up at once"
+        );
         assert_eq!(apply(&s, false, 2, 3), Transition::None);
         assert_eq!(apply(&s, false, 2, 3), Transition::None);
-        assert_eq!(apply(&s, false, 2, 3), Transition::Down, "down after fall=3");
+        assert_eq!(
+            apply(&s, false, 2, 3),
+            Transition::Down,
+            "down after fall=3"
+        );
         assert_eq!(apply(&s, true, 2, 3), Transition::None);
         assert_eq!(apply(&s, true, 2, 3), Transition::Up, "up after rise=2");
     }

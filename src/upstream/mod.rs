@@ -130,7 +130,9 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.cfg.name).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.cfg.name)
+            .finish()
     }
 }
 
@@ -151,7 +153,10 @@ pub fn queue_settings(q: &crate::config::QueueConfig) -> QueueSettings {
 impl Upstream {
     /// Builds a pool; `old_state` supplies the state of servers that already existed
     /// (looked up by server name and address).
-    pub fn build(cfg: &UpstreamConfig, old_state: &dyn Fn(&ServerConfig) -> Option<Arc<ServerState>>) -> Upstream {
+    pub fn build(
+        cfg: &UpstreamConfig,
+        old_state: &dyn Fn(&ServerConfig) -> Option<Arc<ServerState>>,
+    ) -> Upstream {
         let servers: Vec<Server> = cfg
             .servers
             .iter()
@@ -163,12 +168,16 @@ impl Upstream {
                 peer.options.idle_timeout = Some(cfg.timeouts.idle);
                 Server {
                     cfg: s.clone(),
-                    state: old_state(s).unwrap_or_else(|| Arc::new(ServerState::new(cfg.health.is_some()))),
+                    state: old_state(s)
+                        .unwrap_or_else(|| Arc::new(ServerState::new(cfg.health.is_some()))),
                     peer,
                 }
             })
             .collect();
-        let admission = Admission::new(servers.iter().map(|s| s.cfg.max_inflight).collect(), queue_settings(&cfg.queue));
+        let admission = Admission::new(
+            servers.iter().map(|s| s.cfg.max_inflight).collect(),
+            queue_settings(&cfg.queue),
+        );
         // Weighted round robin: each server appears `weight` times, interleaved so that
         // consecutive picks spread out (1,2,1,2,1 rather than 1,1,1,2,2).
         let max_w = cfg.servers.iter().map(|s| s.weight).max().unwrap_or(1);
@@ -185,7 +194,8 @@ impl Upstream {
                 let mut set = BTreeSet::new();
                 let mut idx = HashMap::new();
                 for (i, s) in cfg.servers.iter().enumerate() {
-                    if let Ok(b) = Backend::new_with_weight(&s.addr.to_string(), s.weight as usize) {
+                    if let Ok(b) = Backend::new_with_weight(&s.addr.to_string(), s.weight as usize)
+                    {
                         idx.insert(b.addr.to_string(), i);
                         set.insert(b);
                     }
@@ -199,7 +209,15 @@ impl Upstream {
             .enumerate()
             .flat_map(|(i, s)| [(s.cfg.name.clone(), i), (s.cfg.addr.to_string(), i)])
             .collect();
-        Upstream { cfg: cfg.clone(), servers, admission, rr: AtomicUsize::new(0), rr_seq, ketama, by_name }
+        Upstream {
+            cfg: cfg.clone(),
+            servers,
+            admission,
+            rr: AtomicUsize::new(0),
+            rr_seq,
+            ketama,
+            by_name,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -221,7 +239,9 @@ impl Upstream {
     pub fn eligible(&self, exclude: &[usize]) -> Eligible {
         let pick = |backup: bool| -> Vec<usize> {
             (0..self.servers.len())
-                .filter(|&i| self.servers[i].cfg.backup == backup && !exclude.contains(&i) && self.usable(i))
+                .filter(|&i| {
+                    self.servers[i].cfg.backup == backup && !exclude.contains(&i) && self.usable(i)
+                })
                 .collect()
         };
         let primaries = pick(false);
@@ -259,7 +279,8 @@ impl Upstream {
                 let mut best_load = f64::MAX;
                 for k in 0..n {
                     let i = free[(start + k) % n];
-                    let load = self.admission.inflight(i) as f64 / self.servers[i].cfg.weight.max(1) as f64;
+                    let load = self.admission.inflight(i) as f64
+                        / self.servers[i].cfg.weight.max(1) as f64;
                     if load < best_load {
                         best_load = load;
                         best = i;
@@ -324,7 +345,10 @@ impl Upstream {
         if self.cfg.observe.statuses.contains(&status) {
             self.observe_failure(i)
         } else {
-            self.servers[i].state.passive_fail.store(0, Ordering::Relaxed);
+            self.servers[i]
+                .state
+                .passive_fail
+                .store(0, Ordering::Relaxed);
             false
         }
     }
@@ -351,7 +375,10 @@ mod tests {
 
     #[test]
     fn weighted_round_robin_honours_weights() {
-        let u = upstream("[{ addr: \"127.0.0.1:1\", weight: 3 }, { addr: \"127.0.0.1:2\", weight: 1 }]", "round_robin");
+        let u = upstream(
+            "[{ addr: \"127.0.0.1:1\", weight: 3 }, { addr: \"127.0.0.1:2\", weight: 1 }]",
+            "round_robin",
+        );
         let mut counts = [0usize; 2];
         for _ in 0..1000 {
             counts[u.choose(&[0, 1], None)] += 1;
@@ -361,10 +388,17 @@ mod tests {
 
     #[test]
     fn hash_keeps_a_key_on_one_server_and_moves_it_when_that_server_is_not_free() {
-        let u = upstream("[{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:2\" }, { addr: \"127.0.0.1:3\" }]", "hash");
+        let u = upstream(
+            "[{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:2\" }, { addr: \"127.0.0.1:3\" }]",
+            "hash",
+        );
         let first = u.choose(&[0, 1, 2], Some(b"node-7"));
         for _ in 0..20 {
-            assert_eq!(u.choose(&[0, 1, 2], Some(b"node-7")), first, "same key, same server");
+            assert_eq!(
+                u.choose(&[0, 1, 2], Some(b"node-7")),
+                first,
+                "same key, same server"
+            );
         }
         let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
         let moved = u.choose(&others, Some(b"node-7"));
@@ -373,12 +407,19 @@ mod tests {
 
     #[test]
     fn backups_serve_only_when_no_primary_is_usable_and_passive_failures_mark_down() {
-        let u = upstream("[{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:2\", backup: true }]", "round_robin");
+        let u = upstream(
+            "[{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:2\", backup: true }]",
+            "round_robin",
+        );
         assert_eq!(u.eligible(&[]), Eligible::Servers(vec![0]));
         for _ in 0..3 {
             u.observe_failure(0);
         }
-        assert_eq!(u.eligible(&[]), Eligible::Servers(vec![1]), "default observe.failures is 3");
+        assert_eq!(
+            u.eligible(&[]),
+            Eligible::Servers(vec![1]),
+            "default observe.failures is 3"
+        );
         assert_eq!(u.eligible(&[1]), Eligible::None);
     }
 }
