@@ -218,16 +218,17 @@ pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::
     Ok(server)
 }
 
-/// Runs until shutdown (blocks the calling thread).
+/// Runs until shutdown (blocks the calling thread). `shutdown`: a signal source replacing the
+/// process signals (tests, embedders); either way a graceful stop drains first
+/// (see [`crate::shutdown`]).
 pub fn run(
     state: Arc<AppState>,
-    shutdown: Option<Box<dyn ShutdownSignalWatch>>,
+    shutdown: Option<Box<dyn ShutdownSignalWatch + Send + Sync>>,
 ) -> pingora_core::Result<()> {
     let handle_sighup = shutdown.is_none();
-    let watcher: Box<dyn ShutdownSignalWatch> = shutdown.unwrap_or_else(|| {
-        Box::new(PhasedShutdown {
-            state: state.clone(),
-        })
+    let watcher: Box<dyn ShutdownSignalWatch> = Box::new(PhasedShutdown {
+        state: state.clone(),
+        inner: shutdown,
     });
     let server = build_server(state, handle_sighup)?;
     server.run(RunArgs {

@@ -43,13 +43,17 @@ impl Phase {
 }
 
 /// Replaces Pingora's signal watcher to make shutdown readiness-first and bounded.
+///
+/// With `inner: None` it listens to the process signals; with `Some(watcher)` (tests, embedders)
+/// it waits for that watcher instead, and a `GracefulTerminate` from it goes through the same
+/// drain as SIGTERM.
 pub struct PhasedShutdown {
     pub state: Arc<AppState>,
+    pub inner: Option<Box<dyn ShutdownSignalWatch + Send + Sync>>,
 }
 
-#[async_trait]
-impl ShutdownSignalWatch for PhasedShutdown {
-    async fn recv(&self) -> ShutdownSignal {
+impl PhasedShutdown {
+    async fn unix_signal(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
             signal(SignalKind::terminate()),
@@ -60,33 +64,21 @@ impl ShutdownSignalWatch for PhasedShutdown {
             return ShutdownSignal::FastShutdown;
         };
         tokio::select! {
-            _ = int.recv() => {
-                log::info!("SIGINT: stopping now");
-                self.state.set_phase(Phase::Stopping);
-                return ShutdownSignal::FastShutdown;
-            }
-            _ = quit.recv() => {
-                log::info!("SIGQUIT: graceful upgrade, handing listeners to the new process");
-                self.state.set_phase(Phase::Draining);
-                return ShutdownSignal::GracefulUpgrade;
-            }
-            _ = term.recv() => {}
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
         }
+    }
+
+    /// Readiness 503, serve for `pre_drain`, wait for in-flight requests (at most `drain`).
+    async fn drain(&self) {
         let sd = self.state.snapshot().config.shutdown.clone();
         log::info!(
-            "SIGTERM: readiness now 503; serving for pre_drain {:?}, then draining up to {:?}",
-            sd.pre_drain,
-            sd.drain
+            "graceful stop: readiness now 503; serving for pre_drain {:?}, then draining up to {:?}",
+            sd.pre_drain, sd.drain
         );
         self.state.set_phase(Phase::Draining);
-        let interrupted = tokio::select! {
-            _ = tokio::time::sleep(sd.pre_drain) => false,
-            _ = int.recv() => true,
-        };
-        if interrupted {
-            self.state.set_phase(Phase::Stopping);
-            return ShutdownSignal::FastShutdown;
-        }
+        tokio::time::sleep(sd.pre_drain).await;
         let start = Instant::now();
         loop {
             let n = self.state.inflight.load(Ordering::Acquire);
@@ -101,12 +93,52 @@ impl ShutdownSignalWatch for PhasedShutdown {
                 );
                 break;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = int.recv() => { self.state.set_phase(Phase::Stopping); return ShutdownSignal::FastShutdown; }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for PhasedShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let sig = match &self.inner {
+            Some(w) => w.recv().await,
+            None => self.unix_signal().await,
+        };
+        match sig {
+            ShutdownSignal::FastShutdown => {
+                log::info!("fast shutdown: stopping now");
+                self.state.set_phase(Phase::Stopping);
+                ShutdownSignal::FastShutdown
+            }
+            ShutdownSignal::GracefulUpgrade => {
+                log::info!("graceful upgrade: handing listeners to the new process");
+                self.state.set_phase(Phase::Draining);
+                ShutdownSignal::GracefulUpgrade
+            }
+            ShutdownSignal::GracefulTerminate => {
+                // A second SIGINT during the drain still stops at once.
+                let fast = async {
+                    match &self.inner {
+                        Some(_) => std::future::pending::<()>().await,
+                        None => {
+                            if let Ok(mut int) = tokio::signal::unix::signal(
+                                tokio::signal::unix::SignalKind::interrupt(),
+                            ) {
+                                int.recv().await;
+                            } else {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = self.drain() => {}
+                    _ = fast => {}
+                }
+                self.state.set_phase(Phase::Stopping);
+                ShutdownSignal::GracefulTerminate
             }
         }
-        self.state.set_phase(Phase::Stopping);
-        ShutdownSignal::GracefulTerminate
     }
 }

@@ -426,7 +426,16 @@ impl Validator {
         if !ok {
             return None;
         }
-        match serde_yaml::from_value::<ConfigSpec>(serde_yaml::Value::Mapping(clean)) {
+        // why: the sections were checked from their text form (where `5` may stand for "5");
+        // read the whole from text too, so both agree and `5` reaches the duration parser
+        let text = match serde_yaml::to_string(&serde_yaml::Value::Mapping(clean)) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err("", e.to_string());
+                return None;
+            }
+        };
+        match serde_yaml::from_str::<ConfigSpec>(&text) {
             Ok(s) => Some(s),
             Err(e) => {
                 self.err("", e.to_string());

@@ -395,6 +395,12 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let failure = ctx.failure.clone().or_else(|| classify(e));
+        // why: Pingora keeps the downstream connection only for errors before an upstream was
+        // chosen; say so to the client instead of letting it reuse a connection we close
+        let reusable = ctx.failure.is_some() && ctx.server.is_none();
+        if !reusable {
+            session.set_keepalive(None);
+        }
         let code = match &failure {
             Some(f) => {
                 ctx.served = Served::Local;
@@ -410,7 +416,7 @@ impl ProxyHttp for Gateway {
         ctx.failure = failure;
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: code != 0 && code != 400,
+            can_reuse_downstream: reusable && code != 0 && code != 400,
         }
     }
 

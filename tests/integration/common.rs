@@ -15,12 +15,20 @@ pub use floodgate::sim::origin::{start_origin, OriginConfig, OriginHandle};
 
 /// A free TCP port on 127.0.0.1 (bound and released; the tiny race is acceptable in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("floodgate-test-{}-{}-{}", std::process::id(), tag, N.fetch_add(1, Ordering::Relaxed)));
+    let d = std::env::temp_dir().join(format!(
+        "floodgate-test-{}-{}-{}",
+        std::process::id(),
+        tag,
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
@@ -66,7 +74,9 @@ impl TestGateway {
     /// Starts a gateway on `yaml`, in which `{PORT}` and `{ADMIN}` are replaced by free ports
     /// and `{DIR}` by a fresh temp dir. Waits until `/readyz` answers 200.
     pub async fn start(yaml: &str) -> TestGateway {
-        Self::try_start(yaml).await.unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+        Self::try_start(yaml)
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
     }
 
     pub async fn try_start(yaml: &str) -> Result<TestGateway, String> {
@@ -77,7 +87,11 @@ impl TestGateway {
             .replace("{PORT}", &port.to_string())
             .replace("{ADMIN}", &admin_port.to_string())
             .replace("{DIR}", &dir.display().to_string());
-        let text = if text.contains("admin:") { text } else { format!("{text}\nadmin: {{ bind: \"127.0.0.1:{admin_port}\" }}\n") };
+        let text = if text.contains("admin:") {
+            text
+        } else {
+            format!("{text}\nadmin: {{ bind: \"127.0.0.1:{admin_port}\" }}\n")
+        };
         let config_path = dir.join("floodgate.yaml");
         std::fs::write(&config_path, text).map_err(|e| e.to_string())?;
         let state = floodgate::app::prepare(&config_path).map_err(|e| e.to_string())?;
@@ -88,7 +102,15 @@ impl TestGateway {
                 eprintln!("gateway run failed: {e}");
             }
         });
-        let gw = TestGateway { port, admin_port, dir, config_path, state, stop: tx, thread: Some(thread) };
+        let gw = TestGateway {
+            port,
+            admin_port,
+            dir,
+            config_path,
+            state,
+            stop: tx,
+            thread: Some(thread),
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         let client = client();
         loop {
@@ -103,7 +125,10 @@ impl TestGateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // the proxy listener starts with the admin one, but make sure it accepts
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             if Instant::now() > deadline {
                 return Err("proxy listener not accepting".into());
             }
@@ -130,14 +155,28 @@ impl TestGateway {
             .replace("{PORT}", &self.port.to_string())
             .replace("{ADMIN}", &self.admin_port.to_string())
             .replace("{DIR}", &self.dir.display().to_string());
-        let text = if text.contains("admin:") { text } else { format!("{text}\nadmin: {{ bind: \"127.0.0.1:{}\" }}\n", self.admin_port) };
+        let text = if text.contains("admin:") {
+            text
+        } else {
+            format!(
+                "{text}\nadmin: {{ bind: \"127.0.0.1:{}\" }}\n",
+                self.admin_port
+            )
+        };
         std::fs::write(&self.config_path, text).expect("write config");
     }
 
     /// Reads one metric sample's value from `/metrics` (sum over samples whose labels contain
     /// every `label="value"` pair given).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = client().get(self.admin("/metrics")).send().await.expect("metrics").text().await.expect("metrics body");
+        let text = client()
+            .get(self.admin("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
         metric_in(&text, name, labels)
     }
 
@@ -176,8 +215,15 @@ impl Drop for TestGateway {
 pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
@@ -193,7 +239,12 @@ pub fn client() -> reqwest::Client {
 
 /// Starts an origin with default settings (8 slots, 20 ms service) named `name`.
 pub async fn origin(name: &str) -> OriginHandle {
-    start_origin(OriginConfig { name: name.to_string(), ..OriginConfig::default() }).await.expect("origin")
+    start_origin(OriginConfig {
+        name: name.to_string(),
+        ..OriginConfig::default()
+    })
+    .await
+    .expect("origin")
 }
 
 /// Polls `cond` every 20 ms until it holds or `within` passes.
