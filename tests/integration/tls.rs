@@ -1,0 +1,155 @@
+//! TLS and mTLS listeners, with certificates made at test time by the openssl CLI.
+
+use crate::common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn sh(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for localhost, and a client certificate, all signed by the CA.
+fn make_pki(dir: &Path) {
+    sh(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=floodgate test CA",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    for who in ["server", "client"] {
+        let cn = format!("/CN={who}.example.com");
+        sh(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &cn,
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            "",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "",
+            "-days",
+            "2",
+        ];
+        let csr = format!("{who}.csr");
+        let pem = format!("{who}.pem");
+        args[3] = &csr;
+        args[10] = &pem;
+        if who == "server" {
+            args.extend(["-extfile", "san.ext"]);
+        }
+        sh(dir, &args);
+    }
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_https_and_mtls_require_refuses_clients_without_a_certificate() {
+    let a = origin("a").await;
+    let pki = temp_dir("pki");
+    make_pki(&pki);
+    let p = pki.display().to_string();
+    let gw = TestGateway::start(&format!(
+        r#"
+listeners:
+  - {{ name: https, bind: "127.0.0.1:{{PORT}}", tls: {{ cert: "{p}/server.pem", key: "{p}/server.key" }} }}
+  - {{ name: mtls, bind: "127.0.0.1:{{MTLS}}", tls: {{ cert: "{p}/server.pem", key: "{p}/server.key", client_ca: "{p}/ca.pem", client_auth: require }} }}
+upstreams:
+  a: {{ servers: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: a }}
+"#,
+        a.addr()
+    )
+    .replace("{MTLS}", &free_port().to_string()))
+    .await;
+    let cfg = gw.state.snapshot().config.clone();
+    let https = format!("https://localhost:{}/echo", gw.port);
+    let mtls_port = cfg.listeners[1]
+        .bind
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let mtls = format!("https://localhost:{mtls_port}/echo");
+    let ca = format!("{p}/ca.pem");
+
+    let (ok, body) = curl(&["--cacert", &ca, &https]);
+    assert!(ok, "HTTPS request through the TLS listener succeeds");
+    assert!(
+        body.contains("\"x-forwarded-proto\":\"https\""),
+        "the upstream learns the client used https: {body}"
+    );
+
+    let (ok, _) = curl(&["--cacert", &ca, &mtls]);
+    assert!(
+        !ok,
+        "client_auth: require refuses a client without a certificate"
+    );
+    let (ok, body) = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &format!("{p}/client.pem"),
+        "--key",
+        &format!("{p}/client.key"),
+        &mtls,
+    ]);
+    assert!(ok, "a client certificate signed by client_ca is accepted");
+    assert!(body.contains("\"origin\":\"a\""), "and proxied: {body}");
+    let _ = std::fs::remove_dir_all(&pki);
+}
