@@ -144,10 +144,18 @@ impl BackgroundService for Background {
 fn tls_settings(
     t: &crate::config::TlsConfig,
 ) -> pingora_core::Result<pingora_core::listeners::tls::TlsSettings> {
-    use pingora_core::tls::ssl::SslVerifyMode;
-    let cert = t.cert.display().to_string();
-    let key = t.key.display().to_string();
-    let mut tls = pingora_core::listeners::tls::TlsSettings::intermediate(&cert, &key)?;
+    use pingora_core::tls::ssl::{SslFiletype, SslVerifyMode};
+    use pingora_error::{Error, ErrorType};
+    let tls_err = |what: &str, e: pingora_core::tls::error::ErrorStack| {
+        Error::because(ErrorType::InternalError, what.to_string(), e)
+    };
+    let mut tls = pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(
+        crate::tlsinfo::CaptureClientCert,
+    ))?;
+    tls.set_certificate_chain_file(&t.cert)
+        .map_err(|e| tls_err("tls.cert", e))?;
+    tls.set_private_key_file(&t.key, SslFiletype::PEM)
+        .map_err(|e| tls_err("tls.key", e))?;
     if let Some(ca) = &t.client_ca {
         let mode = match t.client_auth {
             ClientAuth::Require => SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
@@ -155,9 +163,11 @@ fn tls_settings(
             ClientAuth::None => SslVerifyMode::NONE,
         };
         tls.set_verify(mode);
-        tls.set_ca_file(ca).map_err(|e| {
-            pingora_error::Error::because(pingora_error::ErrorType::InternalError, "client_ca", e)
-        })?;
+        tls.set_ca_file(ca)
+            .map_err(|e| tls_err("tls.client_ca", e))?;
+        let names = pingora_core::tls::x509::X509Name::load_client_ca_file(ca)
+            .map_err(|e| tls_err("tls.client_ca", e))?;
+        tls.set_client_ca_list(names);
     }
     tls.enable_h2();
     Ok(tls)

@@ -23,4 +23,5 @@ pub mod routing;
 pub mod shutdown;
 pub mod sim;
 pub mod state;
+pub mod tlsinfo;
 pub mod upstream;

@@ -322,8 +322,24 @@ impl ProxyHttp for Gateway {
             };
             req.insert_header("x-forwarded-for", xff)?;
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        for h in crate::tlsinfo::OWNED_HEADERS {
+            req.remove_header(*h);
+        }
+        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
+        req.insert_header(
+            "x-forwarded-proto",
+            if ssl.is_some() { "https" } else { "http" },
+        )?;
+        if let Some(cc) = ssl
+            .as_ref()
+            .and_then(|d| d.extension.get::<crate::tlsinfo::ClientCert>())
+        {
+            req.insert_header("ssl-client-verify", cc.verify.as_str())?;
+            if !cc.subject_dn.is_empty() {
+                req.insert_header("ssl-client-s-dn", cc.subject_dn.as_str())?;
+                req.insert_header("ssl-client-cert", cc.pem_flat.as_str())?;
+            }
+        }
         if req.headers.get("x-forwarded-host").is_none() {
             if let Some(h) = session
                 .req_header()

@@ -151,5 +151,38 @@ routes:
     ]);
     assert!(ok, "a client certificate signed by client_ca is accepted");
     assert!(body.contains("\"origin\":\"a\""), "and proxied: {body}");
+    assert!(
+        body.contains("\"ssl-client-verify\":\"SUCCESS\""),
+        "Apache-style verify header: {body}"
+    );
+    assert!(
+        body.contains("\"ssl-client-s-dn\":\"CN=client.example.com\""),
+        "subject DN header: {body}"
+    );
+    assert!(
+        body.contains("\"ssl-client-cert\":\"-----BEGIN CERTIFICATE-----"),
+        "flattened PEM header: {body}"
+    );
+
+    let (ok, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        "SSL-Client-Verify: SUCCESS",
+        "-H",
+        "SSL-Client-S-DN: CN=admin",
+        "-H",
+        "Remote-User: admin",
+        &https,
+    ]);
+    assert!(ok);
+    assert!(
+        body.contains("\"ssl-client-verify\":\"NONE\""),
+        "a spoofed verify header is replaced: {body}"
+    );
+    assert!(
+        !body.contains("CN=admin") && !body.contains("remote-user"),
+        "spoofed identity headers are removed: {body}"
+    );
     let _ = std::fs::remove_dir_all(&pki);
 }
