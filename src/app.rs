@@ -34,26 +34,11 @@ pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
 
 /// The response cache for a config: memory bound, shared tier, and which statuses to store.
 pub fn build_cache(cfg: &Config) -> Result<crate::cache::ResponseCache, String> {
-    let mut statuses: Vec<u16> = cfg
-        .routes
-        .iter()
-        .filter_map(|r| r.cache.as_ref())
-        .flat_map(|c| c.statuses.clone())
-        .collect();
-    statuses.sort_unstable();
-    statuses.dedup();
-    if statuses.is_empty() {
-        statuses.push(200);
-    }
-    let max_entry = cfg
-        .routes
-        .iter()
-        .filter_map(|r| r.cache.as_ref())
-        .map(|c| c.max_entry_size)
-        .max();
+    // Route rules (statuses, entry size) are applied per request; these are the cache-wide bounds.
+    let statuses = vec![200];
     let settings = crate::cache::CacheSettings {
         max_bytes: usize::try_from(cfg.cache.max_bytes).unwrap_or(usize::MAX),
-        max_entry_bytes: max_entry.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+        max_entry_bytes: None,
         shared: cfg.cache.shared.as_ref().map(|s| {
             let mut sh = crate::cache::SharedSettings::new(s.url.clone());
             sh.timeout = s.timeout;

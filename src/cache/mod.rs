@@ -80,6 +80,15 @@ pub enum Tier {
     Shared,
 }
 
+/// What may be stored from one fetch: the route's TTL, its statuses (`None` = the cache-wide
+/// `cacheable_statuses`) and its largest entry in bytes (`None` = the memory tier's bound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRule {
+    pub ttl: Duration,
+    pub statuses: Option<Vec<u16>>,
+    pub max_entry_bytes: Option<usize>,
+}
+
 /// How a [`ResponseCache::get_or_fetch`] call was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -217,7 +226,31 @@ impl ResponseCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<CachedResponse, FetchError>> + Send + 'static,
     {
-        let result = self.get_or_fetch_inner(&key, ttl, fetch).await;
+        self.get_or_fetch_with(
+            key,
+            StoreRule {
+                ttl,
+                statuses: None,
+                max_entry_bytes: None,
+            },
+            fetch,
+        )
+        .await
+    }
+
+    /// [`get_or_fetch`](Self::get_or_fetch) with a per-call storage rule (a route's own
+    /// statuses and entry size limit; the memory tier's global bounds still apply).
+    pub async fn get_or_fetch_with<F, Fut>(
+        &self,
+        key: CacheKey,
+        rule: StoreRule,
+        fetch: F,
+    ) -> Result<(Arc<CachedResponse>, Outcome), FetchError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedResponse, FetchError>> + Send + 'static,
+    {
+        let result = self.get_or_fetch_inner(&key, rule, fetch).await;
         log_lookup(&key, &result);
         result
     }
@@ -225,7 +258,7 @@ impl ResponseCache {
     async fn get_or_fetch_inner<F, Fut>(
         &self,
         key: &CacheKey,
-        ttl: Duration,
+        rule: StoreRule,
         fetch: F,
     ) -> Result<(Arc<CachedResponse>, Outcome), FetchError>
     where
@@ -254,7 +287,13 @@ impl ResponseCache {
                     };
                     let waiter = guard.waiter();
                     let fut = fetch();
-                    tokio::spawn(Inner::lead(inner.clone(), guard, key.clone(), ttl, fut));
+                    tokio::spawn(Inner::lead(
+                        inner.clone(),
+                        guard,
+                        key.clone(),
+                        rule.clone(),
+                        fut,
+                    ));
                     (waiter, true)
                 }
                 Flight::Follower(waiter) => (waiter, false),
@@ -395,7 +434,7 @@ impl Inner {
         this: Arc<Self>,
         guard: single_flight::LeaderGuard<String, FlightValue>,
         key: CacheKey,
-        ttl: Duration,
+        rule: StoreRule,
         fetch: Fut,
     ) where
         Fut: Future<Output = Result<CachedResponse, FetchError>> + Send + 'static,
@@ -418,10 +457,22 @@ impl Inner {
             }
         };
         let now = SystemTime::now();
+        let ttl = rule.ttl;
         resp.stored_at = now;
         resp.expires_at = now + ttl;
         let resp = Arc::new(resp);
-        let store = !ttl.is_zero() && this.cacheable_statuses.contains(&resp.status);
+        let status_ok = match &rule.statuses {
+            Some(list) => list.contains(&resp.status),
+            None => this.cacheable_statuses.contains(&resp.status),
+        };
+        let size = resp.body.len()
+            + resp
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>();
+        let size_ok = rule.max_entry_bytes.is_none_or(|m| size <= m);
+        let store = !ttl.is_zero() && status_ok && size_ok;
         if store {
             this.counters.stores.fetch_add(1, Ordering::Relaxed);
             this.memory.put(key.clone(), resp.clone());

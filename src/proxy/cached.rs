@@ -3,7 +3,9 @@
 
 use super::ctx::{Ctx, Served};
 use super::respond::write_local;
-use crate::cache::{canonical_key, CachedResponse, FetchError, Outcome, ResponseCache, Tier};
+use crate::cache::{
+    canonical_key, CachedResponse, FetchError, Outcome, ResponseCache, StoreRule, Tier,
+};
 use crate::config::RouteConfig;
 use crate::error::Failure;
 use crate::sim::storm::SimpleClient;
@@ -125,7 +127,12 @@ pub async fn serve(
     let pinned = ctx.pinned;
     let state = ctx.state().clone();
     let fetch = move || fetch(up, route_adm, priority, pinned, path_q, headers, state);
-    let result = cache.get_or_fetch(key, rc.ttl, fetch).await;
+    let rule = StoreRule {
+        ttl: rc.ttl,
+        statuses: Some(rc.statuses.clone()),
+        max_entry_bytes: Some(usize::try_from(rc.max_entry_size).unwrap_or(usize::MAX)),
+    };
+    let result = cache.get_or_fetch_with(key, rule, fetch).await;
     let st = ctx.state().clone();
     let m = &st.metrics.cache_requests;
     let (resp, x_cache, age) = match result {

@@ -305,7 +305,9 @@ async fn accept_loop(
         let paused = *paused_rx.borrow_and_update();
         tokio::select! {
             _ = async { shutdown_rx.wait_for(|stop| *stop).await.is_ok() } => break,
-            changed = paused_rx.changed(), if paused => {
+            // why: listen for pause changes while accepting too, so a pause takes effect
+            // before the next connection rather than after it
+            changed = paused_rx.changed() => {
                 if changed.is_err() { break; }
             }
             accepted = listener.accept(), if !paused => match accepted {
