@@ -189,21 +189,26 @@ impl AdminApp {
             ("POST", Some("entries"), None) => {
                 let body = read_body(s).await;
                 let text = String::from_utf8_lossy(&body).to_string();
-                let add = if text.trim_start().starts_with('{') {
-                    crate::maps::parse_map_json(&text, "POST body").map_err(|e| {
-                        e.iter()
-                            .map(|x| x.to_string())
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
-                } else {
-                    crate::maps::parse_map_text(&text, "POST body").map_err(|e| {
-                        e.iter()
-                            .map(|x| x.to_string())
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
+                let errs = |e: Vec<crate::maps::MapError>| {
+                    e.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 };
+                let add =
+                    if text.trim_start().starts_with('{') || text.trim_start().starts_with('[') {
+                        crate::maps::parse_map_json(&text, "POST body").map_err(errs)
+                    } else {
+                        let allowed = |v: &str| {
+                            crate::state::Snapshot::map_value_allowed(
+                                &snap.config,
+                                &snap.upstreams,
+                                &name,
+                                v,
+                            )
+                        };
+                        crate::maps::parse_map_text_with(&text, "POST body", allowed).map_err(errs)
+                    };
                 match add {
                     Err(e) => json(400, serde_json::json!({ "error": e })),
                     Ok(add) => {

@@ -24,16 +24,33 @@ pub fn replace_map(
     entries: HashMap<String, String>,
     source: MapSource,
 ) -> Result<u64, String> {
+    replace_checked(state, name, entries, source, None)
+}
+
+/// `checked_with`: the config the values were already validated against (skips a second pass
+/// over a large map when the config has not changed since).
+fn replace_checked(
+    state: &AppState,
+    name: &str,
+    entries: HashMap<String, String>,
+    source: MapSource,
+    checked_with: Option<&Arc<crate::config::Config>>,
+) -> Result<u64, String> {
     let _w = state.writer.lock();
     let snap = state.snapshot();
     let Some(mc) = snap.config.maps.get(name) else {
         return Err(format!("no map named {name:?}"));
     };
-    let mut bad: Vec<String> = entries
-        .iter()
-        .filter(|(_, v)| !Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v))
-        .map(|(k, v)| format!("{k:?} -> {v:?}"))
-        .collect();
+    let prechecked = checked_with.is_some_and(|c| Arc::ptr_eq(c, &snap.config));
+    let mut bad: Vec<String> = if prechecked {
+        Vec::new()
+    } else {
+        entries
+            .iter()
+            .filter(|(_, v)| !Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v))
+            .map(|(k, v)| format!("{k:?} -> {v:?}"))
+            .collect()
+    };
     if !bad.is_empty() {
         bad.sort();
         bad.truncate(5);
@@ -106,7 +123,7 @@ pub fn replace_map_text(
     let snap = state.snapshot();
     let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
     match parse_map_text_with(text, origin, allowed) {
-        Ok(entries) => replace_map(state, name, entries, source),
+        Ok(entries) => replace_checked(state, name, entries, source, Some(&snap.config)),
         Err(errs) => {
             state
                 .metrics

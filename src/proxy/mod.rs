@@ -281,10 +281,16 @@ impl ProxyHttp for Gateway {
             ctx.server_permit = None;
             ctx.server = None;
             // Connect failures never reached the upstream, so any method may be retried.
+            if ctx.pinned.is_some() && !ctx.redispatch {
+                // A pinned request may not move (HAProxy without `option redispatch`).
+                ctx.failure = Some(Failure::NoHealthyServer {
+                    retry_after: up.retry_after(),
+                });
+                e.set_retry(false);
+                return e;
+            }
             let retries_left = (ctx.tried.len() as u32) <= up.cfg.retries;
-            e.set_retry(
-                retries_left && (ctx.pinned.is_none() || ctx.redispatch || ctx.tried.len() < 2),
-            );
+            e.set_retry(retries_left);
         }
         e
     }
@@ -413,7 +419,7 @@ impl ProxyHttp for Gateway {
         let failure = ctx.failure.clone().or_else(|| classify(e));
         // why: Pingora keeps the downstream connection only for errors before an upstream was
         // chosen; say so to the client instead of letting it reuse a connection we close
-        let reusable = ctx.failure.is_some() && ctx.server.is_none();
+        let reusable = ctx.failure.is_some() && ctx.server.is_none() && ctx.tried.is_empty();
         if !reusable {
             session.set_keepalive(None);
         }
