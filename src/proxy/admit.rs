@@ -17,21 +17,59 @@ pub enum Admit {
     ClientGone,
 }
 
-fn has_body(session: &Session) -> bool {
+/// Request bodies up to this size are read before queueing (Pingora's retry buffer keeps them
+/// for the upstream), so the wait can watch the connection for a client that leaves.
+pub const BODY_BUFFER_MAX: u64 = 64 * 1024;
+
+/// Reads a small request body ahead (so the connection can be watched while queued).
+/// Returns true when the request has no body left to read.
+async fn buffer_small_body(session: &mut Session) -> bool {
     let h = session.req_header();
-    h.headers
+    if h.headers.contains_key("transfer-encoding") {
+        return false;
+    }
+    let len = match h
+        .headers
         .get("content-length")
-        .is_some_and(|v| v.as_bytes() != b"0")
-        || h.headers.contains_key("transfer-encoding")
+        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
+    {
+        None => return true,
+        Some(None) => return false,
+        Some(Some(n)) => n,
+    };
+    if len == 0 {
+        return true;
+    }
+    if len > BODY_BUFFER_MAX {
+        return false;
+    }
+    let ds = session.as_downstream_mut();
+    ds.enable_retry_buffering();
+    let read_all = async {
+        loop {
+            match ds.read_request_body().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    // why: a client that sends its headers but trickles its body must not hold the request
+    // here forever; past this it is queued without watching
+    tokio::time::timeout(std::time::Duration::from_secs(30), read_all)
+        .await
+        .unwrap_or(false)
 }
 
-/// Waits for `fut`, unless the downstream closes first (bodyless requests only: reading to
-/// detect a close would consume a request body).
+/// Waits for `fut`, unless the downstream closes first. A request with a body larger than
+/// [`BODY_BUFFER_MAX`] (or chunked) is not watched: reading it to detect a close would consume
+/// it; the queue timeout bounds it.
 async fn race_client<F>(session: &mut Session, fut: F) -> Option<Result<Permit, Rejection>>
 where
     F: std::future::Future<Output = Result<Permit, Rejection>>,
 {
-    if has_body(session) {
+    let watch = session.as_downstream_mut().is_body_done() || buffer_small_body(session).await;
+    if !watch {
         return Some(fut.await);
     }
     tokio::pin!(fut);

@@ -437,6 +437,53 @@ async fn queued_request_is_dropped_when_client_disconnects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_post_with_a_small_body_is_dropped_when_its_client_leaves_and_delivered_intact_otherwise(
+) {
+    let a = origin("a").await;
+    let gw = TestGateway::start(&conf(ONE_SLOT, &[("@A@", a.addr().to_string())])).await;
+    let blocker = spawn_get(gw.url("/slow?ms=800"), vec![]);
+    wait_inside(&a, 1).await;
+    // A POST whose client leaves while queued: its body was read ahead, so the close is seen.
+    let mut gone = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    gone.write_all(
+        b"POST /rhsm/consumers HTTP/1.1\r\nHost: test\r\nContent-Length: 11\r\n\r\n{\"gone\":1}\n",
+    )
+    .await
+    .unwrap();
+    wait_depth(&gw, "u", 1).await;
+    drop(gone);
+    wait_depth(&gw, "u", 0).await;
+    // A queued POST that stays: the upstream gets its body intact.
+    let body = "{\"name\":\"host1.example.com\",\"facts\":{\"cpu\":4}}";
+    let r = client()
+        .post(gw.url("/echo"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echoed: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        echoed["body"], body,
+        "the buffered body reaches the upstream unchanged"
+    );
+    assert_eq!(blocker.await.unwrap().status, 200);
+    assert_eq!(
+        a.stats().per_path.get("/rhsm/consumers"),
+        None,
+        "the abandoned POST never reached the origin"
+    );
+    assert_eq!(
+        gw.metric(
+            "floodgate_admission_abandoned_total",
+            &[("scope", "upstream"), ("name", "u")]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_limit_queues_its_own_requests_while_other_routes_to_the_same_upstream_pass() {
     let a = start_origin(OriginConfig {
         name: "a".into(),
