@@ -1,5 +1,14 @@
 //! One integration-test binary (each file directly under tests/ would link Pingora again).
 //! Every module starts real gateways in-process against real origins on 127.0.0.1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admission;
+mod cache;
 mod common;
+mod config;
 mod core;
+mod health;
+mod maps;
+mod policy;
+mod tls;
