@@ -317,7 +317,10 @@ impl ServeHttp for AdminApp {
             ("POST", "/reload") => match crate::reload::reload(&self.state).await {
                 Ok(r) => json(
                     200,
-                    serde_json::json!({ "result": "ok", "version": r.version, "needs_restart": r.needs_restart }),
+                    serde_json::json!({
+                        "result": if r.policy_errors.is_empty() { "ok" } else { "ok_policy_refused" },
+                        "version": r.version, "needs_restart": r.needs_restart, "policy_errors": r.policy_errors,
+                    }),
                 ),
                 Err(errs) => json(
                     400,
@@ -393,7 +396,7 @@ impl ServeHttp for AdminApp {
             }
             _ => json(
                 404,
-                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["/healthz", "/readyz", "/metrics", "/status", "POST /reload", "/maps/NAME"] }),
+                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["GET /healthz", "GET /readyz", "GET /metrics", "GET /status", "POST /reload", "POST /policy/reload", "GET|PUT /maps/NAME", "POST /maps/NAME/entries", "DELETE /maps/NAME/entries/KEY", "DELETE /cache[?prefix=]", "GET|PUT|DELETE /policy/shared/KEY"] }),
             ),
         }
     }

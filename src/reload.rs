@@ -11,6 +11,8 @@ pub struct ReloadReport {
     pub version: u64,
     /// Settings that changed in the file but only take effect after a restart.
     pub needs_restart: Vec<String>,
+    /// Errors of the Lua scripts, which were refused (the last good policy keeps running).
+    pub policy_errors: Vec<String>,
 }
 
 /// Settings bound to sockets and threads; they are not changed by a reload.
@@ -66,10 +68,11 @@ pub fn reload_blocking(state: &Arc<AppState>) -> Result<ReloadReport, ConfigErro
             let policy_changed =
                 prev.config.policy != snap.config.policy || snap.config.policy.is_some();
             state.publish(snap);
-            if policy_changed {
-                // A broken script keeps the running policy; the config itself is still applied.
-                let _ = crate::policysync::reload(state);
-            }
+            // A broken script keeps the running policy; the config itself is still applied.
+            let policy_errors = match policy_changed.then(|| crate::policysync::reload(state)) {
+                Some(Err(e)) => e.0.iter().map(|x| x.to_string()).collect(),
+                _ => Vec::new(),
+            };
             state
                 .metrics
                 .reloads
@@ -84,6 +87,7 @@ pub fn reload_blocking(state: &Arc<AppState>) -> Result<ReloadReport, ConfigErro
             Ok(ReloadReport {
                 version,
                 needs_restart,
+                policy_errors,
             })
         }
         Err(errs) => {
