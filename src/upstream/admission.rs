@@ -43,6 +43,9 @@ pub const AUTO_RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 const EWMA_ALPHA: f64 = 0.125;
 /// Marks "no service time observed yet" in the lock-free EWMA mirror.
 const NO_SAMPLE: u64 = u64::MAX;
+/// Completions of a class (at most this many, at least one per slot) before fail-fast trusts
+/// its service time.
+const FAIL_FAST_MIN_SAMPLES: usize = 8;
 
 /// How the `Retry-After` advice of a rejection is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +73,10 @@ pub struct QueueSettings {
     /// `Retry-After` advice for rejections. Default `Fixed(DEFAULT_RETRY_AFTER)`.
     pub retry_after: RetryAfter,
     /// Reject on arrival ([`RejectReason::FailFast`]) when the estimated wait exceeds
-    /// `timeout`, instead of queueing a request that will most likely time out. Default off.
+    /// `timeout`, instead of queueing a request that will most likely time out. The estimate
+    /// sums the service time of each class's queued requests ahead (per-class EWMA of hold
+    /// times) over the eligible slots, and is trusted only once the request's class has seen
+    /// min(slots, 8) completions. Default off.
     pub fail_fast: bool,
 }
 
@@ -165,6 +171,9 @@ struct State {
     depth: usize,
     next_id: u64,
     ewma_secs: Option<f64>,
+    /// Per priority class: (EWMA of hold times, samples). Classes often differ in cost (a
+    /// 100 ms `/register` render vs a 20 ms `/rhsm` call), so fail-fast estimates use them.
+    class_service: BTreeMap<i32, (f64, u64)>,
     /// Reused buffer of free eligible groups for the balancer callback.
     free: Vec<usize>,
 }
@@ -220,6 +229,7 @@ impl Admission {
                 depth: 0,
                 next_id: 0,
                 ewma_secs: None,
+                class_service: BTreeMap::new(),
                 free: Vec::new(),
             }),
             inflight,
@@ -282,7 +292,7 @@ impl Admission {
     ) -> Option<Permit> {
         let now = Instant::now();
         let group = self.take_free(&mut self.state.lock(), eligible, choose)?;
-        Some(Permit::new(self, group, now, Duration::ZERO))
+        Some(Permit::new(self, group, 0, now, Duration::ZERO))
     }
 
     /// Slots held now on `group` (0 for an unknown group).
@@ -362,7 +372,13 @@ impl Admission {
         let mut st = self.state.lock();
         if let Some(group) = self.take_free(&mut st, eligible, choose) {
             drop(st);
-            return Start::Done(Ok(Permit::new(self, group, arrived, Duration::ZERO)));
+            return Start::Done(Ok(Permit::new(
+                self,
+                group,
+                priority,
+                arrived,
+                Duration::ZERO,
+            )));
         }
         if let Err(reason) = self.check_queue(&st, priority, eligible) {
             drop(st);
@@ -452,15 +468,25 @@ impl Admission {
             return Err(RejectReason::QueueFull);
         }
         if s.fail_fast {
-            if let Some(service) = st.ewma_secs {
-                // Approximation: everyone of this or a higher class is ahead, whatever
-                // groups they wait for; the eligible groups' slots serve the queue in parallel.
-                let ahead: usize = st
+            // Act only on evidence: this class must have seen enough completions (one per
+            // slot, up to 8) for its service time to mean something; otherwise queue.
+            let needed = slots.clamp(1, FAIL_FAST_MIN_SAMPLES);
+            let own = st
+                .class_service
+                .get(&priority)
+                .filter(|(_, n)| *n >= needed as u64);
+            if let (Some(&(own_secs, _)), Some(global)) = (own, st.ewma_secs) {
+                // Everyone of this or a higher class is ahead (whatever groups they wait
+                // for), each costing its class's service time; the eligible slots serve the
+                // queue in parallel.
+                let ahead: f64 = st
                     .classes
                     .range(..=Reverse(priority))
-                    .map(|(_, q)| q.len())
+                    .map(|(Reverse(c), q)| {
+                        q.len() as f64 * st.class_service.get(c).map_or(global, |e| e.0)
+                    })
                     .sum();
-                let estimate = service * (ahead + 1) as f64 / slots as f64;
+                let estimate = (ahead + own_secs) / slots as f64;
                 if estimate > s.timeout.as_secs_f64() {
                     return Err(RejectReason::FailFast);
                 }
@@ -540,9 +566,12 @@ impl Admission {
     }
 
     /// Records a permit hold time and releases its slot.
-    fn finish(&self, group: usize, held: Duration) {
+    fn finish(&self, group: usize, priority: i32, held: Duration) {
         let mut st = self.state.lock();
         let sample = held.as_secs_f64();
+        let entry = st.class_service.entry(priority).or_insert((sample, 0));
+        entry.0 += EWMA_ALPHA * (sample - entry.0);
+        entry.1 += 1;
         let ewma = match st.ewma_secs {
             Some(prev) => prev + EWMA_ALPHA * (sample - prev),
             None => sample,
@@ -595,7 +624,13 @@ impl Waiting {
 
     fn permit(&self, group: usize) -> Permit {
         let now = Instant::now();
-        Permit::new(&self.admission, group, now, now - self.arrived)
+        Permit::new(
+            &self.admission,
+            group,
+            self.priority,
+            now,
+            now - self.arrived,
+        )
     }
 }
 
@@ -623,6 +658,7 @@ impl Drop for Waiting {
 pub struct Permit {
     admission: Arc<Admission>,
     group: usize,
+    priority: i32,
     acquired_at: Instant,
     queued_for: Duration,
 }
@@ -631,12 +667,14 @@ impl Permit {
     fn new(
         admission: &Arc<Admission>,
         group: usize,
+        priority: i32,
         acquired_at: Instant,
         queued_for: Duration,
     ) -> Self {
         Self {
             admission: Arc::clone(admission),
             group,
+            priority,
             acquired_at,
             queued_for,
         }
@@ -670,7 +708,7 @@ impl std::fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.admission
-            .finish(self.group, self.acquired_at.elapsed());
+            .finish(self.group, self.priority, self.acquired_at.elapsed());
     }
 }
 

@@ -78,7 +78,7 @@ async fn queue_depth(gw: &TestGateway, upstream: &str) -> u64 {
 
 /// Waits until the admission queue of `upstream` holds exactly `n` requests.
 async fn wait_depth(gw: &TestGateway, upstream: &str, n: u64) {
-    let ok = eventually(Duration::from_secs(3), || async {
+    let ok = eventually(Duration::from_secs(10), || async {
         queue_depth(gw, upstream).await == n
     })
     .await;
@@ -91,7 +91,7 @@ async fn wait_depth(gw: &TestGateway, upstream: &str, n: u64) {
 
 /// Waits until the origin has `n` requests inside its app.
 async fn wait_inside(o: &OriginHandle, n: u64) {
-    let ok = eventually(Duration::from_secs(3), || async {
+    let ok = eventually(Duration::from_secs(10), || async {
         o.stats().current_concurrent == n
     })
     .await;
@@ -173,7 +173,7 @@ routes:
 async fn queued_requests_of_one_class_are_served_in_arrival_order() {
     let a = origin("a").await;
     let gw = TestGateway::start(&conf(ONE_SLOT, &[("@A@", a.addr().to_string())])).await;
-    let blocker = spawn_get(gw.url("/slow?ms=1000"), vec![]);
+    let blocker = spawn_get(gw.url("/slow?ms=2000"), vec![]);
     wait_inside(&a, 1).await;
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -207,7 +207,7 @@ async fn queued_requests_of_one_class_are_served_in_arrival_order() {
 async fn higher_priority_route_overtakes_queued_lower_priority_requests() {
     let a = origin("a").await;
     let gw = TestGateway::start(&conf(ONE_SLOT, &[("@A@", a.addr().to_string())])).await;
-    let blocker = spawn_get(gw.url("/slow?ms=1000"), vec![]);
+    let blocker = spawn_get(gw.url("/slow?ms=2000"), vec![]);
     wait_inside(&a, 1).await;
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -261,7 +261,7 @@ routes:
         &[("@A@", a.addr().to_string())],
     ))
     .await;
-    let blocker = spawn_get(gw.url("/slow?ms=1000"), vec![]);
+    let blocker = spawn_get(gw.url("/slow?ms=2000"), vec![]);
     wait_inside(&a, 1).await;
     let s = get(&client(), &gw.url("/slow?ms=1"), &[]).await;
     assert_eq!(s.status, 503, "queue timeout: {s:?}");
@@ -392,7 +392,7 @@ routes:
 async fn queued_request_is_dropped_when_client_disconnects() {
     let a = origin("a").await;
     let gw = TestGateway::start(&conf(ONE_SLOT, &[("@A@", a.addr().to_string())])).await;
-    let blocker = spawn_get(gw.url("/slow?ms=1000"), vec![]);
+    let blocker = spawn_get(gw.url("/slow?ms=2000"), vec![]);
     wait_inside(&a, 1).await;
     let mut streams = Vec::new();
     for k in 0..3u64 {
@@ -698,7 +698,7 @@ routes:
     );
 
     // Now the estimate (~600 ms for one slot) exceeds the 300 ms timeout: rejected on arrival.
-    let blocker = spawn_get(gw.url("/slow?ms=1000"), vec![]);
+    let blocker = spawn_get(gw.url("/slow?ms=2000"), vec![]);
     wait_inside(&a, 1).await;
     let s = get(&c, &gw.url("/slow?ms=1"), &[]).await;
     assert_eq!(s.status, 503, "{s:?}");
