@@ -193,15 +193,13 @@ pub async fn admit_server(session: &mut Session, ctx: &mut Ctx, up: &Arc<Upstrea
             retry_after: up.retry_after(),
         });
     };
-    let hash = ctx.hash_value.clone();
-    let upc = up.clone();
-    let fut = up.admission.acquire(ctx.priority, &list, &mut |free| {
-        upc.choose(free, hash.as_deref())
-    });
+    let fut = {
+        let hash = ctx.hash_value.as_deref();
+        up.admission
+            .acquire(ctx.priority, &list, &mut |free| up.choose(free, hash))
+    };
     let res = race_client(session, fut).await;
-    let name = up.name().to_string();
-    let body = up.cfg.queue.body.clone();
-    let out = finish(ctx, "upstream", &name, res, &body);
+    let out = finish(ctx, "upstream", up.name(), res, &up.cfg.queue.body);
     if let Admit::Granted(p) = &out {
         ctx.server = Some(p.group());
     }
