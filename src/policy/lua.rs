@@ -2,9 +2,16 @@
 //! generation), and once per reload as the scratch VM that checks scripts before publishing.
 //!
 //! Owns the sandbox (which globals exist), the time budget hook, the memory limit, the Rust
-//! helpers (`log`, `now`, `shared`, restricted `os`) and the per-call plumbing that hands the
-//! request and the [`PolicyHost`] to Lua for the duration of one call only (an mlua scope).
+//! helpers (`log`, `now`, `shared`, restricted `os`) and the per-call plumbing: the request,
+//! response and [`PolicyHost`] of the running call sit in a [`CallData`] the VM keeps from call
+//! to call, and one host function created with the VM answers Lua's questions from it. Nothing
+//! is converted to Lua values up front: a field becomes a Lua string when a script reads it.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,11 +21,20 @@ use mlua::{ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Va
 use super::decision::{parse_decision, parse_edit};
 use super::shared::{SharedDict, SharedError, SharedValue};
 use super::{
-    CompiledPolicy, Hook, Outcome, PolicyError, PolicyHost, PolicyRequest, PolicyResponse,
+    CompiledPolicy, Hook, Outcome, PolicyError, PolicyHost, RequestSource, ResponseSource, TlsInfo,
 };
 
-/// The time budget hook runs every this many VM instructions (a few microseconds of Lua).
-const HOOK_EVERY: u32 = 1000;
+/// The time budget hook runs every this many VM instructions. A firing costs about 40 ns (one
+/// wall clock read), about a tenth of the time 100 cheap instructions take; fewer instructions
+/// between firings bound how far a call with costly instructions (e.g. concatenating large
+/// strings) overruns its budget.
+const HOOK_EVERY: u32 = 100;
+/// The budget counts the time the thread ran; the wall clock may run to this many budgets (a
+/// call preempted for that long is cut anyway, to bound the latency it adds).
+const WALL_CAP: u64 = 10;
+/// A call is looked at more closely (the thread's scheduler statistics read) once it ran for
+/// this fraction of its budget by the wall clock; shorter calls never pay for that read.
+const LEAD_DIVISOR: u64 = 4;
 /// Globals a script may see; everything else the standard libraries define is removed.
 const ALLOWED_GLOBALS: &[&str] = &[
     "_G",
@@ -57,34 +73,276 @@ const ALLOWED_GLOBALS: &[&str] = &[
 ];
 const PRELUDE: &str = include_str!("prelude.lua");
 
-/// The per-call deadline checked by the instruction hook. Shared (Arc) between the VM owner and
-/// the hook closure; atomics only so the closure is `Send` when mlua's `send` feature is on.
+/// Host operations, as numbered in the prelude's `OP` table.
+mod op {
+    pub const MAP: u8 = 1;
+    pub const HEALTHY: u8 = 2;
+    pub const TOTAL: u8 = 3;
+    pub const INFLIGHT: u8 = 4;
+    pub const QUEUED: u8 = 5;
+    pub const METHOD: u8 = 10;
+    pub const PATH: u8 = 11;
+    pub const CLIENT_IP: u8 = 12;
+    pub const ROUTE: u8 = 13;
+    pub const TLS: u8 = 14;
+    pub const REQ_HEADER: u8 = 20;
+    pub const REQ_HEADERS: u8 = 21;
+    pub const QUERY_PARAM: u8 = 22;
+    pub const QUERY: u8 = 23;
+    pub const STATUS: u8 = 30;
+    pub const RESP_HEADER: u8 = 31;
+    pub const RESP_HEADERS: u8 = 32;
+}
+
+/// How long this thread has waited on a run queue (runnable, not running: preempted) in
+/// nanoseconds, `None` where Linux does not report it.
+///
+/// why run_delay from /proc rather than `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`: the crate
+/// forbids unsafe code. The CPU time in the same file is only updated at scheduler ticks and
+/// context switches (it lags up to a tick, 4 ms at HZ=250), while run_delay is updated when
+/// the thread gets the CPU back, so it is current whenever the thread reads it. A read costs a
+/// few microseconds; only calls that already ran a while pay for one.
+fn thread_run_delay_ns() -> Option<u64> {
+    thread_local! {
+        // why: /proc/thread-self names the thread that opens it, so one file per thread.
+        static SCHEDSTAT: Option<File> = File::open("/proc/thread-self/schedstat").ok();
+    }
+    SCHEDSTAT
+        .try_with(|f| {
+            let f = f.as_ref()?;
+            let mut buf = [0u8; 96];
+            let n = f.read_at(&mut buf, 0).ok()?;
+            // "<cpu ns> <run_delay ns> <timeslices>"
+            let text = std::str::from_utf8(&buf[..n]).ok()?;
+            text.split_ascii_whitespace().nth(1)?.parse().ok()
+        })
+        .ok()
+        .flatten()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+/// The per-call time budget checked by the instruction hook. It counts the time the thread
+/// ran: wall clock minus the time it waited preempted (which, as policy code does not block,
+/// is its CPU time), with a wall clock cap of [`WALL_CAP`] budgets. Shared (Arc) between the
+/// VM owner and the hook closure; atomics only so the closure is `Send` when mlua's `send`
+/// feature is on.
+///
+/// The hook only reads the (cheap) wall clock until the call ran `budget / LEAD_DIVISOR` of
+/// wall time; then it reads the thread's run-queue wait once as a baseline and counts that lead
+/// as run (a call preempted earlier is charged a little more than it ran; one busy in a long C
+/// function earlier, a little less). Run time cannot advance faster than the wall clock, so
+/// after each look the next one is due no earlier than the unspent budget later.
 struct Deadline {
     epoch: Instant,
-    /// Nanoseconds since `epoch`; `u64::MAX` = no call running, never fires.
-    until_ns: AtomicU64,
+    /// Wall clock at `arm`, nanoseconds since `epoch`.
+    start_ns: AtomicU64,
+    budget_ns: AtomicU64,
+    /// Wall clock of the next closer look; `u64::MAX` = no call running, never fires.
+    next_ns: AtomicU64,
+    /// Wall clock and run-queue wait at the first closer look; `u64::MAX` = not taken yet.
+    base_wall_ns: AtomicU64,
+    base_wait_ns: AtomicU64,
     /// Set when the hook raised "budget exceeded" during the current call.
     tripped: AtomicBool,
 }
 
 impl Deadline {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            start_ns: AtomicU64::new(0),
+            budget_ns: AtomicU64::new(0),
+            next_ns: AtomicU64::new(u64::MAX),
+            base_wall_ns: AtomicU64::new(u64::MAX),
+            base_wait_ns: AtomicU64::new(0),
+            tripped: AtomicBool::new(false),
+        }
+    }
+    fn now_ns(&self) -> u64 {
+        nanos(self.epoch.elapsed())
+    }
     fn arm(&self, budget: Duration) {
-        let until = self.epoch.elapsed().saturating_add(budget).as_nanos();
-        self.until_ns.store(
-            u64::try_from(until).unwrap_or(u64::MAX - 1),
+        self.arm_at(self.now_ns(), nanos(budget));
+    }
+    fn arm_at(&self, now: u64, budget: u64) {
+        self.start_ns.store(now, Ordering::Relaxed);
+        self.budget_ns.store(budget, Ordering::Relaxed);
+        self.base_wall_ns.store(u64::MAX, Ordering::Relaxed);
+        self.tripped.store(false, Ordering::Relaxed);
+        self.next_ns.store(
+            now.saturating_add(budget / LEAD_DIVISOR).min(u64::MAX - 1),
             Ordering::Relaxed,
         );
-        self.tripped.store(false, Ordering::Relaxed);
     }
     fn disarm(&self) {
-        self.until_ns.store(u64::MAX, Ordering::Relaxed);
+        self.next_ns.store(u64::MAX, Ordering::Relaxed);
     }
+    /// Whether the running call is out of budget. Cheap (one wall clock read) until a closer
+    /// look is due.
     fn expired(&self) -> bool {
-        let until = self.until_ns.load(Ordering::Relaxed);
-        until != u64::MAX && self.epoch.elapsed().as_nanos() >= u128::from(until)
+        let next = self.next_ns.load(Ordering::Relaxed);
+        if next == u64::MAX {
+            return false;
+        }
+        let now = self.now_ns();
+        now >= next && self.look_closer(now, thread_run_delay_ns())
+    }
+    /// `wait`: the thread's run-queue wait now (`None`: unknown, count the wall clock).
+    #[cold]
+    fn look_closer(&self, now: u64, wait: Option<u64>) -> bool {
+        let start = self.start_ns.load(Ordering::Relaxed);
+        let budget = self.budget_ns.load(Ordering::Relaxed);
+        let wall = now.saturating_sub(start);
+        let cap = budget.saturating_mul(WALL_CAP);
+        if wall >= cap {
+            return true;
+        }
+        let lead = budget / LEAD_DIVISOR;
+        let ran = match wait {
+            None => wall,
+            Some(wait) => match self.base_wall_ns.load(Ordering::Relaxed) {
+                u64::MAX => {
+                    self.base_wall_ns.store(now, Ordering::Relaxed);
+                    self.base_wait_ns.store(wait, Ordering::Relaxed);
+                    lead
+                }
+                base_wall => {
+                    let waited = wait.saturating_sub(self.base_wait_ns.load(Ordering::Relaxed));
+                    lead.saturating_add(now.saturating_sub(base_wall).saturating_sub(waited))
+                }
+            },
+        };
+        if ran >= budget {
+            return true;
+        }
+        let next = now
+            .saturating_add(budget - ran)
+            .min(start.saturating_add(cap));
+        self.next_ns
+            .store(next.min(u64::MAX - 1), Ordering::Relaxed);
+        false
     }
     fn tripped(&self) -> bool {
         self.tripped.load(Ordering::Relaxed)
+    }
+}
+
+/// A `start..end` range of [`CallData::text`].
+#[derive(Clone, Copy, Default)]
+struct Span(usize, usize);
+
+/// The running call's request, response and host, copied from the caller's sources into
+/// buffers kept from call to call (no allocation once warm) so that the host function, created
+/// once per VM, can answer from them. Header names are stored lowercased.
+#[derive(Default)]
+pub(crate) struct CallData {
+    active: bool,
+    text: String,
+    method: Span,
+    path: Span,
+    client_ip: Option<Span>,
+    route: Option<Span>,
+    tls: Option<TlsInfo>,
+    headers: Vec<(Span, Span)>,
+    query: Vec<(Span, Span)>,
+    status: Option<u16>,
+    resp_headers: Vec<(Span, Span)>,
+    host: Option<Arc<dyn PolicyHost>>,
+}
+
+fn push(text: &mut String, s: &str) -> Span {
+    let start = text.len();
+    text.push_str(s);
+    Span(start, text.len())
+}
+
+fn push_lower(text: &mut String, s: &str) -> Span {
+    let span = push(text, s);
+    text[span.0..span.1].make_ascii_lowercase();
+    span
+}
+
+impl CallData {
+    fn begin(
+        &mut self,
+        req: &dyn RequestSource,
+        resp: Option<&dyn ResponseSource>,
+        host: &Arc<dyn PolicyHost>,
+    ) {
+        let text = &mut self.text;
+        text.clear();
+        self.method = push(text, req.method());
+        self.path = push(text, req.path());
+        self.client_ip = req.client_ip().map(|s| push(text, s));
+        self.route = req.route().map(|s| push(text, s));
+        self.tls = req.tls().cloned();
+        let headers = &mut self.headers;
+        headers.clear();
+        req.for_each_header(&mut |n, v| {
+            let n = push_lower(text, n);
+            headers.push((n, push(text, v)));
+        });
+        let query = &mut self.query;
+        query.clear();
+        req.for_each_query(&mut |k, v| query.push((push(text, k), push(text, v))));
+        self.status = resp.map(|r| r.status());
+        let resp_headers = &mut self.resp_headers;
+        resp_headers.clear();
+        if let Some(r) = resp {
+            r.for_each_header(&mut |n, v| {
+                let n = push_lower(text, n);
+                resp_headers.push((n, push(text, v)));
+            });
+        }
+        self.host = Some(Arc::clone(host));
+        self.active = true;
+    }
+
+    fn end(&mut self) {
+        self.active = false;
+        // why: do not keep the caller's snapshot alive past its call.
+        self.host = None;
+        self.tls = None;
+    }
+
+    fn str(&self, span: Span) -> &str {
+        &self.text[span.0..span.1]
+    }
+
+    /// The value of header `name` (lowercase): repeats joined with ", " (RFC 9110 list
+    /// syntax).
+    fn header<'a>(&'a self, list: &[(Span, Span)], name: &str) -> Option<Cow<'a, str>> {
+        let mut found: Option<Cow<'a, str>> = None;
+        for &(n, v) in list {
+            if self.str(n) != name {
+                continue;
+            }
+            let v = self.str(v);
+            found = Some(match found {
+                None => Cow::Borrowed(v),
+                Some(prev) => Cow::Owned(format!("{prev}, {v}")),
+            });
+        }
+        found
+    }
+
+    /// Every header, lowercased names, repeats joined.
+    fn header_table(&self, lua: &Lua, list: &[(Span, Span)]) -> mlua::Result<Table> {
+        let t = lua.create_table_with_capacity(0, list.len())?;
+        for (i, &(n, _)) in list.iter().enumerate() {
+            let name = self.str(n);
+            // Only at the first occurrence of each name.
+            if list[..i].iter().any(|&(m, _)| self.str(m) == name) {
+                continue;
+            }
+            if let Some(v) = self.header(list, name) {
+                t.raw_set(name, v.as_ref())?;
+            }
+        }
+        Ok(t)
     }
 }
 
@@ -112,12 +370,10 @@ struct ScriptVm {
 pub(crate) struct ThreadVm {
     pub(crate) compiled: Arc<CompiledPolicy>,
     scripts: Vec<ScriptVm>,
-    ctx: Table,
-    new_request: Function,
-    new_response: Function,
-    fake_host: Function,
+    /// The prelude's `dispatch(f, fresh, with_resp)`.
+    dispatch: Function,
+    call: Rc<RefCell<CallData>>,
     deadline: Arc<Deadline>,
-    seq: i64,
     // why: last, so the Lua handles above are dropped before the state itself.
     lua: Lua,
 }
@@ -135,11 +391,7 @@ impl ThreadVm {
         let lua = Lua::new_with(libs, LuaOptions::new()).map_err(vm_err)?;
         lua.set_memory_limit(compiled.memory_limit)
             .map_err(vm_err)?;
-        let deadline = Arc::new(Deadline {
-            epoch: Instant::now(),
-            until_ns: AtomicU64::new(u64::MAX),
-            tripped: AtomicBool::new(false),
-        });
+        let deadline = Arc::new(Deadline::new());
         let exports = install_sandbox(&lua, shared, &deadline).map_err(vm_err)?;
         let hook_deadline = Arc::clone(&deadline);
         lua.set_global_hook(
@@ -155,13 +407,10 @@ impl ThreadVm {
         .map_err(vm_err)?;
         let get = |k: &str| exports.raw_get::<Function>(k).map_err(vm_err);
         let mut vm = ThreadVm {
-            ctx: exports.raw_get::<Table>("ctx").map_err(vm_err)?,
-            new_request: get("new_request")?,
-            new_response: get("new_response")?,
-            fake_host: get("fake_host")?,
+            dispatch: get("dispatch")?,
+            call: Rc::new(RefCell::new(CallData::default())),
             scripts: Vec::new(),
             deadline,
-            seq: 0,
             compiled: Arc::clone(&compiled),
             lua,
         };
@@ -174,11 +423,15 @@ impl ThreadVm {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() {
-            Ok(vm)
-        } else {
-            Err(errors)
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        if mode == Mode::Serve {
+            // why: after the scripts' top-level code, which (like selftest) sees the fakes.
+            let host = host_function(&vm.lua, Rc::clone(&vm.call)).map_err(vm_err)?;
+            get("set_host")?.call::<()>(host).map_err(vm_err)?;
+        }
+        Ok(vm)
     }
 
     fn load_script(
@@ -289,80 +542,61 @@ impl ThreadVm {
     pub(crate) fn call_hook(
         &mut self,
         hook: Hook,
-        req: &PolicyRequest,
-        resp: Option<&PolicyResponse>,
-        host: &dyn PolicyHost,
+        req: &dyn RequestSource,
+        resp: Option<&dyn ResponseSource>,
+        host: &Arc<dyn PolicyHost>,
         mut on_result: impl FnMut(&Value) -> Result<bool, String>,
     ) -> (Outcome, bool) {
-        self.seq += 1;
-        let seq = self.seq;
+        match self.call.try_borrow_mut() {
+            Ok(mut call) => call.begin(req, resp, host),
+            Err(_) => {
+                return (
+                    Outcome::Error("policy hook called re-entrantly".to_owned()),
+                    true,
+                )
+            }
+        }
         self.deadline.arm(self.compiled.budget);
-        let this = &*self;
-        let result =
-            this.lua.scope(|scope| {
-                let host_fn = scope.create_function(
-                |lua, (op, a, b): (mlua::String, Option<mlua::String>, Option<mlua::String>)| {
-                    let a = a.as_ref().map(|s| s.to_str()).transpose()?;
-                    let b = b.as_ref().map(|s| s.to_str()).transpose()?;
-                    host_call(lua, &op.to_str()?, a.as_deref(), b.as_deref(), req, resp, host)
+        let mut outcome = Outcome::Ok;
+        let mut fresh = true;
+        for s in &self.scripts {
+            let Some(f) = &s.hooks[hook as usize] else {
+                continue;
+            };
+            let called = self.dispatch.call::<Value>((f, fresh, resp.is_some()));
+            fresh = false;
+            let failure = match called {
+                Ok(v) => match on_result(&v) {
+                    Ok(true) => break,
+                    Ok(false) => continue,
+                    Err(msg) => Failure::Error(format!(
+                        "{}: {} returned an invalid value: {msg}",
+                        s.path,
+                        hook.name()
+                    )),
                 },
-            )?;
-                this.ctx.raw_set("host", host_fn)?;
-                this.ctx.raw_set("seq", seq)?;
-                let req_view: Table = this.new_request.call((
-                    req.method.as_str(),
-                    req.path.as_str(),
-                    req.client_ip.as_deref(),
-                    req.route.as_deref(),
-                ))?;
-                let resp_view: Option<Table> = match resp {
-                    Some(r) => Some(this.new_response.call(r.status)?),
-                    None => None,
+                Err(e) => self.classify(&e),
+            };
+            let budget = matches!(failure, Failure::Budget);
+            if matches!(outcome, Outcome::Ok) {
+                outcome = match failure {
+                    Failure::Budget => Outcome::Budget,
+                    Failure::Error(m) => Outcome::Error(m),
                 };
-                let mut outcome = Outcome::Ok;
-                for s in &this.scripts {
-                    let Some(f) = &s.hooks[hook as usize] else {
-                        continue;
-                    };
-                    let called = match &resp_view {
-                        Some(rv) => f.call::<Value>((&req_view, rv)),
-                        None => f.call::<Value>(&req_view),
-                    };
-                    let failure = match called {
-                        Ok(v) => match on_result(&v) {
-                            Ok(true) => break,
-                            Ok(false) => continue,
-                            Err(msg) => Failure::Error(format!(
-                                "{}: {} returned an invalid value: {msg}",
-                                s.path,
-                                hook.name()
-                            )),
-                        },
-                        Err(e) => this.classify(&e),
-                    };
-                    let budget = matches!(failure, Failure::Budget);
-                    if matches!(outcome, Outcome::Ok) {
-                        outcome = match failure {
-                            Failure::Budget => Outcome::Budget,
-                            Failure::Error(m) => Outcome::Error(m),
-                        };
-                    }
-                    if budget {
-                        break;
-                    }
-                }
-                Ok(outcome)
-            });
+            }
+            if budget {
+                break;
+            }
+        }
         self.deadline.disarm();
-        let outcome = match result {
-            Ok(o) => o,
-            Err(e) => match self.classify(&e) {
-                Failure::Budget => Outcome::Budget,
-                Failure::Error(m) => Outcome::Error(m),
-            },
+        let ended = match self.call.try_borrow_mut() {
+            Ok(mut call) => {
+                call.end();
+                true
+            }
+            Err(_) => false,
         };
-        let restored = self.ctx.raw_set("host", &self.fake_host).is_ok();
-        let fit = restored && (!matches!(outcome, Outcome::Budget) || self.recovered());
+        let fit = ended && (!matches!(outcome, Outcome::Budget) || self.recovered());
         (outcome, fit)
     }
 
@@ -442,52 +676,66 @@ fn helper_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::runtime(format!("{}{msg}", caller(lua)))
 }
 
-/// What `CTX.host(op, a, b)` answers during a real call.
+/// The host function of a serving VM: `HOST(op, a, b)` in the prelude, answered from the
+/// running call's [`CallData`]. Created once per VM.
+fn host_function(lua: &Lua, call: Rc<RefCell<CallData>>) -> mlua::Result<Function> {
+    lua.create_function(
+        move |lua, (op, a, b): (u8, Option<mlua::String>, Option<mlua::String>)| {
+            let call = call
+                .try_borrow()
+                .map_err(|_| helper_error(lua, "policy call data is busy"))?;
+            if !call.active {
+                // Only reachable from code running outside a hook call, which serving VMs do
+                // not run; answer like the fakes do for an empty host.
+                return Ok(Value::Nil);
+            }
+            let a = a.as_ref().map(|s| s.to_str()).transpose()?;
+            let b = b.as_ref().map(|s| s.to_str()).transpose()?;
+            host_call(lua, &call, op, a.as_deref(), b.as_deref())
+        },
+    )
+}
+
+/// What `HOST(op, a, b)` answers during a real call.
 fn host_call(
     lua: &Lua,
-    op: &str,
+    call: &CallData,
+    op: u8,
     a: Option<&str>,
     b: Option<&str>,
-    req: &PolicyRequest,
-    resp: Option<&PolicyResponse>,
-    host: &dyn PolicyHost,
 ) -> mlua::Result<Value> {
     let string = |s: &str| lua.create_string(s).map(Value::String);
+    let opt_string = |s: Option<Span>| s.map_or(Ok(Value::Nil), |s| string(call.str(s)));
     match op {
-        "map" => match (a, b) {
-            (Some(map), Some(key)) => host
-                .map_get(map, key)
-                .map_or(Ok(Value::Nil), |v| string(&v)),
-            _ => Ok(Value::Nil),
-        },
-        "healthy" | "total" | "inflight" | "queued" => {
-            let Some(state) = a.and_then(|name| host.upstream_state(name)) else {
-                return Ok(Value::Nil);
-            };
-            let n = match op {
-                "healthy" => state.healthy,
-                "total" => state.total,
-                "inflight" => state.inflight,
-                _ => state.queued,
-            };
-            Ok(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
-        }
-        "req_headers" => header_table(lua, &req.headers).map(Value::Table),
-        "resp_headers" => match resp {
-            Some(r) => header_table(lua, &r.headers).map(Value::Table),
+        op::METHOD => string(call.str(call.method)),
+        op::PATH => string(call.str(call.path)),
+        op::CLIENT_IP => opt_string(call.client_ip),
+        op::ROUTE => opt_string(call.route),
+        op::REQ_HEADER => match a.and_then(|name| call.header(&call.headers, name)) {
+            Some(v) => string(&v),
             None => Ok(Value::Nil),
         },
-        "req_query" => {
-            let t = lua.create_table_with_capacity(0, req.query.len())?;
-            for (k, v) in &req.query {
-                // First value wins, as documented on `PolicyRequest::query`.
-                if !t.contains_key(k.as_str())? {
-                    t.raw_set(k.as_str(), v.as_str())?;
-                }
+        op::REQ_HEADERS => call.header_table(lua, &call.headers).map(Value::Table),
+        op::RESP_HEADER => match a.and_then(|name| call.header(&call.resp_headers, name)) {
+            Some(v) => string(&v),
+            None => Ok(Value::Nil),
+        },
+        op::RESP_HEADERS => call.header_table(lua, &call.resp_headers).map(Value::Table),
+        // First value wins, as documented on `PolicyRequest::query`.
+        op::QUERY_PARAM => {
+            match a.and_then(|k| call.query.iter().find(|&&(n, _)| call.str(n) == k)) {
+                Some(&(_, v)) => string(call.str(v)),
+                None => Ok(Value::Nil),
+            }
+        }
+        op::QUERY => {
+            let t = lua.create_table_with_capacity(0, call.query.len())?;
+            for &(k, v) in call.query.iter().rev() {
+                t.raw_set(call.str(k), call.str(v))?;
             }
             Ok(Value::Table(t))
         }
-        "req_tls" => match &req.tls {
+        op::TLS => match &call.tls {
             Some(tls) => {
                 let t = lua.create_table_with_capacity(0, 4)?;
                 t.raw_set("subject", tls.subject.as_deref())?;
@@ -498,31 +746,33 @@ fn host_call(
             }
             None => Ok(Value::Nil),
         },
-        other => Err(helper_error(
-            lua,
-            format!("unknown host operation {other:?}"),
-        )),
-    }
-}
-
-/// Header names lowercased; repeated headers joined with ", " (RFC 9110 list syntax).
-fn header_table(lua: &Lua, headers: &[(String, String)]) -> mlua::Result<Table> {
-    let t = lua.create_table_with_capacity(0, headers.len())?;
-    for (name, value) in headers {
-        let key = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(name.to_ascii_lowercase())
-        } else {
-            std::borrow::Cow::Borrowed(name.as_str())
-        };
-        match t.raw_get::<Option<mlua::String>>(key.as_ref())? {
-            Some(prev) => {
-                let joined = format!("{}, {value}", prev.to_str()?);
-                t.raw_set(key.as_ref(), joined)?;
-            }
-            None => t.raw_set(key.as_ref(), value.as_str())?,
+        op::STATUS => Ok(call
+            .status
+            .map_or(Value::Nil, |s| Value::Integer(i64::from(s)))),
+        op::MAP => match (&call.host, a, b) {
+            (Some(host), Some(map), Some(key)) => host
+                .map_get(map, key)
+                .map_or(Ok(Value::Nil), |v| string(&v)),
+            _ => Ok(Value::Nil),
+        },
+        op::HEALTHY | op::TOTAL | op::INFLIGHT | op::QUEUED => {
+            let state = match (&call.host, a) {
+                (Some(host), Some(name)) => host.upstream_state(name),
+                _ => None,
+            };
+            let Some(state) = state else {
+                return Ok(Value::Nil);
+            };
+            let n = match op {
+                op::HEALTHY => state.healthy,
+                op::TOTAL => state.total,
+                op::INFLIGHT => state.inflight,
+                _ => state.queued,
+            };
+            Ok(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
         }
+        other => Err(helper_error(lua, format!("unknown host operation {other}"))),
     }
-    Ok(t)
 }
 
 /// Installs the Rust helpers, runs the prelude and strips every global not allowed.
@@ -693,4 +943,85 @@ fn shared_table(lua: &Lua, dict: Arc<SharedDict>) -> mlua::Result<Table> {
         })?,
     )?;
     Ok(t)
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// A 2 ms budget armed at t = 0 (wall clock in ms; run-queue wait in ms, None = unknown).
+    fn armed() -> Deadline {
+        let d = Deadline::new();
+        d.arm_at(0, 2 * MS);
+        d
+    }
+
+    #[test]
+    fn short_calls_never_look_closer() {
+        let d = armed();
+        assert_eq!(
+            d.next_ns.load(Ordering::Relaxed),
+            MS / 2,
+            "lead is a quarter budget"
+        );
+    }
+
+    #[test]
+    fn time_spent_preempted_is_not_counted() {
+        let d = armed();
+        assert!(!d.look_closer(MS / 2, Some(100 * MS)), "baseline");
+        // 8 ms later, 7.9 of them waiting on the run queue: ran 0.5 + 0.1 ms.
+        assert!(!d.look_closer(17 * MS / 2, Some(100 * MS + 79 * MS / 10)));
+        // Then it runs on without being preempted: out at 2 ms of running (wall 9.9 ms).
+        let waited = Some(100 * MS + 79 * MS / 10);
+        assert!(!d.look_closer(98 * MS / 10, waited));
+        assert!(d.look_closer(99 * MS / 10, waited));
+    }
+
+    #[test]
+    fn a_runaway_is_cut_at_its_budget() {
+        let d = armed();
+        assert!(!d.look_closer(MS / 2, Some(5 * MS)));
+        assert_eq!(
+            d.next_ns.load(Ordering::Relaxed),
+            2 * MS,
+            "next look at the budget"
+        );
+        assert!(d.look_closer(2 * MS, Some(5 * MS)));
+    }
+
+    #[test]
+    fn the_wall_clock_caps_a_call_at_ten_budgets() {
+        let d = armed();
+        assert!(!d.look_closer(MS / 2, Some(0)));
+        assert!(!d.look_closer(19 * MS, Some(18 * MS)), "ran 1.5 ms in 19");
+        assert_eq!(
+            d.next_ns.load(Ordering::Relaxed),
+            20 * MS,
+            "next look at the cap"
+        );
+        assert!(
+            d.look_closer(20 * MS, Some(19 * MS)),
+            "ran 1.5 ms in 20: cap"
+        );
+    }
+
+    #[test]
+    fn without_scheduler_statistics_the_wall_clock_counts() {
+        let d = armed();
+        assert!(!d.look_closer(MS / 2, None));
+        assert_eq!(d.next_ns.load(Ordering::Relaxed), 2 * MS);
+        assert!(d.look_closer(2 * MS, None));
+    }
+
+    #[test]
+    fn this_thread_reports_its_run_queue_wait() {
+        // Linux with scheduler statistics, as the gateway runs on; elsewhere the wall clock
+        // counts (tested above).
+        if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+            assert!(thread_run_delay_ns().is_some());
+        }
+    }
 }

@@ -19,8 +19,10 @@
 //!
 //! `req` is a read-only view: `method`, `path`, `query` (name -> first value), `headers`
 //! (case-insensitive; repeated headers joined with ", "), `client_ip`, `tls` (nil or
-//! `{subject, issuer, serial, verified}`), `route` (route name or nil). `headers`, `query` and
-//! `tls` are built on first access only. `resp` has `status` and `headers`.
+//! `{subject, issuer, serial, verified}`), `route` (route name or nil). `resp` has `status` and
+//! `headers`. Every field is fetched from Rust on first access in a call, and `headers`/`query`
+//! one name at a time (all at once only for `pairs`), so a script pays for what it reads. A view
+//! belongs to its call: reading it from a later call (kept in a global) is an error.
 //!
 //! Helpers: `maps.NAME[key]`, `upstream.healthy/total/inflight/queued(name)` (counts, `nil`
 //! for an unknown upstream, so write `(upstream.healthy("x") or 0) > 0`), `shared.get/set/
@@ -43,10 +45,14 @@
 //! errors.
 //!
 //! # Budgets, and why Lua 5.4 rather than LuaJIT
-//! Each call has a time budget ([`PolicySettings::budget`], default 2 ms) enforced by an
-//! instruction-count hook every 1000 VM instructions that raises "budget exceeded" once the
-//! call's deadline passed, and each VM has a memory limit (default 32 MiB). Both give
-//! [`Outcome::Budget`]; the VM is checked afterwards and rebuilt if it cannot recover.
+//! Each call has a time budget ([`PolicySettings::budget`], default 2 ms) of thread CPU time,
+//! so a worker thread preempted on a busy machine is not cut for time it did not run; the wall
+//! clock may still run to 10 budgets, to bound the latency a call adds. An instruction-count
+//! hook every 100 VM instructions raises "budget exceeded" once the call is out of budget
+//! (it reads only the wall clock until a call ran a quarter of its budget, then the thread's CPU
+//! time, which Linux may report up to a scheduler tick late). Each VM has a memory limit
+//! (default 32 MiB). Both give [`Outcome::Budget`]; the VM is checked afterwards and rebuilt if
+//! it cannot recover.
 //! LuaJIT is faster, but its count hooks do not fire inside compiled traces, so a hot loop such
 //! as `while true do end` would never be interrupted and the budget would not hold. Lua 5.4's
 //! hooks fire on every interpreted instruction (tested: `infinite_loops_are_stopped_*`).
@@ -159,8 +165,8 @@ pub struct TlsInfo {
     pub verified: bool,
 }
 
-/// The request as policies see it. Plain data; the caller builds it only when
-/// [`PolicyEngine::has_hook`] says a hook will run.
+/// The request as policies see it, as plain data (tests, tools). The gateway implements
+/// [`RequestSource`] over its session instead.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRequest {
     pub method: String,
@@ -182,6 +188,69 @@ pub struct PolicyResponse {
     pub headers: Vec<(String, String)>,
 }
 
+/// Where a call reads the request from: the gateway implements it over the live session, so
+/// that nothing is copied into owned strings per call; [`PolicyRequest`] implements it over
+/// plain data. The engine reads everything once at the start of a call, into buffers its VM
+/// reuses, and hands a field to Lua only when a script reads it.
+pub trait RequestSource {
+    fn method(&self) -> &str;
+    fn path(&self) -> &str;
+    fn client_ip(&self) -> Option<&str>;
+    /// Name of the matched route, if any.
+    fn route(&self) -> Option<&str>;
+    fn tls(&self) -> Option<&TlsInfo>;
+    /// Calls `f(name, value)` for each header, in order; names in any case, repeats allowed.
+    fn for_each_header(&self, f: &mut dyn FnMut(&str, &str));
+    /// Calls `f(name, value)` for each query parameter, in order.
+    fn for_each_query(&self, f: &mut dyn FnMut(&str, &str));
+}
+
+impl RequestSource for PolicyRequest {
+    fn method(&self) -> &str {
+        &self.method
+    }
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn client_ip(&self) -> Option<&str> {
+        self.client_ip.as_deref()
+    }
+    fn route(&self) -> Option<&str> {
+        self.route.as_deref()
+    }
+    fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+    fn for_each_header(&self, f: &mut dyn FnMut(&str, &str)) {
+        for (n, v) in &self.headers {
+            f(n, v);
+        }
+    }
+    fn for_each_query(&self, f: &mut dyn FnMut(&str, &str)) {
+        for (k, v) in &self.query {
+            f(k, v);
+        }
+    }
+}
+
+/// Where `response`/`log` calls read the response from (see [`RequestSource`]).
+pub trait ResponseSource {
+    fn status(&self) -> u16;
+    /// Calls `f(name, value)` for each header, in order; names in any case, repeats allowed.
+    fn for_each_header(&self, f: &mut dyn FnMut(&str, &str));
+}
+
+impl ResponseSource for PolicyResponse {
+    fn status(&self) -> u16 {
+        self.status
+    }
+    fn for_each_header(&self, f: &mut dyn FnMut(&str, &str)) {
+        for (n, v) in &self.headers {
+            f(n, v);
+        }
+    }
+}
+
 /// Live state of an upstream, as `upstream.*` helpers report it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpstreamState {
@@ -192,7 +261,8 @@ pub struct UpstreamState {
 }
 
 /// What policies may ask the gateway during a call (the caller implements it over its live
-/// snapshot). Called synchronously on the request path: keep it cheap and non-blocking.
+/// snapshot). Called synchronously on the request path: keep it cheap and non-blocking. Passed
+/// as an `Arc` because the VM holds it for the duration of a call (and drops it at the end).
 pub trait PolicyHost {
     /// `maps.NAME[key]` in Lua.
     fn map_get(&self, map: &str, key: &str) -> Option<String>;
@@ -367,7 +437,7 @@ impl PolicyEngine {
     }
 
     /// Whether any loaded script defines `hook`: when false the call is a no-op and the caller
-    /// can skip building the [`PolicyRequest`].
+    /// can skip preparing the request.
     pub fn has_hook(&self, hook: Hook) -> bool {
         self.current.load().hooks[hook as usize]
     }
@@ -384,21 +454,29 @@ impl PolicyEngine {
     }
 
     /// Runs `admit(req)` hooks. Outcome `Deny` when the decision is `Deny`.
-    pub fn admit(&self, req: &PolicyRequest, host: &dyn PolicyHost) -> (PolicyDecision, Outcome) {
+    pub fn admit(
+        &self,
+        req: &dyn RequestSource,
+        host: &Arc<dyn PolicyHost>,
+    ) -> (PolicyDecision, Outcome) {
         self.decide(Hook::Admit, req, host)
     }
 
     /// Runs `route(req)` hooks. Outcome `Deny` when the decision is `Deny`.
-    pub fn route(&self, req: &PolicyRequest, host: &dyn PolicyHost) -> (PolicyDecision, Outcome) {
+    pub fn route(
+        &self,
+        req: &dyn RequestSource,
+        host: &Arc<dyn PolicyHost>,
+    ) -> (PolicyDecision, Outcome) {
         self.decide(Hook::Route, req, host)
     }
 
     /// Runs `response(req, resp)` hooks and merges their edits.
     pub fn response(
         &self,
-        req: &PolicyRequest,
-        resp: &PolicyResponse,
-        host: &dyn PolicyHost,
+        req: &dyn RequestSource,
+        resp: &dyn ResponseSource,
+        host: &Arc<dyn PolicyHost>,
     ) -> (ResponseEdit, Outcome) {
         let mut edit = ResponseEdit::default();
         if !self.has_hook(Hook::Response) {
@@ -421,9 +499,9 @@ impl PolicyEngine {
     /// Runs every `log(req, resp)` hook; return values are ignored.
     pub fn log(
         &self,
-        req: &PolicyRequest,
-        resp: &PolicyResponse,
-        host: &dyn PolicyHost,
+        req: &dyn RequestSource,
+        resp: &dyn ResponseSource,
+        host: &Arc<dyn PolicyHost>,
     ) -> Outcome {
         if !self.has_hook(Hook::Log) {
             return Outcome::Ok;
@@ -434,8 +512,8 @@ impl PolicyEngine {
     fn decide(
         &self,
         hook: Hook,
-        req: &PolicyRequest,
-        host: &dyn PolicyHost,
+        req: &dyn RequestSource,
+        host: &Arc<dyn PolicyHost>,
     ) -> (PolicyDecision, Outcome) {
         if !self.has_hook(hook) {
             return (PolicyDecision::Pass, Outcome::Ok);
@@ -456,9 +534,9 @@ impl PolicyEngine {
     fn run(
         &self,
         hook: Hook,
-        req: &PolicyRequest,
-        resp: Option<&PolicyResponse>,
-        host: &dyn PolicyHost,
+        req: &dyn RequestSource,
+        resp: Option<&dyn ResponseSource>,
+        host: &Arc<dyn PolicyHost>,
         on_result: impl FnMut(&mlua::Value) -> Result<bool, String>,
     ) -> Outcome {
         let compiled = self.current.load();

@@ -1,8 +1,9 @@
 -- floodgate policy prelude: runs once per Lua VM, in the sandboxed globals, before any script.
 -- It finishes the sandbox (wrappers that only Lua can express cheaply), defines the read-only
 -- request/response views, the `maps`/`upstream`/`fake` helpers, and returns the internals the
--- Rust side needs. Arguments: tripped() -> bool (the time budget fired during this call),
--- validate(kind, value) -> error string or nil (kind is "decision" or "edit").
+-- Rust side needs (`dispatch` calls one hook with the running call's views). Arguments:
+-- tripped() -> bool (the time budget fired during this call), validate(kind, value) -> error
+-- string or nil (kind is "decision" or "edit").
 local tripped, validate = ...
 
 local rawget, rawset, type, next, error, tostring, pairs = rawget, rawset, type, next, error, tostring, pairs
@@ -62,21 +63,44 @@ end
 ---------------------------------------------------------------------------------------------
 -- Read-only views (req, resp, req.headers, ...)
 ---------------------------------------------------------------------------------------------
-local CTX = { seq = 0 }          -- host: function(op, a, b) for the current call; seq: call number
-local STORE = raw_setmetatable({}, { __mode = "k" })  -- view -> backing table
-local LIVE, KIND = {}, {}        -- private keys in a backing table
-local NONE = {}                  -- a lazily fetched field that turned out absent
+-- Host operations: HOST(op, a, b) answers from the running call (the gateway, in serving VMs)
+-- or from the fakes below (selftest). Numbers, so that no string crosses for the op itself;
+-- the Rust side (lua.rs, `op`) uses the same table.
+local OP = {
+  map = 1, healthy = 2, total = 3, inflight = 4, queued = 5,
+  method = 10, path = 11, client_ip = 12, route = 13, tls = 14,
+  req_header = 20, req_headers = 21, query_param = 22, query = 23,
+  status = 30, resp_header = 31, resp_headers = 32,
+}
+local HOST                       -- set below (fake_host) and by set_host in serving VMs
+local NONE = {}                  -- a fetched value that turned out absent
+local STALE = "request view used outside of its hook call"
+
+-- The views of the running call and what was fetched for it: field op -> value (or NONE), map
+-- view -> its state. Views are fresh empty tables per call (so one kept past its call is told
+-- apart from the current one); `C` is emptied when the next call starts.
+local LIVE_REQ, LIVE_RESP
+local C = {}
 
 local function readonly(_, k)
   error("policy views are read-only (cannot set " .. tostring(k) .. ")", 2)
 end
+
+-- Fields fetched on first access: field name -> op; map views (headers, query) fetch one key at
+-- a time (op) or everything for pairs() (op + 1). FOLD: map view ops, true = case-insensitive.
+local REQ_FIELDS = { method = OP.method, path = OP.path, client_ip = OP.client_ip,
+                     route = OP.route, tls = OP.tls, headers = OP.req_header, query = OP.query_param }
+local RESP_FIELDS = { status = OP.status, headers = OP.resp_header }
+local FOLD = { [OP.req_header] = true, [OP.query_param] = false, [OP.resp_header] = true }
+
+-- Stores for views built from plain tables (fake requests, tls): view -> backing table.
+local STORE = raw_setmetatable({}, { __mode = "k" })
 local function view_pairs(t) return next, STORE[t], nil end
 local function wrap(store, mt)
   local p = raw_setmetatable({}, mt)
   STORE[p] = store
   return p
 end
-
 local PLAIN = {
   __index = function(t, k) return STORE[t][k] end,
   __newindex = readonly, __pairs = view_pairs, __metatable = "read-only",
@@ -92,39 +116,95 @@ local NOCASE = {
   __newindex = readonly, __pairs = view_pairs, __metatable = "read-only",
 }
 
--- Fields fetched from Rust on first access, per view kind.
-local LAZY = {
-  req_ = { headers = NOCASE, query = PLAIN, tls = PLAIN },
-  resp_ = { headers = NOCASE },
-}
-
-local VIEW = {
-  __index = function(t, k)
-    local s = STORE[t]
-    local v = s[k]
+local MAPVIEW = {
+  __index = function(p, k)
+    local m = C[p]
+    if m == nil then error(STALE, 2) end
+    if type(k) ~= "string" then return nil end
+    local vals = m.vals
+    local v = vals[k]
     if v == nil then
-      local seq = s[LIVE]
-      local mt = seq and LAZY[s[KIND]][k]
-      if mt then
-        if seq ~= CTX.seq then error("request view used outside of its hook call", 2) end
-        local raw = CTX.host(s[KIND] .. k)
-        if raw == nil then v = NONE else v = wrap(raw, mt) end
-        s[k] = v
+      if m.fold then
+        k = lower(k)
+        v = vals[k]
+      end
+      if v == nil then
+        if m.full then return nil end
+        v = HOST(m.op, k)
+        if v == nil then v = NONE end
+        vals[k] = v
       end
     end
+    if v == NONE then return nil end
+    return v
+  end,
+  __pairs = function(p)
+    local m = C[p]
+    if m == nil then error(STALE, 2) end
+    if not m.full then
+      m.vals, m.full = HOST(m.op + 1), true
+    end
+    return next, m.vals, nil
+  end,
+  __newindex = readonly, __metatable = "read-only",
+}
+
+-- First access to a field of the running call.
+local function fetch(op)
+  local v
+  local fold = FOLD[op]
+  if fold ~= nil then
+    v = raw_setmetatable({}, MAPVIEW)
+    C[v] = { op = op, fold = fold, vals = {}, full = false }
+  else
+    v = HOST(op)
+    if v == nil then
+      v = NONE
+    elseif op == OP.tls then
+      v = wrap(v, PLAIN)
+    end
+  end
+  C[op] = v
+  return v
+end
+
+local REQ = {
+  __index = function(p, k)
+    local op = REQ_FIELDS[k]
+    if op == nil then return nil end
+    if p ~= LIVE_REQ then error(STALE, 2) end
+    local v = C[op]
+    if v == nil then v = fetch(op) end
+    if v == NONE then return nil end
+    return v
+  end,
+  __newindex = readonly, __metatable = "read-only",
+}
+local RESP = {
+  __index = function(p, k)
+    local op = RESP_FIELDS[k]
+    if op == nil then return nil end
+    if p ~= LIVE_RESP then error(STALE, 2) end
+    local v = C[op]
+    if v == nil then v = fetch(op) end
     if v == NONE then return nil end
     return v
   end,
   __newindex = readonly, __metatable = "read-only",
 }
 
-local function new_request(method, path, client_ip, route)
-  return wrap({ method = method, path = path, client_ip = client_ip, route = route,
-                [LIVE] = CTX.seq, [KIND] = "req_" }, VIEW)
-end
-
-local function new_response(status)
-  return wrap({ status = status, [LIVE] = CTX.seq, [KIND] = "resp_" }, VIEW)
+-- Calls hook `f` of one script for the running call. `fresh` (the first script of a call)
+-- starts a new call: new views, nothing fetched yet.
+local function dispatch(f, fresh, with_resp)
+  if fresh then
+    if next(C) ~= nil then
+      for k in next, C do C[k] = nil end
+    end
+    LIVE_REQ = raw_setmetatable({}, REQ)
+    if with_resp then LIVE_RESP = raw_setmetatable({}, RESP) else LIVE_RESP = nil end
+  end
+  if with_resp then return f(LIVE_REQ, LIVE_RESP) end
+  return f(LIVE_REQ)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -136,7 +216,7 @@ maps = raw_setmetatable({}, {
     local view = raw_setmetatable({}, {
       __index = function(_, key)
         if key == nil then return nil end
-        return CTX.host("map", name, tostring(key))
+        return HOST(OP.map, name, tostring(key))
       end,
       __newindex = readonly, __metatable = "read-only",
     })
@@ -147,27 +227,30 @@ maps = raw_setmetatable({}, {
 })
 
 upstream = {
-  healthy = function(name) return CTX.host("healthy", name) end,
-  total = function(name) return CTX.host("total", name) end,
-  inflight = function(name) return CTX.host("inflight", name) end,
-  queued = function(name) return CTX.host("queued", name) end,
+  healthy = function(name) return HOST(OP.healthy, name) end,
+  total = function(name) return HOST(OP.total, name) end,
+  inflight = function(name) return HOST(OP.inflight, name) end,
+  queued = function(name) return HOST(OP.queued, name) end,
 }
 
 ---------------------------------------------------------------------------------------------
 -- Fakes for selftest(): the host outside real calls answers from these tables.
 ---------------------------------------------------------------------------------------------
 local FAKE_MAPS, FAKE_UPSTREAMS = {}, {}
+local UPSTREAM_OPS = { [OP.healthy] = "healthy", [OP.total] = "total",
+                       [OP.inflight] = "inflight", [OP.queued] = "queued" }
 local function fake_host(op, a, b)
-  if op == "map" then
+  if op == OP.map then
     local m = FAKE_MAPS[a]
     local v = m and m[b]
     if v == nil then return nil end
     return tostring(v)
   end
-  local u = FAKE_UPSTREAMS[a]
-  return u and u[op]
+  local field = UPSTREAM_OPS[op]
+  local u = field and FAKE_UPSTREAMS[a]
+  return u and u[field]
 end
-CTX.host = fake_host
+HOST = fake_host
 
 local function copy(t, lowercase)
   local out = {}
@@ -177,6 +260,12 @@ local function copy(t, lowercase)
   end
   return out
 end
+
+-- Fake views hold every field up front; like real ones they are read-only.
+local FAKE_VIEW = {
+  __index = function(t, k) return STORE[t][k] end,
+  __newindex = readonly, __metatable = "read-only",
+}
 
 fake = {
   map = function(name, entries) FAKE_MAPS[name] = entries end,
@@ -195,11 +284,12 @@ fake = {
       method = r.method or "GET", path = r.path or "/", client_ip = r.client_ip, route = r.route,
       headers = wrap(headers, NOCASE), query = wrap(copy(r.query), PLAIN),
       tls = r.tls and wrap(copy(r.tls), PLAIN) or nil,
-    }, VIEW)
+    }, FAKE_VIEW)
   end,
   response = function(r)
     r = r or {}
-    return wrap({ status = r.status or 200, headers = wrap(copy(r.headers, true), NOCASE) }, VIEW)
+    return wrap({ status = r.status or 200, headers = wrap(copy(r.headers, true), NOCASE) },
+                FAKE_VIEW)
   end,
 }
 
@@ -226,5 +316,8 @@ local function log_helper(hook)
                           { __call = function(_, ...) return hook(...) end })
 end
 
-return { ctx = CTX, new_request = new_request, new_response = new_response,
-         checked = checked, log_helper = log_helper, fake_host = fake_host }
+-- Serving VMs answer host operations from the running call (after the scripts' top-level code
+-- ran against the fakes).
+local function set_host(f) HOST = f end
+
+return { dispatch = dispatch, set_host = set_host, checked = checked, log_helper = log_helper }

@@ -14,6 +14,11 @@ struct TestHost {
     upstreams: HashMap<String, UpstreamState>,
 }
 
+/// An empty host, as the engine takes it.
+fn no_host() -> Arc<dyn PolicyHost> {
+    Arc::new(TestHost::default())
+}
+
 impl PolicyHost for TestHost {
     fn map_get(&self, map: &str, key: &str) -> Option<String> {
         self.maps.get(&(map.to_owned(), key.to_owned())).cloned()
@@ -54,7 +59,7 @@ fn adjust(priority: i32) -> PolicyDecision {
 #[test]
 fn registration_priority_ranks_hosts_past_register_above_new_registrations() {
     let e = engine(&[("scripts/registration-priority.lua", REGISTRATION)]);
-    let h = TestHost::default();
+    let h = no_host();
     assert_eq!(
         e.admit(&req("GET", "/register"), &h),
         (adjust(0), Outcome::Ok)
@@ -82,6 +87,7 @@ fn puppet_routing_pins_nodes_to_their_master_via_the_host_map() {
         ("node_master".into(), "db1.example.com".into()),
         "master2".into(),
     );
+    let h: Arc<dyn PolicyHost> = Arc::new(h);
     let mut r = req("GET", "/puppet/v3/catalog/db1.example.com");
     r.headers
         .push(("X-Node-Name".into(), "db1.example.com".into()));
@@ -111,7 +117,7 @@ fn puppet_routing_pins_nodes_to_their_master_via_the_host_map() {
 #[test]
 fn rate_limit_denies_the_21st_request_per_second_per_client() {
     let e = engine(&[("scripts/rate-limit.lua", RATE_LIMIT)]);
-    let h = TestHost::default();
+    let h = no_host();
     let mut r = req("GET", "/");
     r.client_ip = Some("198.51.100.7".into());
     for i in 1..=20 {
@@ -146,7 +152,7 @@ fn rate_limit_denies_the_21st_request_per_second_per_client() {
 #[test]
 fn maintenance_denies_all_but_status_and_health_when_the_shared_flag_is_set() {
     let e = engine(&[("scripts/maintenance.lua", MAINTENANCE)]);
-    let h = TestHost::default();
+    let h = no_host();
     assert_eq!(
         e.admit(&req("GET", "/rhsm/consumers"), &h).1,
         Outcome::Ok,
@@ -191,7 +197,7 @@ fn example_scripts_load_together_and_first_non_nil_decision_wins() {
         ("scripts/registration-priority.lua", REGISTRATION),
         ("scripts/puppet-routing.lua", PUPPET),
     ]);
-    let h = TestHost::default();
+    let h = no_host();
     let mut r = req("POST", "/rhsm/consumers");
     r.client_ip = Some("203.0.113.1".into());
     assert_eq!(
@@ -242,6 +248,7 @@ fn request_view_exposes_fields_case_insensitive_headers_and_is_read_only() {
         queued: 5,
     };
     h.upstreams.insert("puppet".into(), state);
+    let h: Arc<dyn PolicyHost> = Arc::new(h);
     let r = PolicyRequest {
         method: "PUT".into(),
         path: "/a".into(),
@@ -289,7 +296,7 @@ fn no_scripts_means_no_hooks_and_pass() {
         assert!(!e.has_hook(hook), "{hook:?} must be absent");
     }
     assert_eq!(
-        e.admit(&req("GET", "/"), &TestHost::default()),
+        e.admit(&req("GET", "/"), &no_host()),
         (PolicyDecision::Pass, Outcome::Ok)
     );
 }
@@ -299,7 +306,7 @@ fn assert_budget_stops(body: &str) {
         "function admit(req) if req.path == '/spin' then {body} end return {{ priority = 7 }} end"
     );
     let e = engine(&[("spin.lua", &src)]);
-    let h = TestHost::default();
+    let h = no_host();
     let t = Instant::now();
     let (d, o) = e.admit(&req("GET", "/spin"), &h);
     let took = t.elapsed();
@@ -350,7 +357,7 @@ fn sandbox_escapes_fail() {
         r#"package.loadlib("libc.so.6", "system")"#,
         r#"coroutine.wrap(function() end)()"#,
     ];
-    let h = TestHost::default();
+    let h = no_host();
     for escape in escapes {
         let src = format!("function admit(req) {escape} return {{ priority = 1 }} end");
         let e = engine(&[("escape.lua", &src)]);
@@ -393,7 +400,7 @@ fn syntax_error_on_reload_keeps_the_old_generation_and_reports_file_and_line() {
     assert_eq!(e.generation(), 1, "generation unchanged");
     assert_eq!(e.last_error(), Some(text));
     assert_eq!(
-        e.admit(&req("GET", "/"), &TestHost::default()),
+        e.admit(&req("GET", "/"), &no_host()),
         (adjust(1), Outcome::Ok),
         "old version serves"
     );
@@ -418,7 +425,7 @@ fn failing_selftest_rejects_the_reload_with_file_and_line() {
 fn unknown_decision_field_is_a_runtime_error_and_is_caught_at_load_by_selftest() {
     let src = "function admit(req) return { prority = 1 } end";
     let e = engine(&[("typo.lua", src)]);
-    let (d, o) = e.admit(&req("GET", "/"), &TestHost::default());
+    let (d, o) = e.admit(&req("GET", "/"), &no_host());
     assert_eq!(d, PolicyDecision::Pass);
     let Outcome::Error(msg) = o else {
         panic!("expected an error, got {o:?}")
@@ -453,7 +460,7 @@ fn shared_incr_is_atomic_across_four_threads() {
         .map(|_| {
             let e = Arc::clone(&e);
             std::thread::spawn(move || {
-                let h = TestHost::default();
+                let h = no_host();
                 let r = req("GET", "/");
                 for _ in 0..10_000 {
                     assert_eq!(e.admit(&r, &h).1, Outcome::Ok);
@@ -479,7 +486,7 @@ fn generation_swap_is_seen_by_another_threads_next_call() {
     let worker = {
         let e = Arc::clone(&e);
         std::thread::spawn(move || {
-            let h = TestHost::default();
+            let h = no_host();
             while go_rx.recv().is_ok() {
                 res_tx.send(e.admit(&req("GET", "/"), &h).0).unwrap();
             }
@@ -509,7 +516,7 @@ fn generation_swap_is_seen_by_another_threads_next_call() {
 #[test]
 fn trivial_admit_and_route_cost_is_reported() {
     let e = engine(&[("t.lua", "function admit(req) if req.path == '/x' then return { priority = 1 } end end\nfunction route(req) return nil end")]);
-    let h = TestHost::default();
+    let h = no_host();
     let mut r = req("GET", "/api/v1/things");
     r.headers = (0..15)
         .map(|i| (format!("x-h{i}"), "v".to_owned()))
@@ -517,14 +524,20 @@ fn trivial_admit_and_route_cost_is_reported() {
     for _ in 0..1000 {
         e.admit(&r, &h);
     }
-    let n = 20_000;
-    let t = Instant::now();
-    for _ in 0..n {
-        e.admit(&r, &h);
-        e.route(&r, &h);
+    // why: best of several batches, as other work on a shared machine inflates single runs.
+    let n = 5_000;
+    let mut best = f64::MAX;
+    for _ in 0..8 {
+        let t = Instant::now();
+        for _ in 0..n {
+            e.admit(&r, &h);
+            e.route(&r, &h);
+        }
+        best = best.min(t.elapsed().as_secs_f64() * 1e6 / f64::from(n));
     }
-    let per = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
-    println!("policy: {per:.2} µs per admit+route (trivial script, debug build unless --release)");
+    println!(
+        "policy: {best:.2} µs per admit+route, best of 8 x {n} (trivial script, debug build unless --release)"
+    );
 }
 
 #[test]
@@ -532,7 +545,7 @@ fn request_view_kept_past_its_call_cannot_read_another_requests_data() {
     let src =
         "function admit(req)\n  if stash then local _ = stash.headers end\n  stash = req\nend";
     let e = engine(&[("stash.lua", src)]);
-    let h = TestHost::default();
+    let h = no_host();
     assert_eq!(e.admit(&req("GET", "/1"), &h).1, Outcome::Ok);
     let (_, o) = e.admit(&req("GET", "/2"), &h);
     assert_eq!(
@@ -545,9 +558,118 @@ fn request_view_kept_past_its_call_cannot_read_another_requests_data() {
 fn oversized_load_chunks_are_refused() {
     let src = "function admit(req) assert(load(string.rep(' ', 70000))) end";
     let e = engine(&[("big.lua", src)]);
-    let (_, o) = e.admit(&req("GET", "/"), &TestHost::default());
+    let (_, o) = e.admit(&req("GET", "/"), &no_host());
     assert!(
         matches!(&o, Outcome::Error(m) if m.contains("larger than 64 KiB")),
         "{o:?}"
+    );
+}
+
+#[test]
+fn views_fetch_lazily_and_pairs_sees_everything() {
+    let src = r#"
+        function admit(req)
+          assert(req.headers["X-A"] == "1, 2" and req.headers["x-a"] == "1, 2", "joined, any case")
+          assert(req.headers.missing == nil and req.headers.missing == nil, "absent header")
+          assert(req.headers[1] == nil, "non-string key")
+          local names = {}
+          for k, v in pairs(req.headers) do names[#names + 1] = k .. "=" .. v end
+          table.sort(names)
+          assert(table.concat(names, ";") == "b=3;x-a=1, 2", table.concat(names, ";"))
+          assert(req.headers.B == "3", "lookup after pairs")
+          assert(req.query.q == "first" and req.query.Q == nil, "query is case-sensitive")
+          local n = 0
+          for k, v in pairs(req.query) do n = n + 1 assert(k ~= "q" or v == "first") end
+          assert(n == 2, "query pairs")
+          assert(req.tls == nil and req.client_ip == nil and req.route == nil, "absent fields")
+          assert(req.nope == nil, "unknown field")
+          local empty = true
+          for _ in pairs(req) do empty = false end
+          assert(empty, "pairs(req) shows nothing")
+          return { priority = 1 }
+        end
+        function response(req, resp)
+          assert(resp.status == 204 and resp.headers["content-type"] == "a, b")
+          local n = 0
+          for _ in pairs(resp.headers) do n = n + 1 end
+          assert(n == 1 and req.path == "/p")
+          return nil
+        end
+    "#;
+    let e = engine(&[("v.lua", src)]);
+    let r = PolicyRequest {
+        method: "GET".into(),
+        path: "/p".into(),
+        query: vec![
+            ("q".into(), "first".into()),
+            ("z".into(), "".into()),
+            ("q".into(), "second".into()),
+        ],
+        headers: vec![
+            ("X-A".into(), "1".into()),
+            ("B".into(), "3".into()),
+            ("x-a".into(), "2".into()),
+        ],
+        ..Default::default()
+    };
+    let h = no_host();
+    for _ in 0..3 {
+        assert_eq!(
+            e.admit(&r, &h),
+            (adjust(1), Outcome::Ok),
+            "every call alike"
+        );
+    }
+    let resp = PolicyResponse {
+        status: 204,
+        headers: vec![
+            ("Content-Type".into(), "a".into()),
+            ("content-type".into(), "b".into()),
+        ],
+    };
+    assert_eq!(e.response(&r, &resp, &h).1, Outcome::Ok);
+}
+
+#[test]
+fn every_field_of_a_stale_view_is_refused() {
+    for (field, line) in [("path", 2), ("headers.x", 2), ("query.x", 2), ("tls", 2)] {
+        let src = format!(
+            "function admit(req)\n  if stash then local _ = stash.{field} end\n  stash = req\nend"
+        );
+        let e = engine(&[("stash.lua", &src)]);
+        let h = no_host();
+        assert_eq!(e.admit(&req("GET", "/1"), &h).1, Outcome::Ok);
+        let (_, o) = e.admit(&req("GET", "/2"), &h);
+        assert_eq!(
+            o,
+            Outcome::Error(format!(
+                "stash.lua:{line}: request view used outside of its hook call"
+            )),
+            "{field}"
+        );
+    }
+    // A header table kept past its call is refused too.
+    let src = "function admit(req)\n  if kept then local _ = kept.x end\n  kept = req.headers\nend";
+    let e = engine(&[("keep.lua", src)]);
+    let h = no_host();
+    assert_eq!(e.admit(&req("GET", "/1"), &h).1, Outcome::Ok);
+    assert_eq!(
+        e.admit(&req("GET", "/2"), &h).1,
+        Outcome::Error("keep.lua:2: request view used outside of its hook call".into())
+    );
+}
+
+#[test]
+fn several_scripts_share_one_request_view_per_call() {
+    let e = engine(&[
+        ("a.lua", "function admit(req) _G.seen = req end"),
+        (
+            "b.lua",
+            "function admit(req) assert(rawequal(req, seen)) return { priority = #req.path } end",
+        ),
+    ]);
+    assert_eq!(
+        e.admit(&req("GET", "/abc"), &no_host()),
+        (adjust(4), Outcome::Ok)
     );
 }

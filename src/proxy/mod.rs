@@ -41,9 +41,18 @@ impl Gateway {
         }
     }
 
+    /// 24 hex digits: a random per-process prefix and a counter.
     fn new_request_id(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.id_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:08x}", self.id_prefix, n)
+        let mut out = String::with_capacity(24);
+        for shift in (0..16).rev() {
+            out.push(HEX[((self.id_prefix >> (shift * 4)) & 0xf) as usize] as char);
+        }
+        for shift in (0..8).rev() {
+            out.push(HEX[((n >> (shift * 4)) & 0xf) as usize] as char);
+        }
+        out
     }
 }
 
@@ -301,7 +310,9 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // Headers the client named in Connection are hop-by-hop too.
+        // One pass over the header names: drop hop-by-hop headers, headers the client named
+        // in Connection, and identity headers only floodgate may set (usually none present,
+        // so nothing is parsed or allocated for them).
         let named: Vec<String> = req
             .headers
             .get_all(http::header::CONNECTION)
@@ -310,11 +321,18 @@ impl ProxyHttp for Gateway {
             .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
             .filter(|t| !t.is_empty() && t != "keep-alive" && t != "close" && t != "upgrade")
             .collect();
-        for h in named
-            .iter()
-            .map(String::as_str)
-            .chain(HOP_BY_HOP.iter().copied())
-        {
+        let doomed: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str();
+                HOP_BY_HOP.contains(&k)
+                    || crate::tlsinfo::OWNED_HEADERS.contains(&k)
+                    || named.iter().any(|n| n == k)
+            })
+            .cloned()
+            .collect();
+        for h in &doomed {
             req.remove_header(h);
         }
         if let Some(ip) = &ctx.client_ip {
@@ -327,9 +345,6 @@ impl ProxyHttp for Gateway {
                 _ => ip.clone(),
             };
             req.insert_header("x-forwarded-for", xff)?;
-        }
-        for h in crate::tlsinfo::OWNED_HEADERS {
-            req.remove_header(*h);
         }
         let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
         req.insert_header(

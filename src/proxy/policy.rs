@@ -1,31 +1,31 @@
-//! Lua policy glue: builds the request view only when a hook exists, runs the hook, counts
-//! the outcome, and turns the decision into plain changes of the request context.
+//! Lua policy glue: lets the engine read the request straight from the session (nothing is
+//! copied here; the engine reads what it needs per call), runs the hook, counts the outcome,
+//! and turns the decision into plain changes of the request context.
 
 use super::ctx::Ctx;
 use crate::config::OnPolicyError;
 use crate::error::Failure;
 use crate::policy::{
-    Hook, Outcome, PolicyDecision, PolicyEngine, PolicyHost, PolicyRequest, PolicyResponse,
-    UpstreamState,
+    Hook, Outcome, PolicyDecision, PolicyEngine, PolicyHost, RequestSource, ResponseSource,
+    TlsInfo, UpstreamState,
 };
 use crate::state::{AppState, Snapshot};
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Maps and upstream state of the request's snapshot, as Lua sees them.
-pub struct SnapshotHost<'a>(pub &'a Snapshot);
-
-impl PolicyHost for SnapshotHost<'_> {
+impl PolicyHost for Snapshot {
     fn map_get(&self, map: &str, key: &str) -> Option<String> {
-        self.0
-            .maps
+        self.maps
             .get(map)
             .and_then(|m| m.get(key))
             .map(str::to_string)
     }
 
     fn upstream_state(&self, name: &str) -> Option<UpstreamState> {
-        self.0.upstream(name).map(|u| UpstreamState {
+        self.upstream(name).map(|u| UpstreamState {
             healthy: u.healthy_count(),
             total: u.servers.len(),
             inflight: u.admission.total_inflight(),
@@ -34,38 +34,86 @@ impl PolicyHost for SnapshotHost<'_> {
     }
 }
 
-pub fn request_view(session: &Session, ctx: &Ctx) -> PolicyRequest {
-    let req = session.req_header();
-    let query = req
-        .uri
-        .query()
-        .map(|q| {
-            q.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| match p.split_once('=') {
-                    Some((k, v)) => (k.to_string(), v.to_string()),
-                    None => (p.to_string(), String::new()),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    PolicyRequest {
-        method: req.method.as_str().to_string(),
-        path: req.uri.path().to_string(),
-        query,
-        headers: req
-            .headers
-            .iter()
-            .filter_map(|(n, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (n.as_str().to_string(), v.to_string()))
-            })
-            .collect(),
-        client_ip: ctx.client_ip.clone(),
-        tls: None,
-        route: ctx.route.as_ref().map(|r| r.name.clone()),
+/// The request of `session` as policies see it; header values that are not visible ASCII
+/// are left out.
+pub struct SessionRequest<'a> {
+    req: &'a RequestHeader,
+    ctx: &'a Ctx,
+}
+
+impl<'a> SessionRequest<'a> {
+    pub fn new(session: &'a Session, ctx: &'a Ctx) -> Self {
+        Self {
+            req: session.req_header(),
+            ctx,
+        }
     }
+}
+
+impl RequestSource for SessionRequest<'_> {
+    fn method(&self) -> &str {
+        self.req.method.as_str()
+    }
+    fn path(&self) -> &str {
+        self.req.uri.path()
+    }
+    fn client_ip(&self) -> Option<&str> {
+        self.ctx.client_ip.as_deref()
+    }
+    fn route(&self) -> Option<&str> {
+        self.ctx.route.as_deref().map(|r| r.name.as_str())
+    }
+    fn tls(&self) -> Option<&TlsInfo> {
+        None
+    }
+    fn for_each_header(&self, f: &mut dyn FnMut(&str, &str)) {
+        for (n, v) in &self.req.headers {
+            if let Ok(v) = v.to_str() {
+                f(n.as_str(), v);
+            }
+        }
+    }
+    fn for_each_query(&self, f: &mut dyn FnMut(&str, &str)) {
+        let Some(q) = self.req.uri.query() else {
+            return;
+        };
+        for p in q.split('&').filter(|p| !p.is_empty()) {
+            match p.split_once('=') {
+                Some((k, v)) => f(k, v),
+                None => f(p, ""),
+            }
+        }
+    }
+}
+
+/// A response as `response`/`log` hooks see it: the upstream response header, or only the
+/// status (`log`, where headers are not offered).
+enum SessionResponse<'a> {
+    Header(&'a ResponseHeader),
+    Status(u16),
+}
+
+impl ResponseSource for SessionResponse<'_> {
+    fn status(&self) -> u16 {
+        match self {
+            SessionResponse::Header(r) => r.status.as_u16(),
+            SessionResponse::Status(s) => *s,
+        }
+    }
+    fn for_each_header(&self, f: &mut dyn FnMut(&str, &str)) {
+        if let SessionResponse::Header(r) = self {
+            for (n, v) in &r.headers {
+                if let Ok(v) = v.to_str() {
+                    f(n.as_str(), v);
+                }
+            }
+        }
+    }
+}
+
+/// The request's snapshot as the engine's host.
+fn host(ctx: &Ctx) -> Arc<dyn PolicyHost> {
+    ctx.snap.clone()
 }
 
 fn outcome_label(o: &Outcome) -> &'static str {
@@ -119,9 +167,8 @@ pub fn run(
     if !engine.has_hook(hook) {
         return Verdict::Continue;
     }
-    let view = request_view(session, ctx);
-    let snap = ctx.snap.clone();
-    let host = SnapshotHost(&snap);
+    let host = host(ctx);
+    let view = SessionRequest::new(session, ctx);
     let t = Instant::now();
     let (decision, outcome) = match hook {
         Hook::Admit => engine.admit(&view, &host),
@@ -184,31 +231,16 @@ pub fn run(
 }
 
 /// Runs the `response` hook and applies its header edits.
-pub fn response(
-    engine: &PolicyEngine,
-    session: &Session,
-    ctx: &Ctx,
-    resp: &mut pingora_http::ResponseHeader,
-) {
+pub fn response(engine: &PolicyEngine, session: &Session, ctx: &Ctx, resp: &mut ResponseHeader) {
     if !engine.has_hook(Hook::Response) {
         return;
     }
-    let view = request_view(session, ctx);
-    let pr = PolicyResponse {
-        status: resp.status.as_u16(),
-        headers: resp
-            .headers
-            .iter()
-            .filter_map(|(n, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (n.as_str().to_string(), v.to_string()))
-            })
-            .collect(),
-    };
-    let snap = ctx.snap.clone();
     let t = Instant::now();
-    let (edit, outcome) = engine.response(&view, &pr, &SnapshotHost(&snap));
+    let (edit, outcome) = engine.response(
+        &SessionRequest::new(session, ctx),
+        &SessionResponse::Header(resp),
+        &host(ctx),
+    );
     count(ctx.state(), Hook::Response, &outcome, t.elapsed());
     for h in edit.remove_headers {
         resp.remove_header(&h);
@@ -223,16 +255,15 @@ pub fn log(engine: &PolicyEngine, session: &Session, ctx: &Ctx) {
     if !engine.has_hook(Hook::Log) {
         return;
     }
-    let view = request_view(session, ctx);
-    let pr = PolicyResponse {
-        status: session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0),
-        headers: Vec::new(),
-    };
-    let snap = ctx.snap.clone();
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0);
     let t = Instant::now();
-    let outcome = engine.log(&view, &pr, &SnapshotHost(&snap));
+    let outcome = engine.log(
+        &SessionRequest::new(session, ctx),
+        &SessionResponse::Status(status),
+        &host(ctx),
+    );
     count(ctx.state(), Hook::Log, &outcome, t.elapsed());
 }

@@ -124,7 +124,10 @@ pub struct Upstream {
     pub admission: Arc<Admission>,
     rr: AtomicUsize,
     rr_seq: Vec<usize>,
-    ketama: Option<(Arc<KetamaHashing>, HashMap<String, usize>)>,
+    ketama: Option<(
+        Arc<KetamaHashing>,
+        HashMap<pingora_core::protocols::l4::socket::SocketAddr, usize>,
+    )>,
     by_name: HashMap<String, usize>,
 }
 
@@ -196,7 +199,7 @@ impl Upstream {
                 for (i, s) in cfg.servers.iter().enumerate() {
                     if let Ok(b) = Backend::new_with_weight(&s.addr.to_string(), s.weight as usize)
                     {
-                        idx.insert(b.addr.to_string(), i);
+                        idx.insert(b.addr.clone(), i);
                         set.insert(b);
                     }
                 }
@@ -295,7 +298,7 @@ impl Upstream {
                 for _ in 0..(self.servers.len() * 2 + 1) {
                     match it.next() {
                         Some(b) => {
-                            if let Some(&i) = idx.get(&b.addr.to_string()) {
+                            if let Some(&i) = idx.get(&b.addr) {
                                 if free.contains(&i) {
                                     return i;
                                 }
