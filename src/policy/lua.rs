@@ -236,7 +236,8 @@ struct Span(usize, usize);
 
 /// The running call's request, response and host, copied from the caller's sources into
 /// buffers kept from call to call (no allocation once warm) so that the host function, created
-/// once per VM, can answer from them. Header names are stored lowercased.
+/// once per VM, can answer from them. Header names are kept as given and matched ignoring
+/// ASCII case.
 #[derive(Default)]
 pub(crate) struct CallData {
     active: bool,
@@ -259,18 +260,12 @@ fn push(text: &mut String, s: &str) -> Span {
     Span(start, text.len())
 }
 
-fn push_lower(text: &mut String, s: &str) -> Span {
-    let span = push(text, s);
-    text[span.0..span.1].make_ascii_lowercase();
-    span
-}
-
 impl CallData {
     fn begin(
         &mut self,
         req: &dyn RequestSource,
         resp: Option<&dyn ResponseSource>,
-        host: &Arc<dyn PolicyHost>,
+        host: Arc<dyn PolicyHost>,
     ) {
         let text = &mut self.text;
         text.clear();
@@ -282,7 +277,7 @@ impl CallData {
         let headers = &mut self.headers;
         headers.clear();
         req.for_each_header(&mut |n, v| {
-            let n = push_lower(text, n);
+            let n = push(text, n);
             headers.push((n, push(text, v)));
         });
         let query = &mut self.query;
@@ -293,11 +288,11 @@ impl CallData {
         resp_headers.clear();
         if let Some(r) = resp {
             r.for_each_header(&mut |n, v| {
-                let n = push_lower(text, n);
+                let n = push(text, n);
                 resp_headers.push((n, push(text, v)));
             });
         }
-        self.host = Some(Arc::clone(host));
+        self.host = Some(host);
         self.active = true;
     }
 
@@ -312,12 +307,12 @@ impl CallData {
         &self.text[span.0..span.1]
     }
 
-    /// The value of header `name` (lowercase): repeats joined with ", " (RFC 9110 list
+    /// The value of header `name` (any case): repeats joined with ", " (RFC 9110 list
     /// syntax).
     fn header<'a>(&'a self, list: &[(Span, Span)], name: &str) -> Option<Cow<'a, str>> {
         let mut found: Option<Cow<'a, str>> = None;
         for &(n, v) in list {
-            if self.str(n) != name {
+            if !self.str(n).eq_ignore_ascii_case(name) {
                 continue;
             }
             let v = self.str(v);
@@ -335,11 +330,14 @@ impl CallData {
         for (i, &(n, _)) in list.iter().enumerate() {
             let name = self.str(n);
             // Only at the first occurrence of each name.
-            if list[..i].iter().any(|&(m, _)| self.str(m) == name) {
+            if list[..i]
+                .iter()
+                .any(|&(m, _)| self.str(m).eq_ignore_ascii_case(name))
+            {
                 continue;
             }
             if let Some(v) = self.header(list, name) {
-                t.raw_set(name, v.as_ref())?;
+                t.raw_set(name.to_ascii_lowercase(), v.as_ref())?;
             }
         }
         Ok(t)
@@ -544,7 +542,7 @@ impl ThreadVm {
         hook: Hook,
         req: &dyn RequestSource,
         resp: Option<&dyn ResponseSource>,
-        host: &Arc<dyn PolicyHost>,
+        host: Arc<dyn PolicyHost>,
         mut on_result: impl FnMut(&Value) -> Result<bool, String>,
     ) -> (Outcome, bool) {
         match self.call.try_borrow_mut() {

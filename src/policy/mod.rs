@@ -45,14 +45,15 @@
 //! errors.
 //!
 //! # Budgets, and why Lua 5.4 rather than LuaJIT
-//! Each call has a time budget ([`PolicySettings::budget`], default 2 ms) of thread CPU time,
-//! so a worker thread preempted on a busy machine is not cut for time it did not run; the wall
-//! clock may still run to 10 budgets, to bound the latency a call adds. An instruction-count
-//! hook every 100 VM instructions raises "budget exceeded" once the call is out of budget
-//! (it reads only the wall clock until a call ran a quarter of its budget, then the thread's CPU
-//! time, which Linux may report up to a scheduler tick late). Each VM has a memory limit
-//! (default 32 MiB). Both give [`Outcome::Budget`]; the VM is checked afterwards and rebuilt if
-//! it cannot recover.
+//! Each call has a time budget ([`PolicySettings::budget`], default 2 ms) of time the worker
+//! thread actually ran: wall clock minus time it waited preempted on a run queue (from
+//! `/proc/thread-self/schedstat`; policy code does not block, so this is its CPU time), so a
+//! thread preempted on a busy machine is not cut for time it did not run. The wall clock may
+//! still run to 10 budgets, to bound the latency a call adds. An instruction-count hook every
+//! 100 VM instructions raises "budget exceeded" once the call is out of budget; it reads only
+//! the wall clock until a call ran a quarter of its budget. Each VM has a memory limit (default
+//! 32 MiB). Both give [`Outcome::Budget`]; the VM is checked afterwards and rebuilt if it cannot
+//! recover.
 //! LuaJIT is faster, but its count hooks do not fire inside compiled traces, so a hot loop such
 //! as `while true do end` would never be interrupted and the budget would not hold. Lua 5.4's
 //! hooks fire on every interpreted instruction (tested: `infinite_loops_are_stopped_*`).
@@ -262,7 +263,7 @@ pub struct UpstreamState {
 
 /// What policies may ask the gateway during a call (the caller implements it over its live
 /// snapshot). Called synchronously on the request path: keep it cheap and non-blocking. Passed
-/// as an `Arc` because the VM holds it for the duration of a call (and drops it at the end).
+/// as an `Arc` the VM holds for the duration of a call and drops at its end.
 pub trait PolicyHost {
     /// `maps.NAME[key]` in Lua.
     fn map_get(&self, map: &str, key: &str) -> Option<String>;
@@ -457,7 +458,7 @@ impl PolicyEngine {
     pub fn admit(
         &self,
         req: &dyn RequestSource,
-        host: &Arc<dyn PolicyHost>,
+        host: Arc<dyn PolicyHost>,
     ) -> (PolicyDecision, Outcome) {
         self.decide(Hook::Admit, req, host)
     }
@@ -466,7 +467,7 @@ impl PolicyEngine {
     pub fn route(
         &self,
         req: &dyn RequestSource,
-        host: &Arc<dyn PolicyHost>,
+        host: Arc<dyn PolicyHost>,
     ) -> (PolicyDecision, Outcome) {
         self.decide(Hook::Route, req, host)
     }
@@ -476,7 +477,7 @@ impl PolicyEngine {
         &self,
         req: &dyn RequestSource,
         resp: &dyn ResponseSource,
-        host: &Arc<dyn PolicyHost>,
+        host: Arc<dyn PolicyHost>,
     ) -> (ResponseEdit, Outcome) {
         let mut edit = ResponseEdit::default();
         if !self.has_hook(Hook::Response) {
@@ -501,7 +502,7 @@ impl PolicyEngine {
         &self,
         req: &dyn RequestSource,
         resp: &dyn ResponseSource,
-        host: &Arc<dyn PolicyHost>,
+        host: Arc<dyn PolicyHost>,
     ) -> Outcome {
         if !self.has_hook(Hook::Log) {
             return Outcome::Ok;
@@ -513,7 +514,7 @@ impl PolicyEngine {
         &self,
         hook: Hook,
         req: &dyn RequestSource,
-        host: &Arc<dyn PolicyHost>,
+        host: Arc<dyn PolicyHost>,
     ) -> (PolicyDecision, Outcome) {
         if !self.has_hook(hook) {
             return (PolicyDecision::Pass, Outcome::Ok);
@@ -536,7 +537,7 @@ impl PolicyEngine {
         hook: Hook,
         req: &dyn RequestSource,
         resp: Option<&dyn ResponseSource>,
-        host: &Arc<dyn PolicyHost>,
+        host: Arc<dyn PolicyHost>,
         on_result: impl FnMut(&mlua::Value) -> Result<bool, String>,
     ) -> Outcome {
         let compiled = self.current.load();

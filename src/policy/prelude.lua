@@ -76,9 +76,9 @@ local HOST                       -- set below (fake_host) and by set_host in ser
 local NONE = {}                  -- a fetched value that turned out absent
 local STALE = "request view used outside of its hook call"
 
--- The views of the running call and what was fetched for it: field op -> value (or NONE), map
--- view -> its state. Views are fresh empty tables per call (so one kept past its call is told
--- apart from the current one); `C` is emptied when the next call starts.
+-- The views of the running call and what was fetched for it (field op -> value, NONE, or the
+-- map view). Views are fresh empty tables per call, so one kept past its call is told apart
+-- from the current one; `C` is emptied when the next call starts.
 local LIVE_REQ, LIVE_RESP
 local C = {}
 
@@ -86,12 +86,10 @@ local function readonly(_, k)
   error("policy views are read-only (cannot set " .. tostring(k) .. ")", 2)
 end
 
--- Fields fetched on first access: field name -> op; map views (headers, query) fetch one key at
--- a time (op) or everything for pairs() (op + 1). FOLD: map view ops, true = case-insensitive.
+-- Fields fetched on first access: field name -> op.
 local REQ_FIELDS = { method = OP.method, path = OP.path, client_ip = OP.client_ip,
                      route = OP.route, tls = OP.tls, headers = OP.req_header, query = OP.query_param }
 local RESP_FIELDS = { status = OP.status, headers = OP.resp_header }
-local FOLD = { [OP.req_header] = true, [OP.query_param] = false, [OP.resp_header] = true }
 
 -- Stores for views built from plain tables (fake requests, tls): view -> backing table.
 local STORE = raw_setmetatable({}, { __mode = "k" })
@@ -116,46 +114,54 @@ local NOCASE = {
   __newindex = readonly, __pairs = view_pairs, __metatable = "read-only",
 }
 
-local MAPVIEW = {
-  __index = function(p, k)
-    local m = C[p]
-    if m == nil then error(STALE, 2) end
-    if type(k) ~= "string" then return nil end
-    local vals = m.vals
-    local v = vals[k]
-    if v == nil then
-      if m.fold then
-        k = lower(k)
-        v = vals[k]
-      end
+-- Map views (headers, query) fetch one name at a time (op), or every name at once for pairs()
+-- (op + 1). Per op: a metatable, what the running call fetched (VALS[op]: name as asked ->
+-- value or NONE) and, once pairs() asked, everything (ALL[op]: lowercase name if folded).
+local MAP_MT, VALS, ALL = {}, {}, {}
+local function map_view(op, fold)
+  local vals = {}
+  VALS[op] = vals
+  MAP_MT[op] = {
+    __index = function(p, k)
+      if C[op] ~= p then error(STALE, 2) end
+      if type(k) ~= "string" then return nil end
+      local v = vals[k]
       if v == nil then
-        if m.full then return nil end
-        v = HOST(m.op, k)
+        local all = ALL[op]
+        if all then
+          if fold then k = lower(k) end
+          return all[k]
+        end
+        -- The host matches header names case-insensitively.
+        v = HOST(op, k)
         if v == nil then v = NONE end
         vals[k] = v
       end
-    end
-    if v == NONE then return nil end
-    return v
-  end,
-  __pairs = function(p)
-    local m = C[p]
-    if m == nil then error(STALE, 2) end
-    if not m.full then
-      m.vals, m.full = HOST(m.op + 1), true
-    end
-    return next, m.vals, nil
-  end,
-  __newindex = readonly, __metatable = "read-only",
-}
+      if v == NONE then return nil end
+      return v
+    end,
+    __pairs = function(p)
+      if C[op] ~= p then error(STALE, 2) end
+      local all = ALL[op]
+      if all == nil then
+        all = HOST(op + 1)
+        ALL[op] = all
+      end
+      return next, all, nil
+    end,
+    __newindex = readonly, __metatable = "read-only",
+  }
+end
+map_view(OP.req_header, true)
+map_view(OP.query_param, false)
+map_view(OP.resp_header, true)
 
 -- First access to a field of the running call.
 local function fetch(op)
   local v
-  local fold = FOLD[op]
-  if fold ~= nil then
-    v = raw_setmetatable({}, MAPVIEW)
-    C[v] = { op = op, fold = fold, vals = {}, full = false }
+  local mt = MAP_MT[op]
+  if mt then
+    v = raw_setmetatable({}, mt)
   else
     v = HOST(op)
     if v == nil then
@@ -173,8 +179,7 @@ local REQ = {
     local op = REQ_FIELDS[k]
     if op == nil then return nil end
     if p ~= LIVE_REQ then error(STALE, 2) end
-    local v = C[op]
-    if v == nil then v = fetch(op) end
+    local v = C[op] or fetch(op)
     if v == NONE then return nil end
     return v
   end,
@@ -185,8 +190,7 @@ local RESP = {
     local op = RESP_FIELDS[k]
     if op == nil then return nil end
     if p ~= LIVE_RESP then error(STALE, 2) end
-    local v = C[op]
-    if v == nil then v = fetch(op) end
+    local v = C[op] or fetch(op)
     if v == NONE then return nil end
     return v
   end,
@@ -197,8 +201,13 @@ local RESP = {
 -- starts a new call: new views, nothing fetched yet.
 local function dispatch(f, fresh, with_resp)
   if fresh then
-    if next(C) ~= nil then
-      for k in next, C do C[k] = nil end
+    for op in next, C do
+      C[op] = nil
+      local vals = VALS[op]
+      if vals then
+        for k in next, vals do vals[k] = nil end
+        ALL[op] = nil
+      end
     end
     LIVE_REQ = raw_setmetatable({}, REQ)
     if with_resp then LIVE_RESP = raw_setmetatable({}, RESP) else LIVE_RESP = nil end
