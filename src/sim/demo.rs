@@ -61,11 +61,11 @@ pub fn start_demo_origins(config: &Path) -> Result<(), String> {
     println!(
         "floodgate demo: simulated app servers are up; the gateway listens on http://{listen}, admin on http://{admin}\n\
          Try:\n  \
-         curl -i http://{listen}/register?activation_keys=ak1&location_id=2    # MISS, then HIT (cached, single-flight)\n  \
+         curl -i 'http://{listen}/register?activation_keys=ak1&location_id=2'  # MISS, then HIT (cached, single-flight)\n  \
          curl -i http://{listen}/register/health                                # 200 while an app server is healthy\n  \
          curl -i -X POST http://{listen}/rhsm/consumers -d '{{}}'                # queued behind max_inflight, priority 1\n  \
          curl -i -H 'X-Node-Name: node1.example.com' http://{listen}/echo        # routed through the node map\n  \
-         for i in $(seq 200); do curl -s -o /dev/null -w '%{{http_code}}\\n' http://{listen}/slow?ms=500 & done | sort | uniq -c   # queueing and 503s\n  \
+         for i in $(seq 200); do curl -s -o /dev/null -w '%{{http_code}}\\n' 'http://{listen}/slow?ms=500' & done | sort | uniq -c   # queueing and 503s\n  \
          curl -s http://{admin}/metrics | grep floodgate_                        # metrics\n  \
          curl -s http://{admin}/status                                          # live state\n"
     );

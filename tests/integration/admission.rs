@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::*;
-use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -57,17 +56,6 @@ fn spawn_get(
     headers: Vec<(&'static str, &'static str)>,
 ) -> tokio::task::JoinHandle<Seen> {
     tokio::spawn(async move { get(&client(), &url, &headers).await })
-}
-
-async fn status(gw: &TestGateway) -> Value {
-    client()
-        .get(gw.admin("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 async fn queue_depth(gw: &TestGateway, upstream: &str) -> u64 {

@@ -264,3 +264,15 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The admin `/status` JSON of a gateway.
+pub async fn status(gw: &TestGateway) -> serde_json::Value {
+    client()
+        .get(gw.admin("/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("status json")
+}

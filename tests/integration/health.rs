@@ -49,17 +49,6 @@ fn two_servers(a: &OriginHandle, b: &OriginHandle) -> String {
     )
 }
 
-async fn status(gw: &TestGateway) -> Value {
-    client()
-        .get(gw.admin("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// `healthy` of one server in the admin `/status` JSON.
 async fn healthy(gw: &TestGateway, upstream: &str, server: &str) -> bool {
     let st = status(gw).await;

@@ -104,17 +104,6 @@ async fn get(c: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Seen {
     send(req).await
 }
 
-async fn status(gw: &TestGateway) -> Value {
-    client()
-        .get(gw.admin("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn policy_reload(gw: &TestGateway) -> (u16, Value) {
     let r = client()
         .post(gw.admin("/policy/reload"))
