@@ -11,11 +11,17 @@ use crate::maps::runtime_api::{MapInfo, MapStore};
 use crate::maps::{parse_map_text_with, write_atomic, FileWatch, MapSource, MapTable};
 use crate::state::{AppState, Snapshot};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-static MAP_VERSION: AtomicU64 = AtomicU64::new(2);
+/// Counts one map update by source and result.
+fn count(state: &AppState, name: &str, source: &MapSource, result: &str) {
+    state
+        .metrics
+        .map_updates
+        .with_label_values(&[name, source.as_str(), result])
+        .inc();
+}
 
 /// Validates and swaps in new content for `name`. Returns the new map version.
 pub fn replace_map(
@@ -54,11 +60,7 @@ fn replace_checked(
     if !bad.is_empty() {
         bad.sort();
         bad.truncate(5);
-        state
-            .metrics
-            .map_updates
-            .with_label_values(&[name, source.as_str(), "error"])
-            .inc();
+        count(state, name, &source, "error");
         return Err(format!(
             "refused: these values name no server of the routed upstream: {}",
             bad.join(", ")
@@ -71,17 +73,13 @@ fn replace_checked(
     {
         return Ok(snap.maps[name].version);
     }
-    let version = MAP_VERSION.fetch_add(1, Ordering::Relaxed);
+    let version = state.next_version();
     let persist_api = mc.persist && !matches!(source, MapSource::File(_) | MapSource::Poller(_));
     let table = Arc::new(MapTable::new(entries, version, source.clone()));
     if persist_api {
         if let Some(f) = &mc.file {
             if let Err(e) = write_atomic(f, &table.to_map_text()) {
-                state
-                    .metrics
-                    .map_updates
-                    .with_label_values(&[name, source.as_str(), "error"])
-                    .inc();
+                count(state, name, &source, "error");
                 return Err(format!(
                     "could not persist to {}: {e}; the map was not changed",
                     f.display()
@@ -91,10 +89,8 @@ fn replace_checked(
     }
     let next = snap.with_map(name, table.clone(), state.next_version());
     state.publish(next);
+    count(state, name, &source, "ok");
     let m = &state.metrics;
-    m.map_updates
-        .with_label_values(&[name, source.as_str(), "ok"])
-        .inc();
     m.map_entries
         .with_label_values(&[name])
         .set(table.len() as i64);
@@ -125,11 +121,7 @@ pub fn replace_map_text(
     match parse_map_text_with(text, origin, allowed) {
         Ok(entries) => replace_checked(state, name, entries, source, Some(&snap.config)),
         Err(errs) => {
-            state
-                .metrics
-                .map_updates
-                .with_label_values(&[name, source.as_str(), "error"])
-                .inc();
+            count(state, name, &source, "error");
             Err(errs
                 .iter()
                 .map(|e| e.to_string())
