@@ -738,22 +738,8 @@ async fn reload_under_200_concurrent_clients_swaps_routes_and_upstream_without_a
         (200, "b".to_string()),
         "the changed upstream serves"
     );
-    assert_eq!(
-        gw.metric(
-            "floodgate_reloads_total",
-            &[("kind", "config"), ("result", "ok")]
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        gw.metric(
-            "floodgate_reloads_total",
-            &[("kind", "config"), ("result", "error")]
-        )
-        .await,
-        0.0
-    );
+    assert_eq!(reloads(&gw, "ok").await, 1.0);
+    assert_eq!(reloads(&gw, "error").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -817,22 +803,8 @@ routes:
         (200, "a".to_string()),
         "old config keeps serving"
     );
-    assert_eq!(
-        gw.metric(
-            "floodgate_reloads_total",
-            &[("kind", "config"), ("result", "error")]
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        gw.metric(
-            "floodgate_reloads_total",
-            &[("kind", "config"), ("result", "ok")]
-        )
-        .await,
-        0.0
-    );
+    assert_eq!(reloads(&gw, "error").await, 1.0);
+    assert_eq!(reloads(&gw, "ok").await, 0.0);
 
     gw.write_config(&fill(RELOAD_V2, &vars));
     let r = c.post(gw.admin("/reload")).send().await.unwrap();
@@ -847,22 +819,8 @@ routes:
         (200, "b".to_string()),
         "new config serves"
     );
-    assert_eq!(
-        gw.metric(
-            "floodgate_reloads_total",
-            &[("kind", "config"), ("result", "error")]
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        gw.metric(
-            "floodgate_reloads_total",
-            &[("kind", "config"), ("result", "ok")]
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(reloads(&gw, "error").await, 1.0);
+    assert_eq!(reloads(&gw, "ok").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1041,4 +999,13 @@ routes: [{ name: api, match: { path_prefix: /api }, upstream: a }]
             "request {i} ({path}) answered on the same connection: {headers:?} {body}"
         );
     }
+}
+
+/// `floodgate_reloads_total{kind="config",result}`.
+async fn reloads(gw: &TestGateway, result: &str) -> f64 {
+    gw.metric(
+        "floodgate_reloads_total",
+        &[("kind", "config"), ("result", result)],
+    )
+    .await
 }
