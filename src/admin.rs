@@ -37,15 +37,37 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_body(s: &mut ServerSession) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Largest admin request body (a map of a few million entries fits).
+const MAX_BODY_BYTES: usize = 256 << 20;
+
+/// The whole request body, or `None` past [`MAX_BODY_BYTES`] (never a truncated body: a cut
+/// map would be applied as if it were whole).
+async fn read_body(s: &mut ServerSession) -> Option<Vec<u8>> {
+    let declared = s
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    if declared > MAX_BODY_BYTES {
+        return None;
+    }
+    // why: a 1M-entry map is ~30 MiB; sizing once avoids copying it through doublings.
+    let mut out = Vec::with_capacity(declared);
     while let Ok(Some(chunk)) = s.read_request_body().await {
         out.extend_from_slice(&chunk);
-        if out.len() > 256 << 20 {
-            break;
+        if out.len() > MAX_BODY_BYTES {
+            return None;
         }
     }
-    out
+    Some(out)
+}
+
+fn too_large() -> Response<Vec<u8>> {
+    json(
+        413,
+        serde_json::json!({ "error": format!("request body over {} MiB; send a smaller body", MAX_BODY_BYTES >> 20) }),
+    )
 }
 
 impl AdminApp {
@@ -163,13 +185,19 @@ impl AdminApp {
                 )
             }
             ("PUT", None, _) => {
-                let body = read_body(s).await;
-                let text = String::from_utf8_lossy(&body);
+                let Some(body) = read_body(s).await else {
+                    return too_large();
+                };
                 let st = self.state.clone();
-                let text = text.to_string();
                 let n = name.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    if text.trim_start().starts_with('{') || text.trim_start().starts_with('[') {
+                // why: parsing and indexing a large map is CPU work; keep it off the async
+                // workers (and never copy the body: 1M entries are ~30 MiB).
+                let r = mapsync::build_off_path(move || {
+                    let text = String::from_utf8(body)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    let r = if text.trim_start().starts_with('{')
+                        || text.trim_start().starts_with('[')
+                    {
                         crate::maps::parse_map_json(&text, "PUT body")
                             .map_err(|e| {
                                 e.iter()
@@ -180,14 +208,18 @@ impl AdminApp {
                             .and_then(|m| mapsync::replace_map(&st, &n, m, MapSource::Api))
                     } else {
                         mapsync::replace_map_text(&st, &n, &text, "PUT body", MapSource::Api)
-                    }
+                    };
+                    crate::maps::reap(Box::new(text));
+                    r
                 })
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                .unwrap_or_else(Err);
                 done(r)
             }
             ("POST", Some("entries"), None) => {
-                let body = read_body(s).await;
+                let Some(body) = read_body(s).await else {
+                    return too_large();
+                };
                 let text = String::from_utf8_lossy(&body).to_string();
                 let errs = |e: Vec<crate::maps::MapError>| {
                     e.iter()
@@ -207,36 +239,23 @@ impl AdminApp {
                                 v,
                             )
                         };
-                        crate::maps::parse_map_text_with(&text, "POST body", allowed).map_err(errs)
+                        crate::maps::parse_map_text_with(&text, "POST body", allowed)
+                            .map(|c| c.to_entries())
+                            .map_err(errs)
                     };
                 match add {
                     Err(e) => json(400, serde_json::json!({ "error": e })),
-                    Ok(add) => {
-                        let mut entries: HashMap<String, String> = table.entries().clone();
-                        entries.extend(add);
-                        done(mapsync::replace_map(
-                            &self.state,
-                            &name,
-                            entries,
-                            MapSource::Api,
-                        ))
-                    }
+                    Ok(add) => done(edit_map(&self.state, &name, add, None).await),
                 }
             }
             ("DELETE", Some("entries"), Some(k)) => {
-                let mut entries: HashMap<String, String> = table.entries().clone();
-                if entries.remove(&k).is_none() {
+                if table.get(&k).is_none() {
                     return json(
                         404,
                         serde_json::json!({ "error": format!("no key {k:?} in map {name}") }),
                     );
                 }
-                done(mapsync::replace_map(
-                    &self.state,
-                    &name,
-                    entries,
-                    MapSource::Api,
-                ))
+                done(edit_map(&self.state, &name, HashMap::new(), Some(k)).await)
             }
             _ => json(
                 405,
@@ -244,6 +263,23 @@ impl AdminApp {
             ),
         }
     }
+}
+
+/// Applies an entry change (set `add`, remove `delete`) as a new version of the map, off the
+/// async workers: copying a large map is O(entries).
+async fn edit_map(
+    state: &Arc<AppState>,
+    name: &str,
+    add: HashMap<String, String>,
+    delete: Option<String>,
+) -> Result<u64, String> {
+    let (st, n) = (state.clone(), name.to_string());
+    mapsync::build_off_path(move || {
+        let del: Vec<&str> = delete.iter().map(String::as_str).collect();
+        mapsync::edit_entries(&st, &n, &add, &del, MapSource::Api)
+    })
+    .await
+    .unwrap_or_else(Err)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -368,9 +404,10 @@ impl ServeHttp for AdminApp {
                         json(200, serde_json::json!({ "key": key, "deleted": true }))
                     }
                     _ => {
-                        let body = String::from_utf8_lossy(&read_body(s).await)
-                            .trim()
-                            .to_string();
+                        let Some(body) = read_body(s).await else {
+                            return too_large();
+                        };
+                        let body = String::from_utf8_lossy(&body).trim().to_string();
                         let v = match body.as_str() {
                             "true" => SharedValue::Bool(true),
                             "false" => SharedValue::Bool(false),

@@ -8,7 +8,7 @@
 //! changes. A config reload keeps the live content of maps whose config did not change.
 
 use crate::maps::runtime_api::{MapInfo, MapStore};
-use crate::maps::{parse_map_text_with, write_atomic, FileWatch, MapSource, MapTable};
+use crate::maps::{parse_map_text_with, write_atomic, FileWatch, MapContent, MapSource, MapTable};
 use crate::state::{AppState, Snapshot};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,34 +30,67 @@ pub fn replace_map(
     entries: HashMap<String, String>,
     source: MapSource,
 ) -> Result<u64, String> {
-    replace_checked(state, name, entries, source, None)
+    match MapContent::from_entries(entries) {
+        Ok(content) => replace_content(state, name, content, source),
+        Err(_) => {
+            count(state, name, &source, "error");
+            Err("refused: the map's keys exceed 4 GiB".to_string())
+        }
+    }
 }
 
-/// `checked_with`: the config the values were already validated against (skips a second pass
-/// over a large map when the config has not changed since).
-fn replace_checked(
+/// Validates `content` against the running config (each distinct value once), then swaps a
+/// snapshot that differs only in this map. Unchanged content keeps the current version.
+pub fn replace_content(
     state: &AppState,
     name: &str,
-    entries: HashMap<String, String>,
+    content: MapContent,
     source: MapSource,
-    checked_with: Option<&Arc<crate::config::Config>>,
 ) -> Result<u64, String> {
     let _w = state.writer.lock();
+    replace_locked(state, name, content, source)
+}
+
+/// Sets `set` and removes `delete` in the live map, as one new version (the current content
+/// is read under the writer lock, so concurrent edits are not lost). O(entries).
+pub fn edit_entries(
+    state: &AppState,
+    name: &str,
+    set: &HashMap<String, String>,
+    delete: &[&str],
+    source: MapSource,
+) -> Result<u64, String> {
+    let _w = state.writer.lock();
+    let snap = state.snapshot();
+    let Some(cur) = snap.maps.get(name) else {
+        return Err(format!("no map named {name:?}"));
+    };
+    let content = cur.content().edited(set, delete).map_err(|_| {
+        count(state, name, &source, "error");
+        "refused: the map's keys exceed 4 GiB".to_string()
+    })?;
+    replace_locked(state, name, content, source)
+}
+
+/// [`replace_content`] with the writer lock held by the caller.
+fn replace_locked(
+    state: &AppState,
+    name: &str,
+    content: MapContent,
+    source: MapSource,
+) -> Result<u64, String> {
     let snap = state.snapshot();
     let Some(mc) = snap.config.maps.get(name) else {
         return Err(format!("no map named {name:?}"));
     };
-    let prechecked = checked_with.is_some_and(|c| Arc::ptr_eq(c, &snap.config));
-    let mut bad: Vec<String> = if prechecked {
-        Vec::new()
-    } else {
-        entries
+    let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
+    if content.distinct_values().any(|v| !allowed(v)) {
+        // Rare path: name the entries (a few, sorted) so the caller can fix them.
+        let mut bad: Vec<String> = content
             .iter()
-            .filter(|(_, v)| !Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v))
+            .filter(|(_, v)| !allowed(v))
             .map(|(k, v)| format!("{k:?} -> {v:?}"))
-            .collect()
-    };
-    if !bad.is_empty() {
+            .collect();
         bad.sort();
         bad.truncate(5);
         count(state, name, &source, "error");
@@ -66,16 +99,14 @@ fn replace_checked(
             bad.join(", ")
         ));
     }
-    if snap
-        .maps
-        .get(name)
-        .is_some_and(|cur| cur.entries() == &entries)
-    {
-        return Ok(snap.maps[name].version);
+    if let Some(cur) = snap.maps.get(name) {
+        if cur.content().same_as(&content) {
+            return Ok(cur.version);
+        }
     }
     let version = state.next_version();
     let persist_api = mc.persist && !matches!(source, MapSource::File(_) | MapSource::Poller(_));
-    let table = Arc::new(MapTable::new(entries, version, source.clone()));
+    let table = Arc::new(MapTable::from_content(content, version, source.clone()));
     if persist_api {
         if let Some(f) = &mc.file {
             if let Err(e) = write_atomic(f, &table.to_map_text()) {
@@ -116,10 +147,20 @@ pub fn replace_map_text(
     origin: &str,
     source: MapSource,
 ) -> Result<u64, String> {
+    let started = std::time::Instant::now();
     let snap = state.snapshot();
     let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
     match parse_map_text_with(text, origin, allowed) {
-        Ok(entries) => replace_checked(state, name, entries, source, Some(&snap.config)),
+        Ok(content) => {
+            let parsed = started.elapsed();
+            let r = replace_content(state, name, content, source);
+            log::debug!(
+                "map {name}: {} bytes parsed in {parsed:?}, applied in {:?}",
+                text.len(),
+                started.elapsed()
+            );
+            r
+        }
         Err(errs) => {
             count(state, name, &source, "error");
             Err(errs
@@ -202,9 +243,20 @@ pub async fn watch_files(state: Arc<AppState>, shutdown: tokio::sync::watch::Rec
             match w.changed() {
                 Ok(Some(text)) => {
                     let origin = f.display().to_string();
-                    if let Err(e) =
-                        replace_map_text(&state, name, &text, &origin, MapSource::File(f.clone()))
-                    {
+                    let (st, n, o, src) = (
+                        state.clone(),
+                        name.clone(),
+                        origin.clone(),
+                        MapSource::File(f.clone()),
+                    );
+                    let applied = build_off_path(move || {
+                        let r = replace_map_text(&st, &n, &text, &o, src);
+                        crate::maps::reap(Box::new(text));
+                        r
+                    })
+                    .await
+                    .unwrap_or_else(Err);
+                    if let Err(e) = applied {
                         log::error!("map {name}: the new content of {origin} was refused, keeping the running map:\n{e}");
                     }
                 }
@@ -260,9 +312,9 @@ pub fn spawn_pollers(
         let fetch = |u: String, t: std::time::Duration| -> FetchFuture {
             Box::pin(async move { http_get(&u, t).await })
         };
-        let on_update = move |entries: HashMap<String, String>| -> Result<bool, String> {
+        let on_update = move |content: MapContent| -> Result<bool, String> {
             let before = st.snapshot().maps.get(&map).map(|m| m.version);
-            let v = replace_map(&st, &map, entries, MapSource::Poller(url.clone()))?;
+            let v = replace_content(&st, &map, content, MapSource::Poller(url.clone()))?;
             Ok(before != Some(v))
         };
         let sd = shutdown.clone();
@@ -275,4 +327,39 @@ pub fn spawn_pollers(
         )));
     }
     tasks
+}
+
+/// CPU priority of map builds: nice +10, so request threads win a contended core.
+const BUILD_NICE: i32 = 10;
+
+/// Runs `f` (parse, index and swap a map) on its own thread at a lower CPU priority and
+/// awaits its result. A million-entry map takes a few hundred milliseconds of CPU to build;
+/// on a busy machine that work should wait for the request path, not delay it.
+pub async fn build_off_path<T, F>(f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("floodgate-mapbuild".into())
+        .spawn(move || {
+            lower_priority();
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("cannot start a map build thread: {e}"))?;
+    rx.await
+        .map_err(|_| "the map build thread panicked".to_string())
+}
+
+/// Lowers the calling thread's priority (Linux: setpriority on the thread id); best effort.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), now + BUILD_NICE) {
+            log::debug!("map build thread keeps its priority: {e}");
+        }
+    }
 }

@@ -130,7 +130,9 @@ impl Snapshot {
                         let allowed =
                             |v: &str| Snapshot::map_value_allowed(&config, &upstreams, name, v);
                         match parse_map_text_with(&text, &f.display().to_string(), allowed) {
-                            Ok(entries) => MapTable::new(entries, 1, MapSource::File(f.clone())),
+                            Ok(entries) => {
+                                MapTable::from_content(entries, 1, MapSource::File(f.clone()))
+                            }
                             Err(errs) => {
                                 for e in errs {
                                     errors.push(ConfigError {

@@ -9,8 +9,10 @@
 
 pub mod poller;
 pub mod runtime_api;
+mod table;
 
-use std::collections::hash_map::Entry;
+pub use table::{reap, InsertError, MapBuilder, MapContent};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
@@ -53,11 +55,9 @@ impl MapSource {
 
 /// One immutable version of a map. Never mutated after construction: a change
 /// builds a new table and the caller swaps its `Arc`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MapTable {
-    // why: std SipHash keeps lookups O(1) and is randomly keyed, so keys taken
-    // from a remote source cannot be crafted to collide.
-    entries: HashMap<String, String>,
+    content: MapContent,
     /// Monotonic version assigned by the caller (0 = the initial empty table).
     pub version: u64,
     /// Where this content came from.
@@ -67,48 +67,50 @@ pub struct MapTable {
 }
 
 impl MapTable {
-    /// Builds a table stamped with the current time.
-    pub fn new(entries: HashMap<String, String>, version: u64, source: MapSource) -> Self {
+    /// A table of `content`, stamped with the current time.
+    pub fn from_content(content: MapContent, version: u64, source: MapSource) -> Self {
         MapTable {
-            entries,
+            content,
             version,
             source,
             updated_at: SystemTime::now(),
         }
     }
 
+    /// A table of owned pairs (small maps, tests). Panics only past 4 GiB of keys.
+    pub fn new(entries: HashMap<String, String>, version: u64, source: MapSource) -> Self {
+        let content = MapContent::from_entries(entries).expect("map under 4 GiB");
+        Self::from_content(content, version, source)
+    }
+
     /// An empty table, version 0, source [`MapSource::Empty`].
     pub fn empty() -> Self {
-        Self::new(HashMap::new(), 0, MapSource::Empty)
+        Self::from_content(MapContent::default(), 0, MapSource::Empty)
     }
 
     /// Exact (case-sensitive) lookup; O(1).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.get(key).map(String::as_str)
+        self.content.get(key)
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.content.len()
     }
 
     /// True when the table has no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.content.is_empty()
     }
 
-    /// The raw entries (unordered), e.g. to clone and modify into a new version.
-    pub fn entries(&self) -> &HashMap<String, String> {
-        &self.entries
+    /// The entries.
+    pub fn content(&self) -> &MapContent {
+        &self.content
     }
 
     /// Entries sorted by key, for display; O(n log n), not for the request path.
     pub fn sorted(&self) -> Vec<(&str, &str)> {
-        let mut v: Vec<(&str, &str)> = self
-            .entries
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let mut v: Vec<(&str, &str)> = self.content.iter().collect();
         v.sort_unstable_by(|a, b| a.0.cmp(b.0));
         v
     }
@@ -156,7 +158,7 @@ impl fmt::Display for LineSuffix {
 }
 
 impl MapError {
-    fn new(origin: &str, line: Option<usize>, message: String, fix: &str) -> Self {
+    pub(crate) fn new(origin: &str, line: Option<usize>, message: String, fix: &str) -> Self {
         MapError {
             origin: origin.to_string(),
             line,
@@ -173,22 +175,22 @@ impl MapError {
 ///
 /// Errors (all collected, in line order): a key without a value, and a
 /// duplicate key (naming both lines; HAProxy would silently keep the first).
-pub fn parse_map_text(text: &str, origin: &str) -> Result<HashMap<String, String>, Vec<MapError>> {
+pub fn parse_map_text(text: &str, origin: &str) -> Result<MapContent, Vec<MapError>> {
     parse_map_text_with(text, origin, |_| true)
 }
 
-/// [`parse_map_text`] that also checks each value with `allowed` in the same
-/// pass, so a bad value is reported with its line number, e.g.
+/// [`parse_map_text`] that also checks each value with `allowed` (called once per distinct
+/// value), so a bad value is reported with its line number, e.g.
 /// `node.map:12: "node7" maps to "master9", which names no server (fix: ...)`.
 pub fn parse_map_text_with(
     text: &str,
     origin: &str,
     allowed: impl Fn(&str) -> bool,
-) -> Result<HashMap<String, String>, Vec<MapError>> {
+) -> Result<MapContent, Vec<MapError>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    // why: sizing up front avoids rehashing a 1M-entry map several times.
     let estimate = text.bytes().filter(|b| *b == b'\n').count() + 1;
-    let mut entries: HashMap<String, String> = HashMap::with_capacity(estimate);
+    let mut builder = MapBuilder::with_capacity(estimate, text.len());
+    let mut value_ok: Vec<bool> = Vec::new();
     let mut errors = Vec::new();
     let mut duplicates: Vec<(usize, &str)> = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
@@ -205,15 +207,24 @@ pub fn parse_map_text_with(
             ));
             continue;
         }
-        if !allowed(value) {
-            errors.push(bad_value(origin, Some(lineno), key, value));
-        }
-        // why: one hash per line via the entry API; the key String is needed
-        // for the insert anyway, duplicates are the rare case.
-        match entries.entry(key.to_string()) {
-            Entry::Occupied(_) => duplicates.push((lineno, key)),
-            Entry::Vacant(slot) => {
-                slot.insert(value.to_string());
+        match builder.insert(key, value) {
+            Ok((vi, fresh)) => {
+                if fresh {
+                    value_ok.push(allowed(value));
+                }
+                if !value_ok[vi as usize] {
+                    errors.push(bad_value(origin, Some(lineno), key, value));
+                }
+            }
+            Err(InsertError::Duplicate) => duplicates.push((lineno, key)),
+            Err(InsertError::TooLarge) => {
+                errors.push(MapError::new(
+                    origin,
+                    Some(lineno),
+                    "the map's keys exceed 4 GiB".to_string(),
+                    "split the map",
+                ));
+                break;
             }
         }
     }
@@ -242,7 +253,7 @@ pub fn parse_map_text_with(
         errors.sort_by_key(|e| e.line);
     }
     if errors.is_empty() {
-        Ok(entries)
+        Ok(builder.finish())
     } else {
         Err(errors)
     }
@@ -251,14 +262,29 @@ pub fn parse_map_text_with(
 /// Splits one map line into (key, value); None for blank and comment lines.
 /// The value is "" when the line holds only a key.
 fn split_map_line(raw: &str) -> Option<(&str, &str)> {
-    let line = raw.trim_matches(|c: char| c == ' ' || c == '\t' || c == '\r');
-    if line.is_empty() || line.starts_with('#') {
+    // Byte scanning: every delimiter is ASCII, so each cut is on a char boundary.
+    let b = raw.as_bytes();
+    let blank = |c: u8| c == b' ' || c == b'\t' || c == b'\r';
+    let mut start = 0;
+    while start < b.len() && blank(b[start]) {
+        start += 1;
+    }
+    let mut end = b.len();
+    while end > start && blank(b[end - 1]) {
+        end -= 1;
+    }
+    if start == end || b[start] == b'#' {
         return None;
     }
-    match line.find([' ', '\t']) {
-        Some(pos) => Some((&line[..pos], line[pos..].trim_start_matches([' ', '\t']))),
-        None => Some((line, "")),
+    let mut key_end = start;
+    while key_end < end && b[key_end] != b' ' && b[key_end] != b'\t' {
+        key_end += 1;
     }
+    let mut value_start = key_end;
+    while value_start < end && (b[value_start] == b' ' || b[value_start] == b'\t') {
+        value_start += 1;
+    }
+    Some((&raw[start..key_end], &raw[value_start..end]))
 }
 
 fn bad_value(origin: &str, line: Option<usize>, key: &str, value: &str) -> MapError {
@@ -636,9 +662,10 @@ mod tests {
         let text = "\u{feff}# comment\r\n\n  node1.example.com   master1\r\nnode2\tmaster two  \n   # indented comment\n";
         let m = parse_map_text(text, "n.map").unwrap();
         assert_eq!(m.len(), 2, "two entries expected: {m:?}");
-        assert_eq!(m["node1.example.com"], "master1");
+        assert_eq!(m.get("node1.example.com"), Some("master1"));
         assert_eq!(
-            m["node2"], "master two",
+            m.get("node2"),
+            Some("master two"),
             "value is the rest of the line, trimmed"
         );
     }
@@ -692,15 +719,14 @@ mod tests {
     #[test]
     fn table_text_round_trips_sorted() {
         let m = parse_map_text("z 1\na two words\nm 3\n", "t").unwrap();
-        let t = MapTable::new(m.clone(), 7, MapSource::Api);
+        let t = MapTable::new(m.to_entries(), 7, MapSource::Api);
         assert_eq!(
             t.to_map_text(),
             "a two words\nm 3\nz 1\n",
             "sorted HAProxy text"
         );
-        assert_eq!(
-            parse_map_text(&t.to_map_text(), "t").unwrap(),
-            m,
+        assert!(
+            parse_map_text(&t.to_map_text(), "t").unwrap().same_as(&m),
             "round trip"
         );
         assert_eq!(t.get("m"), Some("3"));

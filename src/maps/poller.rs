@@ -6,7 +6,6 @@
 //! failure streak, count) and a minimal HTTP/1.1 GET client ([`http_get`]) for
 //! plain `http://` URLs.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{parse_map_json, parse_map_text};
+use super::{parse_map_json, parse_map_text, MapContent};
 
 /// Default poll period (the HAProxy setup's cron ran every minute).
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
@@ -98,7 +97,7 @@ pub async fn run_poller<F, U>(
     stats: Arc<PollerStats>,
 ) where
     F: Fn(String, Duration) -> FetchFuture + Send + Sync,
-    U: Fn(HashMap<String, String>) -> Result<bool, String> + Send + Sync,
+    U: Fn(MapContent) -> Result<bool, String> + Send + Sync,
 {
     let mut ticker = tokio::time::interval(settings.every.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,7 +158,7 @@ pub async fn poll_once<F, U>(
 ) -> PollOutcome
 where
     F: Fn(String, Duration) -> FetchFuture,
-    U: Fn(HashMap<String, String>) -> Result<bool, String>,
+    U: Fn(MapContent) -> Result<bool, String>,
 {
     let url = settings.url.clone();
     let fetched =
@@ -184,7 +183,16 @@ where
         let text = String::from_utf8(body).map_err(|_| format!("{origin}: body is not UTF-8"))?;
         let result = match format {
             MapFormat::Map => parse_map_text(&text, &origin),
-            MapFormat::Json => parse_map_json(&text, &origin),
+            MapFormat::Json => parse_map_json(&text, &origin).and_then(|m| {
+                MapContent::from_entries(m).map_err(|_| {
+                    vec![super::MapError::new(
+                        &origin,
+                        None,
+                        "the map's keys exceed 4 GiB".to_string(),
+                        "split the map",
+                    )]
+                })
+            }),
         };
         result.map_err(|errs| {
             let first = errs.first().map(ToString::to_string).unwrap_or_default();
@@ -592,11 +600,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            first.get("n1").map(String::as_str),
-            Some("master1"),
-            "first map applied"
-        );
+        assert_eq!(first.get("n1"), Some("master1"), "first map applied");
         wait_for("unchanged polls", || {
             stats.unchanged.load(Ordering::Relaxed) >= 2
         })
@@ -644,11 +648,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            next.get("n1").map(String::as_str),
-            Some("master2"),
-            "recovered with new map"
-        );
+        assert_eq!(next.get("n1"), Some("master2"), "recovered with new map");
         assert_eq!(
             stats.consecutive_errors.load(Ordering::Relaxed),
             0,
@@ -677,7 +677,7 @@ mod tests {
                 as FetchFuture
         };
         let accept = std::sync::atomic::AtomicBool::new(false);
-        let on_update = |m: HashMap<String, String>| {
+        let on_update = |m: MapContent| {
             assert_eq!(m.len(), 1, "json parsed");
             if accept.load(Ordering::Relaxed) {
                 Ok(true)

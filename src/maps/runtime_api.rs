@@ -472,7 +472,7 @@ impl RuntimeApi {
         let _w = self.write_lock.lock();
         let mut entries = store
             .get(name)
-            .map(|t| t.entries().clone())
+            .map(|t| t.content().to_entries())
             .unwrap_or_default();
         if let Err(e) = change(&mut entries) {
             return e;
