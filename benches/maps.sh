@@ -5,13 +5,13 @@
 #   - load time: floodgate start until /readyz answers 200, with the big map and with an empty
 #     one (the difference is the map's share);
 #   - memory per entry: (VmRSS with the map - VmRSS with an empty map) / entries;
-#   - wrk for DURATION s with random X-Node-Name headers, first without swaps, then while a loop
-#     replaces the whole map every second (PUT /maps/nodes, or SWAP_MODE=rename: write a temp
+#   - ROUNDS pairs of wrk runs of DURATION s with random X-Node-Name headers, each pair first
+#     without swaps, then while a loop replaces the whole map every second (PUT /maps/nodes, or SWAP_MODE=rename: write a temp
 #     file and rename it over the map file);
 #   - failed requests (non-2xx/3xx and socket errors), p50/p99 without and with swaps and their
 #     ratio, and the swap times (PUT round trip, or rename until /status shows the new version).
 #
-# Usage: benches/maps.sh            (env: ENTRIES, DURATION, CONNS, THREADS, SWAP_MODE, JOBS)
+# Usage: benches/maps.sh            (env: ENTRIES, DURATION, CONNS, THREADS, SWAP_MODE, ROUNDS, JOBS)
 # Needs: cargo, wrk, curl, awk, python3. Every process started here is stopped by PID on exit.
 set -euo pipefail
 
@@ -24,6 +24,7 @@ CONNS=${CONNS:-50}
 THREADS=${THREADS:-2}
 SWAP_MODE=${SWAP_MODE:-put}        # put | rename
 JOBS=${JOBS:-2}
+ROUNDS=${ROUNDS:-5}                # alternating (no swaps, swaps) pairs of wrk runs
 
 for tool in wrk curl awk python3; do
   command -v "$tool" >/dev/null || { echo "maps.sh needs $tool" >&2; exit 1; }
@@ -129,6 +130,10 @@ sleep 1
 MAP_LOAD_S=$LOAD_S
 MAP_RSS_KB=$(rss_kb "$FG_PID")
 BYTES_PER_ENTRY=$(awk -v a="$BASE_RSS_KB" -v b="$MAP_RSS_KB" -v n="$ENTRIES" 'BEGIN { printf "%.1f", (b - a) * 1024 / n }')
+# The table's own heap (as /status reports it): RSS also holds allocator slack and the
+# file text read at start, which is freed but not necessarily returned to the OS yet.
+HEAP_BYTES=$(curl -s "http://127.0.0.1:$ADMIN/status" | python3 -c 'import sys, json; print(json.load(sys.stdin)["maps"]["nodes"].get("bytes", 0))')
+HEAP_PER_ENTRY=$(awk -v b="$HEAP_BYTES" -v n="$ENTRIES" 'BEGIN { printf "%.1f", b / n }')
 wait_port "$FG"
 
 # --- load ----------------------------------------------------------------------------------
@@ -162,8 +167,8 @@ run_wrk() { # label -> prints RESULT line
   grep '^RESULT' "$WORK/wrk-$1.txt"
 }
 
-map_version() {
-  curl -s "http://127.0.0.1:$ADMIN/status" | python3 -c 'import sys, json; print(json.load(sys.stdin)["maps"]["nodes"]["version"])'
+map_version() { # no python here: this runs every 20 ms during the rename swaps
+  curl -s "http://127.0.0.1:$ADMIN/status" | sed -n 's/.*"nodes":{[^}]*"version":\([0-9]*\).*/\1/p'
 }
 
 swap_loop() { # writes one "code seconds" line per swap into $WORK/swaps.txt until $WORK/stop exists
@@ -178,7 +183,7 @@ swap_loop() { # writes one "code seconds" line per swap into $WORK/swaps.txt unt
       code=000
       for _ in $(seq 1 500); do
         if [ "$(map_version)" != "$before" ]; then code=200; break; fi
-        sleep 0.01
+        sleep 0.02
       done
       t1=$(now)
     else
@@ -194,18 +199,40 @@ swap_loop() { # writes one "code seconds" line per swap into $WORK/swaps.txt unt
   done
 }
 
-log "wrk ${DURATION}s without swaps ($THREADS threads, $CONNS connections)"
-NOSWAP=$(run_wrk noswap)
-log "$NOSWAP"
-
-log "wrk ${DURATION}s while the whole map is replaced every second ($SWAP_MODE)"
+# Rounds alternate a run without swaps and a run with them, so that drift in the shared
+# machine's load hits both sides alike; the verdict compares the medians of their p99s.
 : >"$WORK/swaps.txt"
-swap_loop &
-SWAP_PID=$!; PIDS+=("$SWAP_PID")
-SWAP=$(run_wrk swap)
-touch "$WORK/stop"
-wait "$SWAP_PID" 2>/dev/null || true
-log "$SWAP"
+: >"$WORK/rounds.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  log "round $round/$ROUNDS: wrk ${DURATION}s without swaps ($THREADS threads, $CONNS connections)"
+  R_NOSWAP=$(run_wrk "noswap-$round")
+  log "$R_NOSWAP"
+  log "round $round/$ROUNDS: wrk ${DURATION}s while the whole map is replaced every second ($SWAP_MODE)"
+  rm -f "$WORK/stop"
+  swap_loop &
+  SWAP_PID=$!; PIDS+=("$SWAP_PID")
+  R_SWAP=$(run_wrk "swap-$round")
+  touch "$WORK/stop"
+  wait "$SWAP_PID" 2>/dev/null || true
+  log "$R_SWAP"
+  echo "$round $R_NOSWAP | $R_SWAP" >>"$WORK/rounds.txt"
+done
+# Sums of requests and failures, medians of the latencies, over the rounds.
+combine() { # side (1 = without swaps, 2 = with) -> a RESULT-like line
+  awk -F' [|] ' -v side="$1" '
+    { line = (side == 1 ? $1 : $2); n = split(line, kv, " ")
+      for (i = 1; i <= n; i++) if (split(kv[i], p, "=") == 2) v[p[1], NR] = p[2]; rows = NR }
+    function med(k,   i, j, t, a) { for (i = 1; i <= rows; i++) a[i] = v[k, i] + 0
+      for (i = 1; i <= rows; i++) for (j = i + 1; j <= rows; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return a[int((rows + 1) / 2)] }
+    function sum(k,   i, s) { for (i = 1; i <= rows; i++) s += v[k, i]; return s + 0 }
+    END { printf "requests=%d p50_us=%d p99_us=%d max_us=%d non2xx=%d connect=%d read=%d write=%d timeout=%d\n",
+      sum("requests"), med("p50_us"), med("p99_us"), med("max_us"), sum("non2xx"), sum("connect"), sum("read"), sum("write"), sum("timeout") }' "$WORK/rounds.txt"
+}
+NOSWAP=$(combine 1)
+SWAP=$(combine 2)
+ROUND_RATIOS=$(awk -F' [|] ' '{ split($1, a, "p99_us="); split($2, b, "p99_us="); split(a[2], x, " "); split(b[2], y, " ");
+  printf "%s%.2f", (NR > 1 ? " " : ""), (x[1] > 0 ? y[1] / x[1] : 0) }' "$WORK/rounds.txt")
 AFTER_RSS_KB=$(rss_kb "$FG_PID")
 HWM_KB=$(hwm_kb "$FG_PID")
 METRICS=$(curl -s "http://127.0.0.1:$ADMIN/metrics")
@@ -229,11 +256,11 @@ cat <<REPORT
 
 == floodgate map bench: $ENTRIES entries ($((MAP_BYTES / 1024 / 1024)) MiB map text), $THREADS wrk threads x $CONNS conns, ${DURATION}s per run, swaps by $SWAP_MODE ==
 load time to /readyz      : ${MAP_LOAD_S}s with the map, ${BASE_LOAD_S}s with an empty map
-memory                    : VmRSS ${BASE_RSS_KB} KiB empty -> ${MAP_RSS_KB} KiB loaded = ${BYTES_PER_ENTRY} bytes/entry; after swaps ${AFTER_RSS_KB} KiB, peak (VmHWM) ${HWM_KB} KiB
-without swaps             : $(field requests "$NOSWAP") requests, $(fails "$NOSWAP") failed, p50 $(field p50_us "$NOSWAP") us, p99 $(field p99_us "$NOSWAP") us, max $(field max_us "$NOSWAP") us
-with swaps                : $(field requests "$SWAP") requests, $(fails "$SWAP") failed, p50 $(field p50_us "$SWAP") us, p99 $(field p99_us "$SWAP") us, max $(field max_us "$SWAP") us
-p99 ratio (swaps / none)  : $P99_RATIO
+memory                    : VmRSS ${BASE_RSS_KB} KiB empty -> ${MAP_RSS_KB} KiB loaded = ${BYTES_PER_ENTRY} bytes/entry (table heap ${HEAP_PER_ENTRY} bytes/entry); after swaps ${AFTER_RSS_KB} KiB, peak (VmHWM) ${HWM_KB} KiB
+without swaps (all rounds): $(field requests "$NOSWAP") requests, $(fails "$NOSWAP") failed, p50 $(field p50_us "$NOSWAP") us, p99 $(field p99_us "$NOSWAP") us, max $(field max_us "$NOSWAP") us
+with swaps (all rounds)   : $(field requests "$SWAP") requests, $(fails "$SWAP") failed, p50 $(field p50_us "$SWAP") us, p99 $(field p99_us "$SWAP") us, max $(field max_us "$SWAP") us
+p99 ratio (swaps / none)  : $P99_RATIO (median of $ROUNDS rounds; per round: $ROUND_RATIOS)
 swaps                     : $SWAPS_OK/$SWAPS answered 200; time per swap mean ${SWAP_MEAN}s, median ${SWAP_MEDIAN}s, max ${SWAP_MAX}s
 map metrics               : updates ok=$UPDATES_OK error=$UPDATES_ERR; lookups hit=$HITS miss=$MISSES
 REPORT
-echo "{\"entries\":$ENTRIES,\"load_s\":$MAP_LOAD_S,\"empty_load_s\":$BASE_LOAD_S,\"bytes_per_entry\":$BYTES_PER_ENTRY,\"rss_kb\":{\"empty\":$BASE_RSS_KB,\"loaded\":$MAP_RSS_KB,\"after_swaps\":$AFTER_RSS_KB,\"peak\":$HWM_KB},\"noswap\":{\"requests\":$(field requests "$NOSWAP"),\"failed\":$(fails "$NOSWAP"),\"p99_us\":$(field p99_us "$NOSWAP")},\"swap\":{\"requests\":$(field requests "$SWAP"),\"failed\":$(fails "$SWAP"),\"p99_us\":$(field p99_us "$SWAP")},\"p99_ratio\":$P99_RATIO,\"swaps\":$SWAPS,\"swaps_ok\":$SWAPS_OK,\"swap_s\":{\"mean\":$SWAP_MEAN,\"median\":$SWAP_MEDIAN,\"max\":$SWAP_MAX}}"
+echo "{\"entries\":$ENTRIES,\"load_s\":$MAP_LOAD_S,\"empty_load_s\":$BASE_LOAD_S,\"bytes_per_entry\":$BYTES_PER_ENTRY,\"heap_bytes_per_entry\":$HEAP_PER_ENTRY,\"rss_kb\":{\"empty\":$BASE_RSS_KB,\"loaded\":$MAP_RSS_KB,\"after_swaps\":$AFTER_RSS_KB,\"peak\":$HWM_KB},\"noswap\":{\"requests\":$(field requests "$NOSWAP"),\"failed\":$(fails "$NOSWAP"),\"p99_us\":$(field p99_us "$NOSWAP")},\"swap\":{\"requests\":$(field requests "$SWAP"),\"failed\":$(fails "$SWAP"),\"p99_us\":$(field p99_us "$SWAP")},\"p99_ratio\":$P99_RATIO,\"swaps\":$SWAPS,\"swaps_ok\":$SWAPS_OK,\"swap_s\":{\"mean\":$SWAP_MEAN,\"median\":$SWAP_MEDIAN,\"max\":$SWAP_MAX}}"

@@ -96,7 +96,7 @@ impl AdminApp {
         let maps: serde_json::Map<String, serde_json::Value> = snap
             .maps
             .iter()
-            .map(|(n, m)| (n.clone(), serde_json::json!({ "entries": m.len(), "version": m.version, "source": m.source.as_str() })))
+            .map(|(n, m)| (n.clone(), serde_json::json!({ "entries": m.len(), "bytes": m.content().heap_bytes(), "version": m.version, "source": m.source.as_str() })))
             .collect();
         serde_json::json!({
             "version": snap.version,

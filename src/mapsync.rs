@@ -8,7 +8,7 @@
 //! changes. A config reload keeps the live content of maps whose config did not change.
 
 use crate::maps::runtime_api::{MapInfo, MapStore};
-use crate::maps::{parse_map_text_with, write_atomic, FileWatch, MapContent, MapSource, MapTable};
+use crate::maps::{parse_map_text_after, write_atomic, FileWatch, MapContent, MapSource, MapTable};
 use crate::state::{AppState, Snapshot};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -150,7 +150,8 @@ pub fn replace_map_text(
     let started = std::time::Instant::now();
     let snap = state.snapshot();
     let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
-    match parse_map_text_with(text, origin, allowed) {
+    let previous = snap.maps.get(name).map(|t| t.content());
+    match parse_map_text_after(text, origin, allowed, previous) {
         Ok(content) => {
             let parsed = started.elapsed();
             let r = replace_content(state, name, content, source);
@@ -329,10 +330,7 @@ pub fn spawn_pollers(
     tasks
 }
 
-/// CPU priority of map builds: nice +10, so request threads win a contended core.
-const BUILD_NICE: i32 = 10;
-
-/// Runs `f` (parse, index and swap a map) on its own thread at a lower CPU priority and
+/// Runs `f` (parse, index and swap a map) on its own thread in the idle CPU class and
 /// awaits its result. A million-entry map takes a few hundred milliseconds of CPU to build;
 /// on a busy machine that work should wait for the request path, not delay it.
 pub async fn build_off_path<T, F>(f: F) -> Result<T, String>
@@ -344,22 +342,10 @@ where
     std::thread::Builder::new()
         .name("floodgate-mapbuild".into())
         .spawn(move || {
-            lower_priority();
+            crate::maps::idle_priority();
             let _ = tx.send(f());
         })
         .map_err(|e| format!("cannot start a map build thread: {e}"))?;
     rx.await
         .map_err(|_| "the map build thread panicked".to_string())
-}
-
-/// Lowers the calling thread's priority (Linux: setpriority on the thread id); best effort.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let tid = rustix::thread::gettid();
-        let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), now + BUILD_NICE) {
-            log::debug!("map build thread keeps its priority: {e}");
-        }
-    }
 }

@@ -1,17 +1,22 @@
 //! The compact, immutable content of one map version: [`MapContent`].
 //!
-//! Sized for maps of millions of entries that are replaced every second: all keys live in one
-//! `String`, distinct values are stored once (a node map has a handful of masters), and the
-//! index is one open-addressing table of 12-byte slots. Building one is a single pass with one
-//! hash per line and no allocation per entry; dropping one frees a few large blocks, and does
-//! so on a background thread (see [`reap`]), so the request that happens to hold the last
-//! reference to an old map never pays for freeing it.
+//! Sized for maps of millions of entries that are replaced every second:
+//! - all keys live in one `String`, indexed by one open-addressing table of 12-byte slots
+//!   (a [`KeyIndex`], shared between versions with the same keys);
+//! - each entry's value is a 4-byte index into the distinct values, stored once (a node map
+//!   has a handful of masters).
+//!
+//! Building one is a single pass with one hash per line and no allocation per entry. When a
+//! new version has exactly the keys of the previous one (nodes moved between masters, the
+//! common PuppetDB case), [`MapBuilder::reusing`] keeps the previous key index and only
+//! writes the 4-byte values. Dropping a large map frees a few large blocks on a background
+//! thread (see [`reap`]), so the request that holds the last reference never pays for it.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::mpsc::{self, Sender};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
@@ -22,12 +27,15 @@ const SCAN_VALUES: usize = 8;
 /// Maps with more entries than this are freed on the reaper thread.
 const REAP_ABOVE: usize = 4096;
 
-/// One entry: key bytes `keys[key_off..key_off + key_len]`, value `values[value]`.
+/// No value assigned yet (reuse mode).
+const UNSET: u32 = u32::MAX;
+
+/// One key: bytes `keys[key_off..key_off + key_len]`, its value at `vals[ord]`.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     key_off: u32,
     key_len: u32,
-    value: u32,
+    ord: u32,
 }
 
 /// Why an entry could not be added.
@@ -37,6 +45,8 @@ pub enum InsertError {
     Duplicate,
     /// Keys or values beyond 4 GiB in all (offsets are 32-bit).
     TooLarge,
+    /// Reuse mode only: the key is not one of the previous version's keys.
+    NewKey,
 }
 
 // why: one randomly keyed SipHash for every table of the process. Keys come from remote
@@ -63,13 +73,49 @@ fn entry_mix(key_hash: u64, value_hash: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The keys of a map and where each one's value sits; shared by versions with equal keys.
+#[derive(Default)]
+struct KeyIndex {
+    /// Every key followed by `\n`, in `ord` order (keys hold no whitespace), so a new version
+    /// listing the same keys in the same order is matched by one sequential walk.
+    keys: String,
+    /// Hash of each key, by `ord`: fingerprints and rehashing without hashing keys again.
+    hashes: Vec<u64>,
+    index: HashTable<Slot>,
+}
+
+impl KeyIndex {
+    fn key_of(&self, s: &Slot) -> &str {
+        // Slices at offsets recorded when whole `&str` keys were appended: always on char
+        // boundaries, so this never panics.
+        &self.keys[s.key_off as usize..(s.key_off + s.key_len) as usize]
+    }
+
+    fn find(&self, hash: u64, key: &str) -> Option<&Slot> {
+        self.index
+            .find(hash, |s| self.key_of(s).as_bytes() == key.as_bytes())
+    }
+}
+
+impl Drop for KeyIndex {
+    fn drop(&mut self) {
+        if self.index.len() > REAP_ABOVE {
+            let garbage = (
+                std::mem::take(&mut self.keys),
+                std::mem::take(&mut self.index),
+            );
+            reap(Box::new(garbage));
+        }
+    }
+}
+
 /// The entries of one map version. Immutable once built (see [`MapBuilder`]).
 #[derive(Default)]
 pub struct MapContent {
-    keys: String,
+    keys: Arc<KeyIndex>,
+    /// Value index of each key, by the key's `ord`.
+    vals: Vec<u32>,
     values: Vec<Box<str>>,
-    value_hashes: Vec<u64>,
-    index: HashTable<Slot>,
     /// Wrapping sum of [`entry_mix`] over all entries: equal content, equal fingerprint.
     fingerprint: u64,
 }
@@ -90,32 +136,34 @@ impl MapContent {
         for (k, v) in &entries {
             b.insert(k, v)?;
         }
-        Ok(b.finish())
+        b.finish()
     }
 
     /// Exact lookup; one hash and usually one key comparison.
     pub fn get(&self, key: &str) -> Option<&str> {
         let h = hash_bytes(key.as_bytes());
-        self.index
-            .find(h, |s| self.key_of(s).as_bytes() == key.as_bytes())
-            .map(|s| &*self.values[s.value as usize])
+        let slot = self.keys.find(h, key)?;
+        Some(&*self.values[self.vals[slot.ord as usize] as usize])
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.keys.index.len()
     }
 
     /// True when there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.keys.index.is_empty()
     }
 
     /// All entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.index
-            .iter()
-            .map(|s| (self.key_of(s), &*self.values[s.value as usize]))
+        self.keys.index.iter().map(|s| {
+            (
+                self.keys.key_of(s),
+                &*self.values[self.vals[s.ord as usize] as usize],
+            )
+        })
     }
 
     /// The distinct values (each once), e.g. to validate them against the servers.
@@ -139,13 +187,30 @@ impl MapContent {
         self.iter().all(|(k, v)| other.get(k) == Some(v))
     }
 
+    /// Heap memory held by this version (a key index shared with another version is
+    /// counted in both).
+    pub fn heap_bytes(&self) -> usize {
+        let k = &self.keys;
+        k.keys.capacity()
+            + k.hashes.capacity() * 8
+            // hashbrown: a slot and a control byte per bucket; capacity is 7/8 of buckets.
+            + k.index.capacity() * 8 / 7 * (std::mem::size_of::<Slot>() + 1)
+            + self.vals.capacity() * 4
+            + self.values.iter().map(|v| v.len() + 16).sum::<usize>()
+    }
+
+    /// True when both versions share one key index (built with [`MapBuilder::reusing`]).
+    pub fn shares_keys_with(&self, other: &MapContent) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys)
+    }
+
     /// A copy with `set` added or replaced and `delete` removed; O(entries).
     pub fn edited(
         &self,
         set: &HashMap<String, String>,
         delete: &[&str],
     ) -> Result<Self, InsertError> {
-        let mut b = MapBuilder::with_capacity(self.len() + set.len(), self.keys.len());
+        let mut b = MapBuilder::with_capacity(self.len() + set.len(), self.keys.keys.len());
         for (k, v) in self.iter() {
             if !set.contains_key(k) && !delete.contains(&k) {
                 b.insert(k, v)?;
@@ -156,23 +221,17 @@ impl MapContent {
                 b.insert(k, v)?;
             }
         }
-        Ok(b.finish())
-    }
-
-    fn key_of(&self, s: &Slot) -> &str {
-        // Slices at offsets recorded when whole `&str` keys were appended: always on char
-        // boundaries, so this never panics.
-        &self.keys[s.key_off as usize..(s.key_off + s.key_len) as usize]
+        b.finish()
     }
 }
 
 impl Drop for MapContent {
     fn drop(&mut self) {
-        if self.index.len() > REAP_ABOVE {
+        if self.vals.len() > REAP_ABOVE {
             let garbage = (
                 std::mem::take(&mut self.keys),
+                std::mem::take(&mut self.vals),
                 std::mem::take(&mut self.values),
-                std::mem::take(&mut self.index),
             );
             reap(Box::new(garbage));
         }
@@ -188,7 +247,10 @@ pub fn reap(garbage: Box<dyn Send>) {
         let (tx, rx) = mpsc::channel::<Box<dyn Send>>();
         std::thread::Builder::new()
             .name("floodgate-reaper".into())
-            .spawn(move || rx.into_iter().for_each(drop))
+            .spawn(move || {
+                idle_priority();
+                rx.into_iter().for_each(drop)
+            })
             .ok()
             .map(|_| tx)
     });
@@ -198,47 +260,159 @@ pub fn reap(garbage: Box<dyn Send>) {
     }
 }
 
+/// Puts the calling thread in the idle scheduling class (Linux `SCHED_IDLE`): it runs when
+/// a core has nothing else to do and yields at once when a request thread wakes up. Used for
+/// map builds and the reaper. Best effort: where that fails the thread keeps its priority.
+pub fn idle_priority() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        log::debug!("thread keeps its CPU priority: {e:?}");
+    }
+}
+
+/// Where a [`MapBuilder`] puts keys.
+enum Keys {
+    /// A new index, filled as entries arrive.
+    Fresh(KeyIndex),
+    /// The previous version's index; every key must be one of it, each once.
+    Reused {
+        base: Arc<KeyIndex>,
+        filled: usize,
+        /// While keys arrive in the base's order: byte offset of the next base key.
+        cursor: Option<usize>,
+    },
+}
+
 /// Builds a [`MapContent`] one entry at a time.
 pub struct MapBuilder {
-    content: MapContent,
-    /// Index of each distinct value in `content.values`, by its hash.
+    keys: Keys,
+    vals: Vec<u32>,
+    values: Vec<Box<str>>,
+    value_hashes: Vec<u64>,
+    /// Index of each distinct value in `values`, by its hash.
     value_index: HashTable<u32>,
+    fingerprint: u64,
 }
 
 impl MapBuilder {
     /// `entries` and `key_bytes` are estimates (0 is fine); sizing up front avoids rehashing
     /// a large table several times.
     pub fn with_capacity(entries: usize, key_bytes: usize) -> Self {
-        MapBuilder {
-            content: MapContent {
+        Self::new(
+            Keys::Fresh(KeyIndex {
                 keys: String::with_capacity(key_bytes),
-                values: Vec::new(),
-                value_hashes: Vec::new(),
+                hashes: Vec::with_capacity(entries),
                 index: HashTable::with_capacity(entries),
-                fingerprint: 0,
+            }),
+            Vec::with_capacity(entries),
+        )
+    }
+
+    /// A builder for a version with exactly the keys of `base` (values may differ): it keeps
+    /// `base`'s key index and writes only values. [`insert`](Self::insert) fails with
+    /// [`InsertError::NewKey`] and [`finish`](Self::finish) with `NewKey` when the keys turn
+    /// out to differ; build from scratch then.
+    pub fn reusing(base: &MapContent) -> Self {
+        Self::new(
+            Keys::Reused {
+                base: base.keys.clone(),
+                filled: 0,
+                cursor: Some(0),
             },
+            vec![UNSET; base.vals.len()],
+        )
+    }
+
+    fn new(keys: Keys, vals: Vec<u32>) -> Self {
+        MapBuilder {
+            keys,
+            vals,
+            values: Vec::new(),
+            value_hashes: Vec::new(),
             value_index: HashTable::new(),
+            fingerprint: 0,
         }
     }
 
     /// Adds one entry. Returns the value's index among the distinct values and whether it is
     /// new (so callers can validate each distinct value once).
     pub fn insert(&mut self, key: &str, value: &str) -> Result<(u32, bool), InsertError> {
-        let c = &mut self.content;
-        let kh = hash_bytes(key.as_bytes());
-        let keys = &c.keys;
-        let entry = c.index.entry(
-            kh,
-            |s| &keys[s.key_off as usize..(s.key_off + s.key_len) as usize] == key,
-            |s| hash_bytes(&keys.as_bytes()[s.key_off as usize..(s.key_off + s.key_len) as usize]),
-        );
-        let Entry::Vacant(slot) = entry else {
-            return Err(InsertError::Duplicate);
+        // Where the value goes: a reused key's existing ord, or a new slot's.
+        let (ord, kh) = match &mut self.keys {
+            Keys::Reused {
+                base,
+                filled,
+                cursor,
+            } => {
+                // why: maps regenerated by the same tool list their keys in the same order;
+                // matching them in sequence avoids a random memory access per line.
+                let next = cursor.and_then(|at| {
+                    let rest = base.keys.as_bytes().get(at..)?;
+                    let hit = rest.len() > key.len()
+                        && rest[key.len()] == b'\n'
+                        && rest.starts_with(key.as_bytes());
+                    hit.then_some(at)
+                });
+                let ord = match next {
+                    Some(at) => {
+                        *cursor = Some(at + key.len() + 1);
+                        *filled as u32 // in sequence: the n-th key has ord n
+                    }
+                    None => {
+                        *cursor = None;
+                        let kh = hash_bytes(key.as_bytes());
+                        base.find(kh, key).ok_or(InsertError::NewKey)?.ord
+                    }
+                };
+                if self.vals[ord as usize] != UNSET {
+                    return Err(InsertError::Duplicate);
+                }
+                *filled += 1;
+                (ord, base.hashes[ord as usize])
+            }
+            Keys::Fresh(ix) => {
+                let kh = hash_bytes(key.as_bytes());
+                let (keys, hashes) = (&ix.keys, &ix.hashes);
+                let entry = ix.index.entry(
+                    kh,
+                    |s| &keys[s.key_off as usize..(s.key_off + s.key_len) as usize] == key,
+                    |s| hashes[s.ord as usize],
+                );
+                let Entry::Vacant(slot) = entry else {
+                    return Err(InsertError::Duplicate);
+                };
+                let key_off = u32::try_from(keys.len()).map_err(|_| InsertError::TooLarge)?;
+                let key_len = u32::try_from(key.len()).map_err(|_| InsertError::TooLarge)?;
+                key_off.checked_add(key_len).ok_or(InsertError::TooLarge)?;
+                let ord = u32::try_from(self.vals.len()).map_err(|_| InsertError::TooLarge)?;
+                // `keys` is borrowed by the entry's hasher until here; append after.
+                slot.insert(Slot {
+                    key_off,
+                    key_len,
+                    ord,
+                });
+                ix.keys.push_str(key);
+                ix.keys.push('\n');
+                ix.hashes.push(kh);
+                self.vals.push(UNSET);
+                (ord, kh)
+            }
         };
-        let key_off = u32::try_from(c.keys.len()).map_err(|_| InsertError::TooLarge)?;
-        let key_len = u32::try_from(key.len()).map_err(|_| InsertError::TooLarge)?;
-        key_off.checked_add(key_len).ok_or(InsertError::TooLarge)?;
-        let values = &c.values;
+        let (vi, fresh) = self.intern(value)?;
+        self.vals[ord as usize] = vi;
+        self.fingerprint = self
+            .fingerprint
+            .wrapping_add(entry_mix(kh, self.value_hashes[vi as usize]));
+        Ok((vi, fresh))
+    }
+
+    /// Index of `value` among the distinct values, adding it if new.
+    fn intern(&mut self, value: &str) -> Result<(u32, bool), InsertError> {
+        let values = &self.values;
         // why: a routing map has a handful of distinct values; comparing against them is
         // cheaper than hashing every line's value. Larger sets go through the hash index.
         let known = if values.len() <= SCAN_VALUES {
@@ -249,48 +423,52 @@ impl MapBuilder {
                 .find(vh, |&i| &*values[i as usize] == value)
                 .copied()
         };
-        let (vi, fresh) = match known {
-            Some(i) => (i, false),
-            None => {
-                let i = u32::try_from(values.len()).map_err(|_| InsertError::TooLarge)?;
-                (i, true)
-            }
-        };
-        // `keys` is borrowed by the entry's hasher until here; append after the slot is set.
-        slot.insert(Slot {
-            key_off,
-            key_len,
-            value: vi,
-        });
-        c.keys.push_str(key);
-        if fresh {
-            let vh = hash_bytes(value.as_bytes());
-            c.values.push(value.into());
-            c.value_hashes.push(vh);
-            let hashes = &c.value_hashes;
-            self.value_index
-                .insert_unique(vh, vi, |&i| hashes[i as usize]);
+        if let Some(i) = known {
+            return Ok((i, false));
         }
-        c.fingerprint = c
-            .fingerprint
-            .wrapping_add(entry_mix(kh, c.value_hashes[vi as usize]));
-        Ok((vi, fresh))
+        let i = u32::try_from(values.len()).map_err(|_| InsertError::TooLarge)?;
+        let vh = hash_bytes(value.as_bytes());
+        self.values.push(value.into());
+        self.value_hashes.push(vh);
+        let hashes = &self.value_hashes;
+        self.value_index
+            .insert_unique(vh, i, |&j| hashes[j as usize]);
+        Ok((i, true))
     }
 
     /// Entries added so far.
     pub fn len(&self) -> usize {
-        self.content.len()
+        match &self.keys {
+            Keys::Fresh(ix) => ix.index.len(),
+            Keys::Reused { filled, .. } => *filled,
+        }
     }
 
     /// True when nothing was added.
     pub fn is_empty(&self) -> bool {
-        self.content.is_empty()
+        self.len() == 0
     }
 
-    /// The finished content.
-    pub fn finish(mut self) -> MapContent {
-        self.content.keys.shrink_to_fit();
-        std::mem::take(&mut self.content)
+    /// The finished content; `NewKey` when a reusing builder did not see every base key.
+    pub fn finish(mut self) -> Result<MapContent, InsertError> {
+        let keys = match std::mem::replace(&mut self.keys, Keys::Fresh(KeyIndex::default())) {
+            Keys::Fresh(mut ix) => {
+                ix.keys.shrink_to_fit();
+                Arc::new(ix)
+            }
+            Keys::Reused { base, filled, .. } => {
+                if filled != self.vals.len() {
+                    return Err(InsertError::NewKey);
+                }
+                base
+            }
+        };
+        Ok(MapContent {
+            keys,
+            vals: std::mem::take(&mut self.vals),
+            values: std::mem::take(&mut self.values),
+            fingerprint: self.fingerprint,
+        })
     }
 }
 
@@ -303,7 +481,7 @@ mod tests {
         for (k, v) in pairs {
             b.insert(k, v).unwrap();
         }
-        b.finish()
+        b.finish().unwrap()
     }
 
     #[test]
@@ -332,7 +510,7 @@ mod tests {
         assert_eq!(b.insert("b", "x"), Ok((0, false)));
         assert_eq!(b.insert("a", "y"), Err(InsertError::Duplicate));
         assert_eq!(b.insert("c", "y"), Ok((1, true)));
-        let c = b.finish();
+        let c = b.finish().unwrap();
         assert_eq!(c.get("a"), Some("x"), "the refused insert changed nothing");
         assert_eq!(c.len(), 3);
     }
@@ -379,7 +557,7 @@ mod tests {
             )
             .unwrap();
         }
-        let c = b.finish();
+        let c = b.finish().unwrap();
         assert_eq!(c.len(), n);
         for i in (0..n).step_by(997) {
             let want = if i % 2 == 0 { "m1" } else { "m2" };
@@ -389,5 +567,75 @@ mod tests {
         assert!(copy.same_as(&c));
         drop(c); // handed to the reaper thread; must not hang or leak into this thread
         assert_eq!(copy.get("node-1.example.com"), Some("m2"));
+    }
+
+    #[test]
+    fn reusing_builder_keeps_the_key_index_when_only_values_change() {
+        let base = build(&[("a", "1"), ("b", "2"), ("c", "1")]);
+        let mut b = MapBuilder::reusing(&base);
+        for (k, v) in [("c", "2"), ("a", "2"), ("b", "3")] {
+            b.insert(k, v).unwrap();
+        }
+        let next = b.finish().unwrap();
+        assert!(next.shares_keys_with(&base));
+        assert_eq!(
+            (next.get("a"), next.get("b"), next.get("c")),
+            (Some("2"), Some("3"), Some("2"))
+        );
+        assert_eq!(base.get("a"), Some("1"), "the base keeps its values");
+        assert!(next.same_as(&build(&[("a", "2"), ("b", "3"), ("c", "2")])));
+        drop(base);
+        assert_eq!(
+            next.get("c"),
+            Some("2"),
+            "the shared index outlives the base"
+        );
+    }
+
+    #[test]
+    fn reusing_builder_refuses_new_duplicate_and_missing_keys() {
+        let base = build(&[("a", "1"), ("b", "2")]);
+        let mut b = MapBuilder::reusing(&base);
+        assert_eq!(b.insert("zz", "1"), Err(InsertError::NewKey));
+        b.insert("a", "1").unwrap();
+        assert_eq!(b.insert("a", "2"), Err(InsertError::Duplicate));
+        assert_eq!(b.len(), 1);
+        assert_eq!(
+            b.finish().err(),
+            Some(InsertError::NewKey),
+            "b was never set"
+        );
+    }
+
+    #[test]
+    fn reusing_builder_matches_keys_in_order_then_by_hash_after_a_deviation() {
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let mut b = MapBuilder::with_capacity(0, 0);
+        for k in &keys {
+            b.insert(k, "v0").unwrap();
+        }
+        let base = b.finish().unwrap();
+        // Same order for the first 50, then reversed: both halves must land right.
+        let mut order: Vec<&String> = keys[..50].iter().collect();
+        order.extend(keys[50..].iter().rev());
+        let mut r = MapBuilder::reusing(&base);
+        for (i, k) in order.iter().enumerate() {
+            r.insert(k, &format!("v{}", i % 3)).unwrap();
+        }
+        assert_eq!(
+            r.insert("k0", "v9"),
+            Err(InsertError::Duplicate),
+            "k0 seen in sequence"
+        );
+        let next = r.finish().unwrap();
+        assert!(next.shares_keys_with(&base));
+        for (i, k) in order.iter().enumerate() {
+            assert_eq!(next.get(k), Some(format!("v{}", i % 3).as_str()), "{k}");
+        }
+        let fresh = MapContent::from_entries(next.to_entries()).unwrap();
+        assert!(
+            fresh.same_as(&next),
+            "fingerprints agree across build modes"
+        );
     }
 }

@@ -1646,3 +1646,55 @@ async fn an_error_answer_after_a_refused_connect_does_not_promise_keep_alive_on_
         );
     }
 }
+
+/// A large map replaced with the same keys in the same order (the reused key index), then in
+/// another order, then with a key removed: every version routes exactly as its text says.
+#[tokio::test]
+async fn large_map_put_with_moved_nodes_reroutes_whatever_the_key_order() {
+    let ms = masters().await;
+    let dir = Scratch::new("maps-large");
+    let n = 5000;
+    let text = |shift: usize, order_rev: bool, skip: Option<usize>| -> String {
+        let mut lines: Vec<String> = (0..n)
+            .filter(|i| Some(*i) != skip)
+            .map(|i| format!("node{i} master{}\n", (i + shift) % 3 + 1))
+            .collect();
+        if order_rev {
+            lines.reverse();
+        }
+        lines.concat()
+    };
+    let map = dir.write("nodes.map", &text(0, false, None));
+    let gw = one_route_gateway(&ms, &map, "reject").await;
+    let c = client();
+    let url = gw.admin("/maps/nodes");
+    let samples = [0usize, 1, 2, 1234, 4999];
+    for (shift, rev, skip) in [(1, false, None), (2, true, None), (0, false, Some(1234))] {
+        let r = c.put(&url).body(text(shift, rev, skip)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        for i in samples {
+            let want = if Some(i) == skip {
+                "404".to_string()
+            } else {
+                format!("master{}", (i + shift) % 3 + 1)
+            };
+            assert_eq!(
+                node(&c, &gw, &format!("node{i}")).await,
+                want,
+                "node{i} after PUT shift={shift} reversed={rev} skip={skip:?}"
+            );
+        }
+    }
+    let status: serde_json::Value = c
+        .get(gw.admin("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let m = &status["maps"]["nodes"];
+    assert_eq!(m["entries"], n - 1, "{m}");
+    let bytes = m["bytes"].as_u64().unwrap();
+    assert!(bytes > 5000 * 20 && bytes < 5000 * 200, "table heap reported: {m}");
+}
