@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reverse-proxy throughput benchmark: floodgate vs HAProxy vs nginx, same origin, same run.
+# Reverse-proxy throughput benchmark: floodgate vs HAProxy vs nginx vs bare Pingora, same origin,
+# same run.
 #
 #   benches/proxy.sh                       # build (release, fat LTO: minutes) + run everything
 #   SKIP_BUILD=1 DURATION=5s benches/proxy.sh
@@ -7,6 +8,7 @@
 #     FG_VARIANTS="fg-ws:2:true:1024 fg-nows:2:false:1024" benches/proxy.sh
 #   SKIP_BUILD=1 ROUNDS=3 OUT_CSV=/tmp/run.csv benches/proxy.sh ; REPORT_FROM=/tmp/run.csv benches/proxy.sh
 #   SKIP_BUILD=1 PERF_DIR=/tmp/perf SCENARIOS=ka50 benches/proxy.sh   # perf record each row
+#   SKIP_BUILD=1 BARE=0 benches/proxy.sh   # without the bare-Pingora row
 # See benches/README.md for the columns and the measured results.
 #
 # What it does:
@@ -18,6 +20,11 @@
 #      its peak RSS (VmHWM, summed over the processes of the proxy) and CPU time, stops it;
 #   4. prints one table per scenario (median over ROUNDS of each metric): req/s, p50, p99, peak
 #      RSS, CPU per request, upstream connections opened, and ratios to HAProxy.
+#
+# The row `pingora-bare` (on unless BARE=0) is `floodgate sim-bare-proxy` (src/sim/bare.rs):
+# the smallest Pingora 0.9.1 proxy (one ProxyHttp impl, LoadBalancer<RoundRobin> with one
+# backend, Pingora's defaults otherwise), from the same binary. It is the framework's cost floor:
+# what floodgate spends above it is floodgate's own work.
 #
 # Scenarios: ka50 (keep-alive, 50 connections), ka400 (keep-alive, 400 connections),
 # close (50 connections, every request sends `Connection: close`).
@@ -33,8 +40,10 @@ WARMUP=${WARMUP:-2s}                  # wrk -d of the unmeasured warm-up run (0 
 ROUNDS=${ROUNDS:-1}                   # runs per cell; the median of each metric is reported
 WRK_THREADS=${WRK_THREADS:-2}
 SCENARIOS=${SCENARIOS:-"ka50 ka400 close"}
+BARE=${BARE:-1}                       # 1: add the pingora-bare row to PROXIES (if not already there)
 PROXIES=${PROXIES:-"floodgate haproxy nginx"}
-PROXY_THREADS=${PROXY_THREADS:-2}     # floodgate threads, HAProxy nbthread, nginx workers
+[ "$BARE" = 1 ] && case " $PROXIES " in *" pingora-bare "*) ;; *) PROXIES="$PROXIES pingora-bare" ;; esac
+PROXY_THREADS=${PROXY_THREADS:-2}     # floodgate/pingora-bare threads, HAProxy nbthread, nginx workers
 ORIGIN_WORKERS=${ORIGIN_WORKERS:-1}   # nginx origin worker processes
 # floodgate variants, each NAME:THREADS:WORK_STEALING:KEEPALIVE_POOL; every variant becomes
 # one row (the name `floodgate` in PROXIES expands to all of them).
@@ -63,10 +72,10 @@ PIDS=()
 
 log() { echo "[proxy.sh] $*" >&2; }
 
-stop_pid() { # pid: TERM, wait up to 5 s, then KILL
-  local pid=$1
+stop_pid() { # pid [signal]: signal (default TERM), wait up to 5 s, then KILL
+  local pid=$1 sig=${2:-TERM}
   kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
+  kill "-$sig" "$pid" 2>/dev/null || true
   for _ in $(seq 1 50); do
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     sleep 0.1
@@ -77,6 +86,8 @@ stop_pid() { # pid: TERM, wait up to 5 s, then KILL
 
 cleanup() {
   local pid
+  # a proxy still running (interrupted cell) first, with its own stop signal
+  [ -n "${PROXY_PID:-}" ] && stop_pid "$PROXY_PID" "${PROXY_STOP_SIG:-TERM}"
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && stop_pid "$pid"; done
   if [ "$KEEP_WORK" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
@@ -166,8 +177,8 @@ if [ -n "${REPORT_FROM:-}" ]; then
 fi
 
 # ---- build -------------------------------------------------------------------------------
-WANT_FG=0
-case " $PROXIES " in *" floodgate "*) WANT_FG=1 ;; esac
+WANT_FG=0  # the floodgate binary also runs the pingora-bare row
+case " $PROXIES " in *" floodgate "* | *" pingora-bare "*) WANT_FG=1 ;; esac
 if [ "$WANT_FG" = 1 ] && [ "$SKIP_BUILD" != 1 ]; then
   log "building floodgate (release, fat LTO; several minutes) into $CARGO_TARGET_DIR"
   (cd "$ROOT" && cargo build --release --bin floodgate)
@@ -287,9 +298,11 @@ EOF
 
 # ---- process control ---------------------------------------------------------------------
 PROXY_PID=""
+PROXY_STOP_SIG=TERM
 start_proxy() { # row-name
   local name=$1
   wait_port_free "$PROXY_ADDR"
+  PROXY_STOP_SIG=TERM
   case $name in
     haproxy)
       "$HAPROXY_BIN" -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/out.log" 2>&1 &
@@ -297,6 +310,13 @@ start_proxy() { # row-name
     nginx)
       "$NGINX_BIN" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/out.log" 2>&1 &
       PROXY_PID=$! ;;
+    pingora-bare)
+      mkdir -p "$WORK/$name"
+      RUST_LOG=warn "$FLOODGATE_BIN" sim-bare-proxy --listen "$PROXY_ADDR" --upstream "$ORIGIN_ADDR" \
+        --threads "$PROXY_THREADS" >"$WORK/$name/out.log" 2>&1 &
+      PROXY_PID=$!
+      # SIGTERM is Pingora's graceful stop with its default 300 s grace period; SIGINT exits now
+      PROXY_STOP_SIG=INT ;;
     *)
       RUST_LOG=warn "$FLOODGATE_BIN" run -c "$WORK/$name/floodgate.yaml" >"$WORK/$name/out.log" 2>&1 &
       PROXY_PID=$! ;;
@@ -315,7 +335,7 @@ start_proxy() { # row-name
 }
 
 stop_proxy() {
-  stop_pid "$PROXY_PID"
+  stop_pid "$PROXY_PID" "$PROXY_STOP_SIG"
   PROXY_PID=""
 }
 

@@ -67,6 +67,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a bare Pingora reverse proxy to one upstream (benchmarks: the framework baseline).
+    #[command(hide = true)]
+    SimBareProxy {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        upstream: String,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
 }
 
 fn init_logging() {
@@ -157,6 +167,17 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Cmd::SimBareProxy {
+            listen,
+            upstream,
+            threads,
+        } => match floodgate::sim::bare::run_bare_proxy(&listen, &upstream, threads) {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("sim-bare-proxy: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Demo { config } => {
             if let Err(e) = floodgate::sim::demo::start_demo_origins(&config) {
                 eprintln!("demo: {e}");

@@ -40,6 +40,8 @@ pub struct Ctx {
     pub snap: Arc<Snapshot>,
     pub start: Instant,
     pub request_id: String,
+    /// The client sent `X-Request-Id` itself (it is forwarded as is).
+    pub client_request_id: bool,
     pub route: Option<Arc<RouteConfig>>,
     pub upstream: Option<Arc<Upstream>>,
     /// Held from admission until the request ends.
@@ -69,6 +71,7 @@ impl Ctx {
             snap: state.snapshot(),
             start: Instant::now(),
             request_id: String::new(),
+            client_request_id: false,
             route: None,
             upstream: None,
             route_permit: None,
@@ -88,6 +91,12 @@ impl Ctx {
             host: String::new(),
             guard: InflightGuard::new(state),
         }
+    }
+
+    /// `request_id` as a header value (validated when it was taken from the request).
+    pub fn request_id_value(&self) -> http::HeaderValue {
+        http::HeaderValue::from_str(&self.request_id)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
     }
 
     /// The process state (metrics, phase) this request runs under.

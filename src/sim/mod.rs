@@ -1,11 +1,13 @@
 //! Simulation tools for demos, integration tests and benchmarks: an HTTP/1.1
-//! app-server simulator that collapses like Puma under load ([`origin`]) and a
-//! registration-storm load generator ([`storm`]).
+//! app-server simulator that collapses like Puma under load ([`origin`]), a
+//! registration-storm load generator ([`storm`]), and a bare Pingora reverse
+//! proxy that gives `benches/proxy.sh` the framework's cost floor ([`bare`]).
 //!
-//! Both speak plain HTTP/1.1 over loopback TCP and share the small framing
-//! helpers in this file (request/response bodies by `Content-Length` or
-//! `chunked`). Nothing here is used on floodgate's request path.
+//! The origin and the storm speak plain HTTP/1.1 over loopback TCP and share the
+//! small framing helpers in this file (request/response bodies by `Content-Length`
+//! or `chunked`). Nothing here is used on floodgate's request path.
 
+pub mod bare;
 pub mod demo;
 pub mod origin;
 pub mod storm;

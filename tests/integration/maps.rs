@@ -1670,7 +1670,12 @@ async fn large_map_put_with_moved_nodes_reroutes_whatever_the_key_order() {
     let url = gw.admin("/maps/nodes");
     let samples = [0usize, 1, 2, 1234, 4999];
     for (shift, rev, skip) in [(1, false, None), (2, true, None), (0, false, Some(1234))] {
-        let r = c.put(&url).body(text(shift, rev, skip)).send().await.unwrap();
+        let r = c
+            .put(&url)
+            .body(text(shift, rev, skip))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
         for i in samples {
             let want = if Some(i) == skip {
@@ -1696,5 +1701,8 @@ async fn large_map_put_with_moved_nodes_reroutes_whatever_the_key_order() {
     let m = &status["maps"]["nodes"];
     assert_eq!(m["entries"], n - 1, "{m}");
     let bytes = m["bytes"].as_u64().unwrap();
-    assert!(bytes > 5000 * 20 && bytes < 5000 * 200, "table heap reported: {m}");
+    assert!(
+        bytes > 5000 * 20 && bytes < 5000 * 200,
+        "table heap reported: {m}"
+    );
 }
