@@ -192,7 +192,7 @@ impl AdminApp {
                 let n = name.clone();
                 // why: parsing and indexing a large map is CPU work; keep it off the async
                 // workers (and never copy the body: 1M entries are ~30 MiB).
-                let r = mapsync::build_off_path(move || {
+                let r = crate::maps::run_idle(move || {
                     let text = String::from_utf8(body)
                         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
                     let r = if text.trim_start().starts_with('{')
@@ -274,7 +274,7 @@ async fn edit_map(
     delete: Option<String>,
 ) -> Result<u64, String> {
     let (st, n) = (state.clone(), name.to_string());
-    mapsync::build_off_path(move || {
+    crate::maps::run_idle(move || {
         let del: Vec<&str> = delete.iter().map(String::as_str).collect();
         mapsync::edit_entries(&st, &n, &add, &del, MapSource::Api)
     })

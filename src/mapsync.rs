@@ -241,28 +241,43 @@ pub async fn watch_files(state: Arc<AppState>, shutdown: tokio::sync::watch::Rec
             if w.path() != f.as_path() {
                 *w = FileWatch::new(f.clone());
             }
-            match w.changed() {
-                Ok(Some(text)) => {
-                    let origin = f.display().to_string();
-                    let (st, n, o, src) = (
-                        state.clone(),
-                        name.clone(),
-                        origin.clone(),
-                        MapSource::File(f.clone()),
-                    );
-                    let applied = build_off_path(move || {
-                        let r = replace_map_text(&st, &n, &text, &o, src);
+            if !w.may_have_changed() {
+                continue;
+            }
+            // Reading, hashing, parsing and swapping a large file is CPU work: all of it runs
+            // on an idle-class thread, which takes the watch along and hands it back.
+            let mut w = watches.remove(name).expect("inserted above");
+            let origin = f.display().to_string();
+            let (st, n, o, src) = (
+                state.clone(),
+                name.clone(),
+                origin.clone(),
+                MapSource::File(f.clone()),
+            );
+            let done = crate::maps::run_idle(move || {
+                let r = match w.changed() {
+                    Ok(Some(text)) => {
+                        let r = replace_map_text(&st, &n, &text, &o, src).map(Some);
                         crate::maps::reap(Box::new(text));
                         r
-                    })
-                    .await
-                    .unwrap_or_else(Err);
-                    if let Err(e) = applied {
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => {
+                        log::debug!("map {n}: cannot read {o}: {e}");
+                        Ok(None)
+                    }
+                };
+                (w, r)
+            })
+            .await;
+            match done {
+                Ok((w, r)) => {
+                    watches.insert(name.clone(), w);
+                    if let Err(e) = r {
                         log::error!("map {name}: the new content of {origin} was refused, keeping the running map:\n{e}");
                     }
                 }
-                Ok(None) => {}
-                Err(e) => log::debug!("map {name}: cannot read {}: {e}", f.display()),
+                Err(e) => log::error!("map {name}: {e}"),
             }
         }
         watches.retain(|n, _| snap.config.maps.contains_key(n));
@@ -287,6 +302,30 @@ pub fn refresh_gauges(state: &AppState) {
 
 /// Starts one poller per map with a `source:` (maps of the config at start; a reload that
 /// adds a source needs a restart of the poller set, reported by the reload).
+/// Where one poller's answers go: the live map `map`.
+struct PolledMap {
+    state: Arc<AppState>,
+    map: String,
+    url: String,
+}
+
+impl crate::maps::poller::Updater for PolledMap {
+    fn apply(&self, content: MapContent) -> Result<bool, String> {
+        let before = self.current().map(|m| m.version);
+        let v = replace_content(
+            &self.state,
+            &self.map,
+            content,
+            MapSource::Poller(self.url.clone()),
+        )?;
+        Ok(before != Some(v))
+    }
+
+    fn current(&self) -> Option<Arc<MapTable>> {
+        self.state.snapshot().maps.get(&self.map).cloned()
+    }
+}
+
 pub fn spawn_pollers(
     state: &Arc<AppState>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
@@ -307,16 +346,13 @@ pub fn spawn_pollers(
                 crate::config::MapFormat::Json => MapFormat::Json,
             },
         };
-        let st = state.clone();
-        let map = name.clone();
-        let url = src.url.clone();
         let fetch = |u: String, t: std::time::Duration| -> FetchFuture {
             Box::pin(async move { http_get(&u, t).await })
         };
-        let on_update = move |content: MapContent| -> Result<bool, String> {
-            let before = st.snapshot().maps.get(&map).map(|m| m.version);
-            let v = replace_content(&st, &map, content, MapSource::Poller(url.clone()))?;
-            Ok(before != Some(v))
+        let on_update = PolledMap {
+            state: state.clone(),
+            map: name.clone(),
+            url: src.url.clone(),
         };
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(run_poller(
@@ -328,24 +364,4 @@ pub fn spawn_pollers(
         )));
     }
     tasks
-}
-
-/// Runs `f` (parse, index and swap a map) on its own thread in the idle CPU class and
-/// awaits its result. A million-entry map takes a few hundred milliseconds of CPU to build;
-/// on a busy machine that work should wait for the request path, not delay it.
-pub async fn build_off_path<T, F>(f: F) -> Result<T, String>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("floodgate-mapbuild".into())
-        .spawn(move || {
-            crate::maps::idle_priority();
-            let _ = tx.send(f());
-        })
-        .map_err(|e| format!("cannot start a map build thread: {e}"))?;
-    rx.await
-        .map_err(|_| "the map build thread panicked".to_string())
 }

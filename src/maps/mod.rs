@@ -11,7 +11,7 @@ pub mod poller;
 pub mod runtime_api;
 mod table;
 
-pub use table::{idle_priority, reap, InsertError, MapBuilder, MapContent};
+pub use table::{idle_priority, reap, run_idle, InsertError, MapBuilder, MapContent};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -617,6 +617,16 @@ impl FileWatch {
     /// report, `Ok(None)` when unchanged, missing or changing under our feet
     /// (the next call retries). Errors are I/O failures other than NotFound,
     /// and content that is not UTF-8.
+    /// True when the file's metadata (size, mtime, inode) differs from the last content seen:
+    /// a cheap `stat`, to decide whether [`changed`](Self::changed) (read and hash) is needed.
+    pub fn may_have_changed(&self) -> bool {
+        match fingerprint(&self.path) {
+            Ok(Some(fp)) => self.last != Some(fp),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     pub fn changed(&mut self) -> io::Result<Option<String>> {
         let Some(before) = fingerprint(&self.path)? else {
             return Ok(None);

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{parse_map_json, parse_map_text, MapContent};
+use super::{parse_map_json, parse_map_text_after, MapContent};
 
 /// Default poll period (the HAProxy setup's cron ran every minute).
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
@@ -97,7 +97,7 @@ pub async fn run_poller<F, U>(
     stats: Arc<PollerStats>,
 ) where
     F: Fn(String, Duration) -> FetchFuture + Send + Sync,
-    U: Fn(MapContent) -> Result<bool, String> + Send + Sync,
+    U: Updater,
 {
     let mut ticker = tokio::time::interval(settings.every.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,6 +149,22 @@ fn record(url: &str, stats: &PollerStats, outcome: PollOutcome) {
     }
 }
 
+/// Where a poller's maps go: [`apply`](Updater::apply) takes a parsed map and says whether
+/// the live map changed (or why it was refused); [`current`](Updater::current) is the running
+/// content, so that a new version with the same keys reuses its key index.
+pub trait Updater: Send + Sync {
+    fn apply(&self, content: MapContent) -> Result<bool, String>;
+    fn current(&self) -> Option<Arc<super::MapTable>> {
+        None
+    }
+}
+
+impl<F: Fn(MapContent) -> Result<bool, String> + Send + Sync> Updater for F {
+    fn apply(&self, content: MapContent) -> Result<bool, String> {
+        self(content)
+    }
+}
+
 /// One fetch + parse + apply. `last_hash` is the body hash last applied.
 pub async fn poll_once<F, U>(
     settings: &PollerSettings,
@@ -158,7 +174,7 @@ pub async fn poll_once<F, U>(
 ) -> PollOutcome
 where
     F: Fn(String, Duration) -> FetchFuture,
-    U: Fn(MapContent) -> Result<bool, String>,
+    U: Updater,
 {
     let url = settings.url.clone();
     let fetched =
@@ -177,12 +193,14 @@ where
     }
     let format = settings.format;
     let origin = url.clone();
-    // why: parsing a large map is CPU-bound (≈0.3 s for 1M entries); keep it
-    // off the async workers.
-    let parsed = tokio::task::spawn_blocking(move || {
+    // why: parsing a large map is CPU-bound (60-250 ms for 1M entries); keep it off the
+    // async workers and behind the request threads.
+    let current = on_update.current();
+    let parsed = super::run_idle(move || {
         let text = String::from_utf8(body).map_err(|_| format!("{origin}: body is not UTF-8"))?;
+        let previous = current.as_ref().map(|t| t.content());
         let result = match format {
-            MapFormat::Map => parse_map_text(&text, &origin),
+            MapFormat::Map => parse_map_text_after(&text, &origin, |_| true, previous),
             MapFormat::Json => parse_map_json(&text, &origin).and_then(|m| {
                 MapContent::from_entries(m).map_err(|_| {
                     vec![super::MapError::new(
@@ -205,7 +223,7 @@ where
         Ok(Err(e)) => return PollOutcome::Failed(e),
         Err(e) => return PollOutcome::Failed(format!("parse task failed: {e}")),
     };
-    match on_update(map) {
+    match on_update.apply(map) {
         Ok(changed) => {
             *last_hash = Some(hash);
             if changed {
@@ -701,5 +719,54 @@ mod tests {
             poll_once(&settings, &fetch, &on_update, &mut last).await,
             PollOutcome::Unchanged
         );
+    }
+
+    #[tokio::test]
+    async fn a_polled_map_with_the_running_keys_reuses_their_index() {
+        let text = |shift: usize| -> String {
+            (0..3000)
+                .map(|i| format!("n{i} master{}\n", (i + shift) % 2 + 1))
+                .collect()
+        };
+        let running = Arc::new(crate::maps::MapTable::from_content(
+            crate::maps::parse_map_text(&text(0), "t").unwrap(),
+            1,
+            crate::maps::MapSource::Api,
+        ));
+        struct Keep {
+            running: Arc<crate::maps::MapTable>,
+            shared: std::sync::atomic::AtomicBool,
+        }
+        impl Updater for Keep {
+            fn apply(&self, c: MapContent) -> Result<bool, String> {
+                assert_eq!(c.get("n0"), Some("master2"), "the new values");
+                self.shared.store(
+                    c.shares_keys_with(self.running.content()),
+                    Ordering::Relaxed,
+                );
+                Ok(true)
+            }
+            fn current(&self) -> Option<Arc<crate::maps::MapTable>> {
+                Some(self.running.clone())
+            }
+        }
+        let keep = Keep {
+            running,
+            shared: false.into(),
+        };
+        let body = text(1).into_bytes();
+        let fetch = move |_u: String, _t: Duration| {
+            let b = body.clone();
+            Box::pin(async move { Ok((200u16, b)) }) as FetchFuture
+        };
+        let settings = PollerSettings {
+            url: "http://unused/".into(),
+            every: DEFAULT_EVERY,
+            timeout: DEFAULT_TIMEOUT,
+            format: MapFormat::Map,
+        };
+        let o = poll_once(&settings, &fetch, &keep, &mut None).await;
+        assert_eq!(o, PollOutcome::Applied);
+        assert!(keep.shared.load(Ordering::Relaxed), "key index reused");
     }
 }
