@@ -11,7 +11,7 @@
 #   - failed requests (non-2xx/3xx and socket errors), p50/p99 without and with swaps and their
 #     ratio, and the swap times (PUT round trip, or rename until /status shows the new version).
 #
-# Usage: benches/maps.sh            (env: ENTRIES, DURATION, CONNS, THREADS, SWAP_MODE, ROUNDS, JOBS)
+# Usage: benches/maps.sh   (env: ENTRIES, DURATION, CONNS, THREADS, SWAP_MODE, ROUNDS, RATE, UPLOAD_RATE, JOBS)
 # Needs: cargo, wrk, curl, awk, python3. Every process started here is stopped by PID on exit.
 set -euo pipefail
 
@@ -22,9 +22,11 @@ ENTRIES=${ENTRIES:-1000000}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 THREADS=${THREADS:-2}
-SWAP_MODE=${SWAP_MODE:-put}        # put | rename
+SWAP_MODE=${SWAP_MODE:-put}        # put | rename | sink (control: upload the same bytes elsewhere)
 JOBS=${JOBS:-2}
 ROUNDS=${ROUNDS:-5}                # alternating (no swaps, swaps) pairs of wrk runs
+RATE=${RATE:-0}                    # total req/s to pace wrk at (0: unpaced, saturating)
+UPLOAD_RATE=${UPLOAD_RATE:-}       # curl --limit-rate for the PUT/sink uploads (e.g. 100M); empty: full speed
 
 for tool in wrk curl awk python3; do
   command -v "$tool" >/dev/null || { echo "maps.sh needs $tool" >&2; exit 1; }
@@ -136,7 +138,41 @@ HEAP_BYTES=$(curl -s "http://127.0.0.1:$ADMIN/status" | python3 -c 'import sys, 
 HEAP_PER_ENTRY=$(awk -v b="$HEAP_BYTES" -v n="$ENTRIES" 'BEGIN { printf "%.1f", b / n }')
 wait_port "$FG"
 
+if [ "$SWAP_MODE" = sink ]; then
+  SINK=$(free_port)
+  cat >"$WORK/sink.py" <<'PY'
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+while True:
+    c, _ = s.accept()
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(65536)
+        if not d:
+            break
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    n = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            n = int(line.split(b":")[1])
+    got = len(rest)
+    while got < n:
+        d = c.recv(1 << 20)
+        if not d:
+            break
+        got += len(d)
+    c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    c.close()
+PY
+  python3 "$WORK/sink.py" "$SINK" &
+  PIDS+=("$!")
+  wait_port "$SINK"
+fi
+
 # --- load ----------------------------------------------------------------------------------
+PACE_MS=$(awk -v r="$RATE" -v c="$CONNS" 'BEGIN { if (r > 0) printf "%d", c * 1000 / r; else print 0 }')
 cat >"$WORK/nodes.lua" <<LUA
 local counter = 1
 function setup(thread)
@@ -145,6 +181,11 @@ function setup(thread)
 end
 function init(args)
   math.randomseed(os.time() * 1000 + id)
+end
+-- RATE > 0: each connection waits CONNS/RATE s between requests (a paced load below
+-- saturation); RATE = 0: as fast as possible (saturation: every CPU cycle shows in latency).
+function delay()
+  return $PACE_MS
 end
 function request()
   local n = math.random(0, $ENTRIES - 1)
@@ -191,8 +232,10 @@ swap_loop() { # writes one "code seconds" line per swap into $WORK/swaps.txt unt
       done
       t1=$(now)
     else
-      code=$(curl -s -o "$WORK/put.out" -w '%{http_code}' -X PUT -H 'content-type: text/plain' -H 'Expect:' \
-        --data-binary "@$file" "http://127.0.0.1:$ADMIN/maps/nodes")
+      local target="http://127.0.0.1:$ADMIN/maps/nodes"
+      [ "$SWAP_MODE" = sink ] && target="http://127.0.0.1:$SINK/sink"
+      code=$(curl -s ${UPLOAD_RATE:+--limit-rate "$UPLOAD_RATE"} -o "$WORK/put.out" -w '%{http_code}' -X PUT -H 'content-type: text/plain' -H 'Expect:' \
+        --data-binary "@$file" "$target")
       t1=$(now)
     fi
     el=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
@@ -258,7 +301,7 @@ P99_RATIO=$(awk -v a="$(field p99_us "$NOSWAP")" -v b="$(field p99_us "$SWAP")" 
 
 cat <<REPORT
 
-== floodgate map bench: $ENTRIES entries ($((MAP_BYTES / 1024 / 1024)) MiB map text), $THREADS wrk threads x $CONNS conns, ${DURATION}s per run, swaps by $SWAP_MODE ==
+== floodgate map bench: $ENTRIES entries ($((MAP_BYTES / 1024 / 1024)) MiB map text), $THREADS wrk threads x $CONNS conns$( [ "$RATE" -gt 0 ] && echo " paced at ~$RATE req/s" ), ${DURATION}s per run, swaps by $SWAP_MODE ==
 load time to /readyz      : ${MAP_LOAD_S}s with the map, ${BASE_LOAD_S}s with an empty map
 memory                    : VmRSS ${BASE_RSS_KB} KiB empty -> ${MAP_RSS_KB} KiB loaded = ${BYTES_PER_ENTRY} bytes/entry (table heap ${HEAP_PER_ENTRY} bytes/entry); after swaps ${AFTER_RSS_KB} KiB, peak (VmHWM) ${HWM_KB} KiB
 without swaps (all rounds): $(field requests "$NOSWAP") requests, $(fails "$NOSWAP") failed, p50 $(field p50_us "$NOSWAP") us, p99 $(field p99_us "$NOSWAP") us, max $(field max_us "$NOSWAP") us
