@@ -43,12 +43,7 @@ const MAX_BODY_BYTES: usize = 256 << 20;
 /// The whole request body, or `None` past [`MAX_BODY_BYTES`] (never a truncated body: a cut
 /// map would be applied as if it were whole).
 async fn read_body(s: &mut ServerSession) -> Option<Vec<u8>> {
-    let declared = s
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(0);
+    let declared = declared_length(s);
     if declared > MAX_BODY_BYTES {
         return None;
     }
@@ -61,6 +56,32 @@ async fn read_body(s: &mut ServerSession) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// [`read_body`] as the chunks were received (no copy), `None` past [`MAX_BODY_BYTES`].
+async fn read_body_chunks(s: &mut ServerSession) -> Option<Vec<bytes::Bytes>> {
+    if declared_length(s) > MAX_BODY_BYTES {
+        return None;
+    }
+    let mut chunks = Vec::new();
+    let mut total = 0usize;
+    while let Ok(Some(chunk)) = s.read_request_body().await {
+        total += chunk.len();
+        if total > MAX_BODY_BYTES {
+            return None;
+        }
+        chunks.push(chunk);
+    }
+    Some(chunks)
+}
+
+/// The request's `Content-Length`, 0 when absent or malformed.
+fn declared_length(s: &ServerSession) -> usize {
+    s.req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0)
 }
 
 fn too_large() -> Response<Vec<u8>> {
@@ -185,19 +206,21 @@ impl AdminApp {
                 )
             }
             ("PUT", None, _) => {
-                let Some(body) = read_body(s).await else {
+                let Some(chunks) = read_body_chunks(s).await else {
                     return too_large();
                 };
                 let st = self.state.clone();
                 let n = name.clone();
-                // why: parsing and indexing a large map is CPU work; keep it off the async
-                // workers (and never copy the body: 1M entries are ~30 MiB).
+                // why: parsing and indexing a large map is CPU work: keep it off the async
+                // workers, in the idle CPU class; map text is parsed in the chunks as they
+                // arrived (a 1M-entry map is ~30 MiB: no contiguous copy).
                 let r = crate::maps::run_idle(move || {
-                    let text = String::from_utf8(body)
-                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                    let r = if text.trim_start().starts_with('{')
-                        || text.trim_start().starts_with('[')
-                    {
+                    let first = chunks
+                        .iter()
+                        .flat_map(|c| c.iter())
+                        .find(|b| !b.is_ascii_whitespace());
+                    let r = if matches!(first, Some(b'{') | Some(b'[')) {
+                        let text = String::from_utf8_lossy(&chunks.concat()).into_owned();
                         crate::maps::parse_map_json(&text, "PUT body")
                             .map_err(|e| {
                                 e.iter()
@@ -207,9 +230,9 @@ impl AdminApp {
                             })
                             .and_then(|m| mapsync::replace_map(&st, &n, m, MapSource::Api))
                     } else {
-                        mapsync::replace_map_text(&st, &n, &text, "PUT body", MapSource::Api)
+                        mapsync::replace_map_chunks(&st, &n, &chunks, "PUT body", MapSource::Api)
                     };
-                    crate::maps::reap(Box::new(text));
+                    crate::maps::reap(Box::new(chunks));
                     r
                 })
                 .await

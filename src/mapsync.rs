@@ -147,17 +147,47 @@ pub fn replace_map_text(
     origin: &str,
     source: MapSource,
 ) -> Result<u64, String> {
+    replace_parsed(state, name, text.len(), source, |allowed, previous| {
+        parse_map_text_after(text, origin, allowed, previous)
+    })
+}
+
+/// [`replace_map_text`] for a request body as received, chunk by chunk (no contiguous copy).
+pub fn replace_map_chunks(
+    state: &AppState,
+    name: &str,
+    chunks: &[bytes::Bytes],
+    origin: &str,
+    source: MapSource,
+) -> Result<u64, String> {
+    let len = chunks.iter().map(|c| c.len()).sum();
+    replace_parsed(state, name, len, source, |allowed, previous| {
+        crate::maps::parse_map_chunks_after(chunks, origin, allowed, previous)
+    })
+}
+
+/// Runs `parse` with the running config's value check and the running content (to reuse its
+/// key index), then applies the result; errors are counted and joined one per line.
+fn replace_parsed(
+    state: &AppState,
+    name: &str,
+    len: usize,
+    source: MapSource,
+    parse: impl FnOnce(
+        &dyn Fn(&str) -> bool,
+        Option<&MapContent>,
+    ) -> Result<MapContent, Vec<crate::maps::MapError>>,
+) -> Result<u64, String> {
     let started = std::time::Instant::now();
     let snap = state.snapshot();
     let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
     let previous = snap.maps.get(name).map(|t| t.content());
-    match parse_map_text_after(text, origin, allowed, previous) {
+    match parse(&allowed, previous) {
         Ok(content) => {
             let parsed = started.elapsed();
             let r = replace_content(state, name, content, source);
             log::debug!(
-                "map {name}: {} bytes parsed in {parsed:?}, applied in {:?}",
-                text.len(),
+                "map {name}: {len} bytes parsed in {parsed:?}, applied in {:?}",
                 started.elapsed()
             );
             r

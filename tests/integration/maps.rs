@@ -1706,3 +1706,30 @@ async fn large_map_put_with_moved_nodes_reroutes_whatever_the_key_order() {
         "table heap reported: {m}"
     );
 }
+
+/// A body announced past the 256 MiB limit is refused with 413 before it is read, and the map
+/// is untouched (it used to be cut at the limit and applied).
+#[tokio::test]
+async fn an_oversized_map_body_gets_413_and_the_map_stays() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ms = masters().await;
+    let dir = Scratch::new("maps-413");
+    let map = dir.write("nodes.map", "node1 master1\n");
+    let gw = one_route_gateway(&ms, &map, "reject").await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.admin_port))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"PUT /maps/nodes HTTP/1.1\r\nHost: admin\r\nContent-Length: 300000000\r\n\r\nnode1 master2\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("answered before the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(node(&client(), &gw, "node1").await, "master1");
+}
