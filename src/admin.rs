@@ -40,25 +40,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// Largest admin request body (a map of a few million entries fits).
 const MAX_BODY_BYTES: usize = 256 << 20;
 
-/// The whole request body, or `None` past [`MAX_BODY_BYTES`] (never a truncated body: a cut
-/// map would be applied as if it were whole).
-async fn read_body(s: &mut ServerSession) -> Option<Vec<u8>> {
-    let declared = declared_length(s);
-    if declared > MAX_BODY_BYTES {
-        return None;
-    }
-    // why: a 1M-entry map is ~30 MiB; sizing once avoids copying it through doublings.
-    let mut out = Vec::with_capacity(declared);
-    while let Ok(Some(chunk)) = s.read_request_body().await {
-        out.extend_from_slice(&chunk);
-        if out.len() > MAX_BODY_BYTES {
-            return None;
-        }
-    }
-    Some(out)
-}
-
-/// [`read_body`] as the chunks were received (no copy), `None` past [`MAX_BODY_BYTES`].
+/// The request body as the chunks were received (no copy), or `None` past
+/// [`MAX_BODY_BYTES`] (never a truncated body: a cut map would be applied as if it were whole).
 async fn read_body_chunks(s: &mut ServerSession) -> Option<Vec<bytes::Bytes>> {
     if declared_length(s) > MAX_BODY_BYTES {
         return None;
@@ -73,6 +56,11 @@ async fn read_body_chunks(s: &mut ServerSession) -> Option<Vec<bytes::Bytes>> {
         chunks.push(chunk);
     }
     Some(chunks)
+}
+
+/// [`read_body_chunks`] in one buffer, for the small bodies of the other endpoints.
+async fn read_body(s: &mut ServerSession) -> Option<Vec<u8>> {
+    Some(read_body_chunks(s).await?.concat())
 }
 
 /// The request's `Content-Length`, 0 when absent or malformed.

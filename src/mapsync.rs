@@ -32,9 +32,9 @@ pub fn replace_map(
 ) -> Result<u64, String> {
     match MapContent::from_entries(entries) {
         Ok(content) => replace_content(state, name, content, source),
-        Err(_) => {
+        Err(e) => {
             count(state, name, &source, "error");
-            Err("refused: the map's keys exceed 4 GiB".to_string())
+            Err(format!("refused: {e}"))
         }
     }
 }
@@ -65,9 +65,9 @@ pub fn edit_entries(
     let Some(cur) = snap.maps.get(name) else {
         return Err(format!("no map named {name:?}"));
     };
-    let content = cur.content().edited(set, delete).map_err(|_| {
+    let content = cur.content().edited(set, delete).map_err(|e| {
         count(state, name, &source, "error");
-        "refused: the map's keys exceed 4 GiB".to_string()
+        format!("refused: {e}")
     })?;
     replace_locked(state, name, content, source)
 }

@@ -202,11 +202,11 @@ where
         let result = match format {
             MapFormat::Map => parse_map_text_after(&text, &origin, |_| true, previous),
             MapFormat::Json => parse_map_json(&text, &origin).and_then(|m| {
-                MapContent::from_entries(m).map_err(|_| {
+                MapContent::from_entries(m).map_err(|e| {
                     vec![super::MapError::new(
                         &origin,
                         None,
-                        "the map's keys exceed 4 GiB".to_string(),
+                        e.to_string(),
                         "split the map",
                     )]
                 })

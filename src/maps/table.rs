@@ -39,13 +39,16 @@ struct Slot {
 }
 
 /// Why an entry could not be added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
     /// The key is already present (the caller reports both places).
+    #[error("duplicate key")]
     Duplicate,
     /// Keys or values beyond 4 GiB in all (offsets are 32-bit).
+    #[error("the map's keys exceed 4 GiB")]
     TooLarge,
     /// Reuse mode only: the key is not one of the previous version's keys.
+    #[error("a key the previous version lacks")]
     NewKey,
 }
 

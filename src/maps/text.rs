@@ -220,7 +220,7 @@ impl LineParser<'_> {
                     self.errors.push(MapError::new(
                         self.origin,
                         Some(lineno),
-                        "the map's keys exceed 4 GiB".to_string(),
+                        InsertError::TooLarge.to_string(),
                         "split the map",
                     ));
                     self.too_large = true;

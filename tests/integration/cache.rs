@@ -215,14 +215,7 @@ async fn cache_metric(gw: &TestGateway, result: &str) -> f64 {
 
 /// The admin `/status` view of the cache.
 async fn cache_status(gw: &TestGateway) -> serde_json::Value {
-    let v: serde_json::Value = client()
-        .get(gw.admin("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = status(gw).await;
     v["cache"].clone()
 }
 

@@ -265,6 +265,43 @@ where
     }
 }
 
+/// A folder of maps, scripts and sockets for one test, outliving gateway restarts; removed on
+/// drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        Scratch(temp_dir(tag))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes `text` to `name` (plain write) and returns the path as a YAML-ready string.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    /// Writes `name` atomically (temp file + rename, as editors and config managers do), so a
+    /// watcher never reads half a file. Returns the path.
+    pub fn replace(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The admin `/status` JSON of a gateway.
 pub async fn status(gw: &TestGateway) -> serde_json::Value {
     client()

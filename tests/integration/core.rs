@@ -335,14 +335,7 @@ routes: [{ name: all, upstream: u }]
         errors, 3.0,
         "the dead server is tried until observe.failures (3) marks it down, then no more"
     );
-    let status: serde_json::Value = c
-        .get(gw.admin("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status(&gw).await;
     let servers = status["upstreams"]["u"]["servers"].as_array().unwrap();
     let dead_s = servers.iter().find(|s| s["name"] == "dead").unwrap();
     let live_s = servers.iter().find(|s| s["name"] == "live").unwrap();
@@ -753,14 +746,7 @@ async fn invalid_reload_answers_400_listing_every_error_and_the_old_config_keeps
     ];
     let gw = TestGateway::start(&fill(RELOAD_V1, &vars)).await;
     let c = client();
-    let v1: serde_json::Value = c
-        .get(gw.admin("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v1 = status(&gw).await;
 
     gw.write_config(&fill(
         r#"

@@ -10,7 +10,7 @@
 use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,32 +24,6 @@ fn fill(yaml: &str, vars: &[(&str, String)]) -> String {
     vars.iter().fold(yaml.to_string(), |y, (k, v)| {
         y.replace(&format!("{{{k}}}"), v)
     })
-}
-
-/// A directory for map files and sockets that outlives gateway restarts; removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        Scratch(temp_dir(tag))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes `text` to `name` (plain write) and returns the path as a YAML-ready string.
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Replaces `path` the way deploy tools do: write a temp file in the same directory, rename over.
@@ -1690,14 +1664,7 @@ async fn large_map_put_with_moved_nodes_reroutes_whatever_the_key_order() {
             );
         }
     }
-    let status: serde_json::Value = c
-        .get(gw.admin("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status(&gw).await;
     let m = &status["maps"]["nodes"];
     assert_eq!(m["entries"], n - 1, "{m}");
     let bytes = m["bytes"].as_u64().unwrap();

@@ -10,7 +10,7 @@ use floodgate::policy::SharedValue;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,35 +25,6 @@ fn example(name: &str) -> String {
 fn conf(template: &str, subs: &[(&str, String)]) -> String {
     subs.iter()
         .fold(template.to_string(), |t, (k, v)| t.replace(k, v))
-}
-
-/// A folder of scripts and maps for one test, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        Scratch(temp_dir(tag))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes `name` atomically (temp file + rename, as editors and config managers do), so a
-    /// watcher never reads half a file. Returns the path.
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path(name);
-        let tmp = self.path(&format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn show(p: &Path) -> String {
@@ -258,7 +229,7 @@ async fn puppet_routing_script_sends_each_node_to_its_mapped_master() {
     let m1 = origin("master1").await;
     let m2 = origin("master2").await;
     let dir = Scratch::new("policy-puppet");
-    let map = dir.write(
+    let map = dir.replace(
         "node-master.map",
         "# node master\nweb01.example.com master2\ndb01.example.com master1\n",
     );
@@ -508,11 +479,11 @@ async fn maintenance_script_switched_on_in_the_file_takes_effect_on_reload() {
         source.contains("local ENABLED = false"),
         "the script has the ENABLED switch"
     );
-    let script = dir.write("maintenance.lua", &source);
+    let script = dir.replace("maintenance.lua", &source);
     let gw = one_upstream(&a, &format!("{{ scripts: [\"{}\"] }}", show(&script))).await;
     assert_maintenance_off(&gw, "ENABLED = false").await;
 
-    dir.write(
+    dir.replace(
         "maintenance.lua",
         &source.replace("local ENABLED = false", "local ENABLED = true"),
     );
@@ -521,7 +492,7 @@ async fn maintenance_script_switched_on_in_the_file_takes_effect_on_reload() {
     assert_maintenance_on(&gw, "ENABLED = true after POST /policy/reload").await;
 
     // Switching it back in the file is picked up by the file watcher alone.
-    dir.write("maintenance.lua", &source);
+    dir.replace("maintenance.lua", &source);
     let c = client();
     let off = eventually(Duration::from_secs(3), || async {
         get(&c, &gw.url("/register"), &[]).await.status == 200
@@ -552,7 +523,7 @@ end
 async fn runaway_requests_are_answered(script: &str, on_error: &str, expect: u16) {
     let a = origin("a").await;
     let dir = Scratch::new("policy-runaway");
-    let path = dir.write("runaway.lua", script);
+    let path = dir.replace("runaway.lua", script);
     let gw = one_upstream(
         &a,
         &format!(
@@ -639,7 +610,7 @@ async fn allocation_bomb_in_admit_is_stopped_and_answered_503_with_on_error_503(
 async fn runaway_script_paths_do_not_stall_the_requests_it_lets_through() {
     let a = origin("a").await;
     let dir = Scratch::new("policy-mixed");
-    let path = dir.write(
+    let path = dir.replace(
         "mixed.lua",
         r#"
 function admit(req)
@@ -745,7 +716,7 @@ fn response_header_script(version: &str) -> String {
 async fn syntax_error_on_reload_keeps_the_old_script_and_is_reported_with_file_and_line() {
     let a = origin("a").await;
     let dir = Scratch::new("policy-syntax");
-    let script = dir.write("p.lua", &response_header_script("v1"));
+    let script = dir.replace("p.lua", &response_header_script("v1"));
     let gw = one_upstream(&a, &format!("{{ scripts: [\"{}\"] }}", show(&script))).await;
     let c = client();
     let version = || {
@@ -761,7 +732,7 @@ async fn syntax_error_on_reload_keeps_the_old_script_and_is_reported_with_file_a
     let generation = status(&gw).await["policy"]["generation"].as_u64().unwrap();
 
     // The table is never closed: Lua reports it at line 3 (`end`).
-    dir.write("p.lua", "function response(req, resp)\n  return { set_headers = { [\"X-Policy-Version\"] = \"v2\" }\nend\n");
+    dir.replace("p.lua", "function response(req, resp)\n  return { set_headers = { [\"X-Policy-Version\"] = \"v2\" }\nend\n");
     let at = format!("{}:3:", show(&script));
     let (code, body) = policy_reload(&gw).await;
     assert_eq!(
@@ -807,7 +778,7 @@ async fn syntax_error_on_reload_keeps_the_old_script_and_is_reported_with_file_a
     );
 
     // Fixing the file is picked up by the watcher and clears the error.
-    dir.write("p.lua", &response_header_script("v2"));
+    dir.replace("p.lua", &response_header_script("v2"));
     assert!(
         eventually(Duration::from_secs(3), || async {
             version().await.as_deref() == Some("v2")
@@ -832,7 +803,7 @@ async fn reloading_every_100ms_under_200_concurrent_clients_fails_no_request_and
 ) {
     let a = origin("a").await;
     let dir = Scratch::new("policy-churn");
-    let script = dir.write("p.lua", &response_header_script("v1"));
+    let script = dir.replace("p.lua", &response_header_script("v1"));
     let gw = one_upstream(&a, &format!("{{ scripts: [\"{}\"] }}", show(&script))).await;
     let gen0 = status(&gw).await["policy"]["generation"].as_u64().unwrap();
     let c = reqwest::Client::builder()
@@ -898,7 +869,7 @@ async fn reloading_every_100ms_under_200_concurrent_clients_fails_no_request_and
     while reloads < REWRITES {
         every.tick().await;
         reloads += 1;
-        dir.write(
+        dir.replace(
             "p.lua",
             &response_header_script(if reloads % 2 == 0 { "v1" } else { "v2" }),
         );
@@ -977,7 +948,7 @@ async fn sandbox_escapes_in_hooks_error_without_effect_and_are_counted() {
     let dir = Scratch::new("policy-sandbox");
     let mark = dir.path("escaped");
     let touch = format!("os.execute('touch {}')", show(&mark));
-    let script = dir.write(
+    let script = dir.replace(
         "escape.lua",
         &r#"
 local MARK = "@MARK@"
@@ -1055,8 +1026,8 @@ async fn sandbox_escape_in_top_level_code_refuses_the_script_at_start_and_at_rel
     );
 
     // At start: the config is refused.
-    let evil_path = dir.write("evil.lua", &evil);
-    let cfg = dir.write(
+    let evil_path = dir.replace("evil.lua", &evil);
+    let cfg = dir.replace(
         "floodgate.yaml",
         &conf(
             ONE_UPSTREAM,
@@ -1081,9 +1052,9 @@ async fn sandbox_escape_in_top_level_code_refuses_the_script_at_start_and_at_rel
     assert!(!mark.exists(), "os.execute had no effect at start");
 
     // At reload: the running script stays.
-    let script = dir.write("p.lua", &response_header_script("good"));
+    let script = dir.replace("p.lua", &response_header_script("good"));
     let gw = one_upstream(&a, &format!("{{ scripts: [\"{}\"] }}", show(&script))).await;
-    dir.write("p.lua", &evil);
+    dir.replace("p.lua", &evil);
     let (code, body) = policy_reload(&gw).await;
     assert_eq!(code, 400, "the reload is refused: {body}");
     assert!(
@@ -1120,7 +1091,7 @@ end
 "#;
 
 async fn decisions_gateway(a: &OriginHandle, b: &OriginHandle, dir: &Scratch) -> TestGateway {
-    let script = dir.write("decisions.lua", DECISIONS);
+    let script = dir.replace("decisions.lua", DECISIONS);
     TestGateway::start(&conf(
         r#"
 listeners: [{ bind: "127.0.0.1:{PORT}" }]
