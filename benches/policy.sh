@@ -54,18 +54,8 @@ WORK=$(mktemp -d /tmp/floodgate-policybench.XXXXXX)
 PIDS=()
 
 log() { echo "[policy.sh] $*" >&2; }
-
-stop_pid() { # pid: TERM, wait up to 5 s, then KILL
-  local pid=$1
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 cleanup() {
   local pid
@@ -75,22 +65,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() { # addr
-  local host=${1%:*} port=${1##*:}
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  log "port $1 did not open"
-  return 1
-}
-
 port_free() { # addr
   local port=${1##*:}
   ! ss -Hltn "sport = :$port" 2>/dev/null | grep -q .
 }
 
-need() { command -v "$1" >/dev/null || { log "missing $1"; exit 1; }; }
 need "$WRK_BIN"; need ss; need awk; need curl
 [ "$ORIGIN" = sim ] || need "$NGINX_BIN"
 for a in "$ORIGIN_ADDR" "${PROXY_ADDR[@]}" "${ADMIN_ADDR[@]}"; do
