@@ -13,12 +13,22 @@ use std::time::{Duration, Instant};
 
 pub use floodgate::sim::origin::{start_origin, OriginConfig, OriginHandle};
 
-/// A free TCP port on 127.0.0.1 (bound and released; the tiny race is acceptable in tests).
+/// A free TCP port on 127.0.0.1 (bound and released). Never hands out the same port twice in
+/// one test process: the kernel may return a just-released port to the next bind, which made
+/// two "free" ports of one gateway collide.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
