@@ -20,6 +20,7 @@ pub struct Metrics {
     pub queue_wait: HistogramVec,
     pub admission_rejected: IntCounterVec,
     pub admission_abandoned: IntCounterVec,
+    pub client_gone_at_upstream: IntCounterVec,
     pub upstream_healthy: IntGaugeVec,
     pub health_checks: IntCounterVec,
     pub health_check_duration: Histogram,
@@ -151,6 +152,12 @@ impl Metrics {
                 "floodgate_admission_abandoned_total",
                 "Queued requests whose client left before admission",
                 &["scope", "name"],
+            ),
+            client_gone_at_upstream: counter(
+                &r,
+                "floodgate_upstream_client_gone_total",
+                "Requests whose client left after they were sent upstream; the slot is kept until the upstream answer ends (completed) or the upstream read timeout closes the connection (timeout)",
+                &["upstream", "outcome"],
             ),
             upstream_healthy: gauge(
                 &r,

@@ -58,6 +58,8 @@ pub struct Ctx {
     pub failure: Option<Failure>,
     pub queue_wait: Duration,
     pub upstream_status: Option<u16>,
+    /// The upstream response was read to its end.
+    pub upstream_done: bool,
     pub served: Served,
     pub set_headers: Vec<(String, String)>,
     pub client_ip: Option<String>,
@@ -85,6 +87,7 @@ impl Ctx {
             failure: None,
             queue_wait: Duration::ZERO,
             upstream_status: None,
+            upstream_done: false,
             served: Served::Upstream,
             set_headers: Vec::new(),
             client_ip: None,

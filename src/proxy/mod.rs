@@ -235,6 +235,13 @@ impl ProxyHttp for Gateway {
             Admit::Rejected(f) => return reject(session, ctx, f).await,
             Admit::ClientGone => return client_gone(ctx),
         }
+        // why: a slot stands for work the app server is doing, and Puma/Rails never cancel a
+        // request whose client left. With Pingora's default abort-on-close a client's FIN
+        // drops the upstream connection and frees the slot while the app still works, so the
+        // next request makes it max_inflight + 1. From here on a client that leaves no longer
+        // aborts: the answer is read to its end (bounded by the upstream read timeout) and the
+        // slot is freed then. While queued (above) a leaving client is still dropped at once.
+        session.as_downstream_mut().set_abort_on_close(false);
         Ok(false)
     }
 
@@ -415,6 +422,7 @@ impl ProxyHttp for Gateway {
             // The upstream is done with this request: free its slot now, not when a slow
             // client finishes reading.
             ctx.server_permit = None;
+            ctx.upstream_done = true;
         }
         Ok(None)
     }
@@ -452,11 +460,33 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.server.is_some() && client_left(session) {
+            let outcome = if ctx.upstream_done {
+                "completed"
+            } else if matches!(ctx.failure, Some(Failure::UpstreamTimeout)) {
+                "timeout"
+            } else {
+                "error"
+            };
+            self.state
+                .metrics
+                .client_gone_at_upstream
+                .with_label_values(&[ctx.upstream_name(), outcome])
+                .inc();
+        }
         ctx.server_permit = None;
         ctx.route_permit = None;
         log::record(&self.state, session, e, ctx);
         policy::log(&self.state.policy, session, ctx);
     }
+}
+
+/// Whether the client closed its side of an HTTP/1 connection during the request.
+fn client_left(session: &Session) -> bool {
+    session
+        .as_downstream()
+        .as_http1()
+        .is_some_and(|s| s.is_half_closed())
 }
 
 fn client_gone(ctx: &mut Ctx) -> Result<bool> {

@@ -778,3 +778,82 @@ routes:
         );
     }
 }
+
+/// Issue 11: a slot stands for work the app server is doing. Against an origin that, like
+/// Rails, finishes the work of clients that left, clients that give up after 1 s on a 2.5 s
+/// request must not let more than `max_inflight` requests into the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_stays_taken_until_the_app_answers_when_the_client_has_left() {
+    let a = origin("a").await;
+    let gw = TestGateway::start(&conf(
+        r#"
+listeners: [{ bind: "127.0.0.1:{PORT}" }]
+access_log: { enabled: false }
+upstreams:
+  u:
+    servers: [{ name: a, addr: "@A@", max_inflight: 2 }]
+    queue: { max: 100, timeout: 30s }
+routes:
+  - { name: all, match: { path_prefix: / }, upstream: u }
+"#,
+        &[("@A@", a.addr().to_string())],
+    ))
+    .await;
+    let mut clients = JoinSet::new();
+    for i in 0..10u64 {
+        let addr = gw.addr();
+        clients.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250 * i)).await;
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /slow?ms=2500 HTTP/1.1\r\nHost: test\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(s); // the client gives up (FIN), the app keeps working
+        });
+    }
+    while let Some(r) = clients.join_next().await {
+        r.unwrap();
+    }
+    let settled = eventually(Duration::from_secs(20), || async {
+        a.stats().current_concurrent == 0 && queue_depth(&gw, "u").await == 0
+    })
+    .await;
+    assert!(settled, "origin and queue drain: {:?}", a.stats());
+    let stats = a.stats();
+    assert!(
+        stats.max_concurrent <= 2,
+        "the origin saw {} requests at once with max_inflight 2: {stats:?}",
+        stats.max_concurrent
+    );
+    let served = stats.per_path.get("/slow").copied().unwrap_or(0);
+    assert!(served >= 2, "the first two were sent: {stats:?}");
+    assert!(
+        stats.connections < served,
+        "answers read for gone clients leave the upstream connection reusable: {stats:?}"
+    );
+    let completed = eventually(Duration::from_secs(5), || async {
+        gw.metric(
+            "floodgate_upstream_client_gone_total",
+            &[("upstream", "u"), ("outcome", "completed")],
+        )
+        .await
+            == served as f64
+    })
+    .await;
+    assert!(
+        completed,
+        "every request sent for a client that left was read to its end ({} of {served})",
+        gw.metric(
+            "floodgate_upstream_client_gone_total",
+            &[("upstream", "u"), ("outcome", "completed")]
+        )
+        .await
+    );
+    assert_eq!(
+        gw.metric("floodgate_upstream_inflight", &[("upstream", "u")])
+            .await,
+        0.0,
+        "all slots released"
+    );
+}
