@@ -29,6 +29,8 @@ pub struct Snapshot {
     /// Per-route admission limits, by route name.
     pub route_admission: HashMap<String, Arc<Admission>>,
     pub maps: HashMap<String, Arc<MapTable>>,
+    /// Some route has `cache:` (cache fills need Pingora subrequests).
+    pub has_cache_routes: bool,
 }
 
 impl Snapshot {
@@ -154,6 +156,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             version,
+            has_cache_routes: config.routes.iter().any(|r| r.cache.is_some()),
             routes: RouteTable::new(&config.routes),
             config: Arc::new(config),
             upstreams,
@@ -173,6 +176,7 @@ impl Snapshot {
             upstreams: self.upstreams.clone(),
             route_admission: self.route_admission.clone(),
             maps,
+            has_cache_routes: self.has_cache_routes,
         }
     }
 }

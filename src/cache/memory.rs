@@ -33,6 +33,10 @@ pub struct CachedResponse {
     pub stored_at: SystemTime,
     /// When the entry stops being served.
     pub expires_at: SystemTime,
+    /// For an answer whose origin sent `Vary`: the varied header names and a keyed hash of
+    /// the request's values of them ([`super::rules::variant_fingerprint`]); a request with
+    /// other values must not receive it.
+    pub variant: Option<String>,
 }
 
 /// Why bytes read from the shared tier could not be decoded into a [`CachedResponse`].
@@ -42,8 +46,8 @@ pub struct DecodeError {
     reason: &'static str,
 }
 
-/// Leading bytes of the binary encoding (format version 1).
-const MAGIC: &[u8; 4] = b"FGC1";
+/// Leading bytes of the binary encoding (format version 2: version 1 plus the variant).
+const MAGIC: &[u8; 4] = b"FGC2";
 
 impl CachedResponse {
     /// A response stored now that expires after `ttl`.
@@ -55,6 +59,7 @@ impl CachedResponse {
             body,
             stored_at: now,
             expires_at: now + ttl,
+            variant: None,
         }
     }
 
@@ -87,9 +92,10 @@ impl CachedResponse {
                 .sum::<usize>()
     }
 
-    /// Compact binary encoding: `FGC1`, status u16, stored_at and expires_at as u64
-    /// milliseconds since the Unix epoch, header count u32, then each name and value and
-    /// finally the body as u32-length-prefixed bytes (all big-endian).
+    /// Compact binary encoding: `FGC2`, status u16, stored_at and expires_at as u64
+    /// milliseconds since the Unix epoch, header count u32, then each name and value, the
+    /// body and the variant (empty when none) as u32-length-prefixed bytes (all big-endian).
+    /// Entries written by an older version do not decode and are treated as misses.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.payload_len() + 32 + 8 * self.headers.len());
         out.extend_from_slice(MAGIC);
@@ -102,6 +108,7 @@ impl CachedResponse {
             put_chunk(&mut out, value);
         }
         put_chunk(&mut out, &self.body);
+        put_chunk(&mut out, self.variant.as_deref().unwrap_or("").as_bytes());
         out
     }
 
@@ -136,6 +143,12 @@ impl CachedResponse {
             headers.push((name, value));
         }
         let body = Bytes::copy_from_slice(r.chunk()?);
+        let variant = std::str::from_utf8(r.chunk()?)
+            .map_err(|_| DecodeError {
+                reason: "variant is not UTF-8",
+            })?
+            .to_string();
+        let variant = (!variant.is_empty()).then_some(variant);
         if !r.buf.is_empty() {
             return Err(DecodeError {
                 reason: "trailing bytes",
@@ -147,6 +160,7 @@ impl CachedResponse {
             body,
             stored_at,
             expires_at,
+            variant,
         })
     }
 }
@@ -382,6 +396,7 @@ mod tests {
             body: Bytes::from_static(b"#!/bin/sh\necho hi\n"),
             stored_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             expires_at: UNIX_EPOCH + Duration::from_millis(1_700_000_300_123),
+            variant: Some("accept-language=00ff".into()),
         };
         let back = CachedResponse::from_bytes(&r.to_bytes()).unwrap();
         assert_eq!(

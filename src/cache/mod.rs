@@ -21,6 +21,7 @@
 
 pub mod key;
 pub mod memory;
+pub mod rules;
 pub mod shared;
 pub mod single_flight;
 
@@ -87,6 +88,20 @@ pub struct StoreRule {
     pub ttl: Duration,
     pub statuses: Option<Vec<u16>>,
     pub max_entry_bytes: Option<usize>,
+}
+
+/// An origin answer as a fetch hands it over: the response, and what the origin said about
+/// storing it (`None`: only the route's rule applies).
+#[derive(Debug)]
+pub struct Fetched {
+    pub resp: CachedResponse,
+    pub store: Option<rules::StoreDecision>,
+}
+
+impl From<CachedResponse> for Fetched {
+    fn from(resp: CachedResponse) -> Self {
+        Fetched { resp, store: None }
+    }
 }
 
 /// How a [`ResponseCache::get_or_fetch`] call was served.
@@ -216,7 +231,7 @@ impl ResponseCache {
     /// miss, and is dropped unpolled on a shared-tier hit. A fetched response's
     /// `stored_at`/`expires_at` are set here from `ttl`. Must be called within a tokio
     /// runtime. Waits at most `follower_timeout` for the flight.
-    pub async fn get_or_fetch<F, Fut>(
+    pub async fn get_or_fetch<F, Fut, R>(
         &self,
         key: CacheKey,
         ttl: Duration,
@@ -224,7 +239,8 @@ impl ResponseCache {
     ) -> Result<(Arc<CachedResponse>, Outcome), FetchError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<CachedResponse, FetchError>> + Send + 'static,
+        Fut: Future<Output = Result<R, FetchError>> + Send + 'static,
+        R: Into<Fetched> + Send + 'static,
     {
         self.get_or_fetch_with(
             key,
@@ -240,7 +256,7 @@ impl ResponseCache {
 
     /// [`get_or_fetch`](Self::get_or_fetch) with a per-call storage rule (a route's own
     /// statuses and entry size limit; the memory tier's global bounds still apply).
-    pub async fn get_or_fetch_with<F, Fut>(
+    pub async fn get_or_fetch_with<F, Fut, R>(
         &self,
         key: CacheKey,
         rule: StoreRule,
@@ -248,14 +264,15 @@ impl ResponseCache {
     ) -> Result<(Arc<CachedResponse>, Outcome), FetchError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<CachedResponse, FetchError>> + Send + 'static,
+        Fut: Future<Output = Result<R, FetchError>> + Send + 'static,
+        R: Into<Fetched> + Send + 'static,
     {
         let result = self.get_or_fetch_inner(&key, rule, fetch).await;
         log_lookup(&key, &result);
         result
     }
 
-    async fn get_or_fetch_inner<F, Fut>(
+    async fn get_or_fetch_inner<F, Fut, R>(
         &self,
         key: &CacheKey,
         rule: StoreRule,
@@ -263,7 +280,8 @@ impl ResponseCache {
     ) -> Result<(Arc<CachedResponse>, Outcome), FetchError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<CachedResponse, FetchError>> + Send + 'static,
+        Fut: Future<Output = Result<R, FetchError>> + Send + 'static,
+        R: Into<Fetched> + Send + 'static,
     {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + inner.follower_timeout;
@@ -430,14 +448,15 @@ impl Inner {
     }
 
     /// The leader's detached work: shared tier, then origin; store; publish.
-    async fn lead<Fut>(
+    async fn lead<Fut, R>(
         this: Arc<Self>,
         guard: single_flight::LeaderGuard<String, FlightValue>,
         key: CacheKey,
         rule: StoreRule,
         fetch: Fut,
     ) where
-        Fut: Future<Output = Result<CachedResponse, FetchError>> + Send + 'static,
+        Fut: Future<Output = Result<R, FetchError>> + Send + 'static,
+        R: Into<Fetched> + Send + 'static,
     {
         if let Some(resp) = this.shared_get(&key).await {
             guard.publish(Ok((resp, Source::Shared)));
@@ -449,15 +468,22 @@ impl Inner {
         let fetched = tokio::spawn(fetch)
             .await
             .unwrap_or(Err(FetchError::Aborted));
-        let mut resp = match fetched {
-            Ok(resp) => resp,
+        let Fetched { mut resp, store } = match fetched {
+            Ok(f) => f.into(),
             Err(e) => {
                 guard.publish(Err(e));
                 return;
             }
         };
         let now = SystemTime::now();
-        let ttl = rule.ttl;
+        let ttl = match store {
+            None => rule.ttl,
+            Some(rules::StoreDecision::Store { ttl }) => ttl.min(rule.ttl),
+            Some(rules::StoreDecision::DoNotStore(why)) => {
+                log::debug!("cache: not storing {} ({})", key.display(), why.as_str());
+                Duration::ZERO
+            }
+        };
         resp.stored_at = now;
         resp.expires_at = now + ttl;
         let resp = Arc::new(resp);

@@ -68,6 +68,10 @@ async fn race_client<F>(session: &mut Session, fut: F) -> Option<Result<Permit, 
 where
     F: std::future::Future<Output = Result<Permit, Rejection>>,
 {
+    if session.subrequest_ctx.is_some() {
+        // A cache fill: its in-memory downstream never leaves.
+        return Some(fut.await);
+    }
     let watch = session.as_downstream_mut().is_body_done() || buffer_small_body(session).await;
     if !watch {
         return Some(fut.await);

@@ -1,58 +1,28 @@
-//! The `GET /register` response cache in the request path: lookup, single-flight fetch
-//! (detached from the client, through the upstream's admission queue), and the answer.
+//! The response cache in the request path: the key, the lookup, and the answer.
+//!
+//! A miss joins the key's flight; the one leader fetches through a Pingora subrequest of the
+//! client's own request (see [`super::fill`]), so the fetch takes the same path as any
+//! proxied request and runs detached from the client. Every waiter, the leader's client
+//! included, then gets the flight's answer written locally. Answers that may not be shared
+//! with this request (another variant of the origin's `Vary`, or larger than the route's
+//! `max_entry_size`) are not written from the cache: the request is proxied on its own.
 
 use super::ctx::{Ctx, Served};
+use super::fill::{FillError, FillPlan};
 use super::respond::write_local;
-use crate::cache::{
-    canonical_key, CachedResponse, FetchError, Outcome, ResponseCache, StoreRule, Tier,
-};
+use crate::cache::rules::{fingerprint_names, variant_fingerprint, CREDENTIAL_HEADERS};
+use crate::cache::{canonical_key, FetchError, Outcome, ResponseCache, StoreRule, Tier};
 use crate::config::RouteConfig;
 use crate::error::Failure;
-use crate::sim::storm::SimpleClient;
-use crate::upstream::{Eligible, Upstream};
+use crate::upstream::Upstream;
 use pingora_error::Result;
+use pingora_proxy::subrequest::Ctx as SubrequestCtx;
 use pingora_proxy::Session;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-/// A failure of the detached fetch, carried through the cache to every waiter.
-#[derive(Debug)]
-pub struct FetchFailure(pub Failure);
-
-impl std::fmt::Display for FetchFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0.reason())
-    }
-}
-
-impl std::error::Error for FetchFailure {}
-
-/// Response headers never stored or replayed (per hop, or per user).
-const NOT_STORED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "set-cookie",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-/// Request headers not sent on the fetch.
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-];
+/// Pseudo-header name under which the client certificate identity enters the key.
+const CLIENT_CERT_KEY: &str = ":client-certificate";
 
 /// Whether this request should go through the cache.
 pub fn applies(route: &RouteConfig, session: &Session) -> bool {
@@ -63,36 +33,51 @@ pub fn applies(route: &RouteConfig, session: &Session) -> bool {
     })
 }
 
-/// Serves the request from the cache (hit, or the shared result of one fetch). Returns
-/// `Ok(true)` when an answer was written.
+/// How the cache dealt with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheAnswer {
+    /// An answer was written.
+    Answered,
+    /// Not from the cache: proxy the request on its own.
+    Bypass,
+}
+
+/// Serves the request from the cache (a hit, or the shared answer of one fill).
 pub async fn serve(
     session: &mut Session,
     ctx: &mut Ctx,
     cache: &ResponseCache,
     secret: &[u8],
     up: Arc<Upstream>,
-) -> Result<bool> {
+) -> Result<CacheAnswer> {
     let Some(route) = ctx.route.clone() else {
-        return Ok(false);
+        return Ok(CacheAnswer::Bypass);
     };
     let Some(rc) = route.cache.clone() else {
-        return Ok(false);
+        return Ok(CacheAnswer::Bypass);
     };
     let req = session.req_header();
-    let vary_vals: Vec<(String, Option<Vec<u8>>)> = rc
+    // The route's `vary` plus, always, the credentials and the client certificate: a stored
+    // answer is only ever reused for the same user.
+    let mut vary_vals: Vec<(&str, Option<Vec<u8>>)> = rc
         .vary
         .iter()
-        .map(|h| {
-            (
-                h.clone(),
-                req.headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
-            )
-        })
+        .map(|h| h.as_str())
+        .chain(CREDENTIAL_HEADERS.iter().copied())
+        .map(|h| (h, req.headers.get(h).map(|v| v.as_bytes().to_vec())))
         .collect();
-    let vary: Vec<(&str, Option<&[u8]>)> = vary_vals
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_deref()))
-        .collect();
+    vary_vals.sort_by_key(|(n, _)| *n);
+    vary_vals.dedup_by_key(|(n, _)| *n);
+    let cert = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_deref())
+        .and_then(|d| d.extension.get::<crate::tlsinfo::ClientCert>())
+        .map(|c| format!("{}\n{}", c.verify, c.pem_flat).into_bytes());
+    if cert.is_some() {
+        vary_vals.push((CLIENT_CERT_KEY, cert));
+    }
+    let vary: Vec<(&str, Option<&[u8]>)> =
+        vary_vals.iter().map(|(n, v)| (*n, v.as_deref())).collect();
     // HEAD is answered from the GET entry.
     let key = canonical_key(
         "GET",
@@ -102,83 +87,96 @@ pub async fn serve(
         &vary,
         secret,
     );
-    let path_q = req
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let mut headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .filter(|(n, _)| !NOT_FORWARDED.contains(&n.as_str()))
-        .filter_map(|(n, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (n.as_str().to_string(), v.to_string()))
-        })
-        .collect();
-    if let Some(ip) = &ctx.client_ip {
-        headers.push(("x-forwarded-for".into(), ip.clone()));
-    }
-    headers.push(("x-forwarded-proto".into(), "http".into()));
-    headers.push(("x-request-id".into(), ctx.request_id.clone()));
-    let route_adm = ctx.snap.route_admission.get(&route.name).cloned();
-    let priority = ctx.priority;
-    let pinned = ctx.pinned;
-    let state = ctx.state().clone();
-    let fetch = move || fetch(up, route_adm, priority, pinned, path_q, headers, state);
     let rule = StoreRule {
         ttl: rc.ttl,
         statuses: Some(rc.statuses.clone()),
         max_entry_bytes: Some(usize::try_from(rc.max_entry_size).unwrap_or(usize::MAX)),
     };
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return Ok(CacheAnswer::Bypass);
+    };
+    let downstream = session.as_downstream();
+    let (priority, pinned, redispatch) = (ctx.priority, ctx.pinned, ctx.redispatch);
+    let (hash_value, set_headers) = (ctx.hash_value.clone(), ctx.set_headers.clone());
+    let (request_id, client_request_id) = (ctx.request_id.clone(), ctx.client_request_id);
+    let (fill_route, secret_owned) = (route.clone(), secret.to_vec());
+    let fetch = move || {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let plan = Some(FillPlan {
+            route: fill_route,
+            upstream: up,
+            priority,
+            pinned,
+            redispatch,
+            hash_value,
+            set_headers,
+            request_id,
+            client_request_id,
+            secret: secret_owned,
+            reply,
+        });
+        let sub_ctx = SubrequestCtx::builder().user_ctx(Box::new(plan)).build();
+        let (prepared, handle) = spawner.create_subrequest(downstream, sub_ctx);
+        async move {
+            handle.drain_tasks();
+            tokio::spawn(prepared.run());
+            match rx.await {
+                Ok(Ok(fetched)) => Ok(fetched),
+                Ok(Err(e)) => Err(FetchError::upstream(e)),
+                Err(_) => Err(FetchError::Aborted),
+            }
+        }
+    };
     let result = cache.get_or_fetch_with(key, rule, fetch).await;
     let st = ctx.state().clone();
     let m = &st.metrics.cache_requests;
+    let label = |r: &str| m.with_label_values(&[route.name.as_str(), r]).inc();
     let (resp, x_cache, age) = match result {
-        Ok((resp, Outcome::Hit { tier, age })) => {
-            ctx.served = Served::CacheHit;
-            m.with_label_values(&[
-                route.name.as_str(),
-                if tier == Tier::Memory {
-                    "hit"
-                } else {
-                    "hit_shared"
-                },
-            ])
-            .inc();
-            (resp, "HIT", age)
+        Ok((resp, outcome)) => {
+            if !variant_matches(session, resp.variant.as_deref(), secret) {
+                label("variant_miss");
+                return Ok(CacheAnswer::Bypass);
+            }
+            match outcome {
+                Outcome::Hit { tier, age } => {
+                    ctx.served = Served::CacheHit;
+                    label(if tier == Tier::Memory {
+                        "hit"
+                    } else {
+                        "hit_shared"
+                    });
+                    (resp, "HIT", age)
+                }
+                Outcome::Miss => {
+                    ctx.served = Served::CacheMiss;
+                    label("miss");
+                    (resp, "MISS", Duration::ZERO)
+                }
+                Outcome::Coalesced => {
+                    ctx.served = Served::CacheCoalesced;
+                    label("coalesced");
+                    (resp, "MISS", Duration::ZERO)
+                }
+            }
         }
-        Ok((resp, Outcome::Miss)) => {
-            ctx.served = Served::CacheMiss;
-            m.with_label_values(&[route.name.as_str(), "miss"]).inc();
-            (resp, "MISS", Duration::ZERO)
-        }
-        Ok((resp, Outcome::Coalesced)) => {
-            ctx.served = Served::CacheCoalesced;
-            m.with_label_values(&[route.name.as_str(), "coalesced"])
-                .inc();
-            (resp, "MISS", Duration::ZERO)
-        }
-        Err(FetchError::Upstream(e)) => {
-            m.with_label_values(&[route.name.as_str(), "error"]).inc();
-            let f = e
-                .downcast_ref::<FetchFailure>()
-                .map(|f| f.0.clone())
-                .unwrap_or(Failure::UpstreamUnreachable);
-            super::respond::write_failure(session, &f, &ctx.request_id).await?;
-            ctx.served = Served::Local;
-            ctx.failure = Some(f);
-            return Ok(true);
-        }
+        Err(FetchError::Upstream(e)) => match e.downcast_ref::<FillError>() {
+            Some(FillError::TooLarge) => {
+                label("too_large");
+                return Ok(CacheAnswer::Bypass);
+            }
+            Some(FillError::Failed(f)) => {
+                label("error");
+                return answer_failure(session, ctx, f.clone()).await;
+            }
+            None => {
+                label("error");
+                return answer_failure(session, ctx, Failure::UpstreamUnreachable).await;
+            }
+        },
         Err(e) => {
-            m.with_label_values(&[route.name.as_str(), "error"]).inc();
+            label("error");
             ::log::warn!("cache: {e}");
-            let f = Failure::UpstreamTimeout;
-            super::respond::write_failure(session, &f, &ctx.request_id).await?;
-            ctx.served = Served::Local;
-            ctx.failure = Some(f);
-            return Ok(true);
+            return answer_failure(session, ctx, Failure::UpstreamTimeout).await;
         }
     };
     ctx.upstream_status = None;
@@ -192,123 +190,24 @@ pub async fn serve(
     hdrs.push(("age", &age_s));
     hdrs.push(("x-request-id", &ctx.request_id));
     write_local(session, resp.status, &hdrs, resp.body.clone()).await?;
-    Ok(true)
+    Ok(CacheAnswer::Answered)
 }
 
-/// The one upstream request of a flight; runs detached, so the leading client leaving does
-/// not cancel it. Admission applies here (and not to hits).
-async fn fetch(
-    up: Arc<Upstream>,
-    route_adm: Option<Arc<crate::upstream::admission::Admission>>,
-    priority: i32,
-    pinned: Option<usize>,
-    path_q: String,
-    headers: Vec<(String, String)>,
-    state: Arc<crate::state::AppState>,
-) -> std::result::Result<CachedResponse, FetchError> {
-    let fail = |f: Failure| FetchError::upstream(FetchFailure(f));
-    let _route_permit = match &route_adm {
-        Some(a) => Some(
-            a.acquire(priority, &[0], &mut |f| f[0])
-                .await
-                .map_err(|r| {
-                    fail(Failure::QueueTimeout {
-                        retry_after: r.retry_after,
-                        body: up.cfg.queue.body.clone(),
-                    })
-                })?,
-        ),
-        None => None,
+async fn answer_failure(session: &mut Session, ctx: &mut Ctx, f: Failure) -> Result<CacheAnswer> {
+    super::respond::write_failure(session, &f, &ctx.request_id).await?;
+    ctx.served = Served::Local;
+    ctx.failure = Some(f);
+    Ok(CacheAnswer::Answered)
+}
+
+/// Whether this request has the values of the origin's `Vary` headers that the answer was
+/// rendered for.
+fn variant_matches(session: &Session, variant: Option<&str>, secret: &[u8]) -> bool {
+    let Some(stored) = variant else {
+        return true;
     };
-    let mut tried = Vec::new();
-    loop {
-        let list = match pinned {
-            Some(i) if up.is_usable(i) && !tried.contains(&i) => vec![i],
-            _ => match up.eligible(&tried) {
-                Eligible::Servers(l) => l,
-                Eligible::None if tried.is_empty() => {
-                    return Err(fail(Failure::NoHealthyServer {
-                        retry_after: up.retry_after(),
-                    }))
-                }
-                Eligible::None => return Err(fail(Failure::UpstreamUnreachable)),
-            },
-        };
-        let upc = up.clone();
-        let permit = up
-            .admission
-            .acquire(priority, &list, &mut |free| upc.choose(free, None))
-            .await
-            .map_err(|r| {
-                let body = up.cfg.queue.body.clone();
-                fail(match r.reason {
-                    crate::upstream::admission::RejectReason::QueueFull => Failure::QueueFull {
-                        retry_after: r.retry_after,
-                        body,
-                    },
-                    crate::upstream::admission::RejectReason::FailFast => Failure::FailFast {
-                        retry_after: r.retry_after,
-                        body,
-                    },
-                    _ => Failure::QueueTimeout {
-                        retry_after: r.retry_after,
-                        body,
-                    },
-                })
-            })?;
-        let i = permit.group();
-        let server = &up.servers[i];
-        let hdrs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let mut client = SimpleClient::new(server.cfg.addr);
-        let t = &up.cfg.timeouts;
-        match tokio::time::timeout(
-            t.connect + t.read,
-            client.request("GET", &path_q, &hdrs, None),
-        )
-        .await
-        {
-            Ok(Ok(resp)) => {
-                drop(permit);
-                let _ = up.observe_status(i, resp.status);
-                state
-                    .metrics
-                    .upstream_requests
-                    .with_label_values(&[
-                        up.name(),
-                        server.cfg.name.as_str(),
-                        &resp.status.to_string(),
-                    ])
-                    .inc();
-                let headers = resp
-                    .headers
-                    .into_iter()
-                    .filter(|(n, _)| !NOT_STORED.contains(&n.as_str()))
-                    .map(|(n, v)| (n, v.into_bytes()))
-                    .collect();
-                let now = SystemTime::now();
-                return Ok(CachedResponse {
-                    status: resp.status,
-                    headers,
-                    body: resp.body,
-                    stored_at: now,
-                    expires_at: now,
-                });
-            }
-            Ok(Err(e))
-                if e.kind() == std::io::ErrorKind::ConnectionRefused
-                    || e.kind() == std::io::ErrorKind::ConnectionReset =>
-            {
-                let _ = up.observe_failure(i);
-                tried.push(i);
-                if tried.len() as u32 > up.cfg.retries {
-                    return Err(fail(Failure::UpstreamUnreachable));
-                }
-            }
-            Ok(Err(_)) => return Err(fail(Failure::UpstreamProtocol)),
-            Err(_) => return Err(fail(Failure::UpstreamTimeout)),
-        }
-    }
+    let names = fingerprint_names(stored);
+    let req = session.req_header();
+    let value = |n: &str| req.headers.get(n).map(|v| v.as_bytes().to_vec());
+    variant_fingerprint(&names, &value, secret).as_deref() == Some(stored)
 }

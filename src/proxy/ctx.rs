@@ -34,6 +34,8 @@ pub enum Served {
     CacheHit,
     CacheMiss,
     CacheCoalesced,
+    /// A cache fill subrequest (see [`super::fill`]).
+    Fill,
 }
 
 pub struct Ctx {
@@ -64,6 +66,8 @@ pub struct Ctx {
     pub set_headers: Vec<(String, String)>,
     pub client_ip: Option<String>,
     pub host: String,
+    /// Set in a cache fill subrequest: collects the answer for the cache.
+    pub fill: Option<super::fill::FillSink>,
     guard: InflightGuard,
 }
 
@@ -92,6 +96,7 @@ impl Ctx {
             set_headers: Vec::new(),
             client_ip: None,
             host: String::new(),
+            fill: None,
             guard: InflightGuard::new(state),
         }
     }

@@ -42,10 +42,13 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
     let upstream = ctx.upstream_name();
     let m = &state.metrics;
     let code = status_label(status);
-    m.requests.with_label_values(&[route, upstream, code]).inc();
-    m.request_duration
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
+    // A cache fill is the upstream side of a client request counted on its own.
+    if ctx.served != Served::Fill {
+        m.requests.with_label_values(&[route, upstream, code]).inc();
+        m.request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
     if let (Some(up), Some(i), Some(st)) =
         (ctx.upstream.as_deref(), ctx.server, ctx.upstream_status)
     {
@@ -71,6 +74,7 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
         Served::CacheHit => "cache_hit",
         Served::CacheMiss => "cache_miss",
         Served::CacheCoalesced => "cache_coalesced",
+        Served::Fill => "fill",
     };
     let client = ctx.client_ip.as_deref().unwrap_or("-");
     let uri = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");

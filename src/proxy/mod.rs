@@ -4,6 +4,7 @@
 pub mod admit;
 pub mod cached;
 pub mod ctx;
+pub mod fill;
 pub mod log;
 pub mod policy;
 pub mod respond;
@@ -53,6 +54,72 @@ impl Gateway {
             out.push(HEX[((n >> (shift * 4)) & 0xf) as usize] as char);
         }
         out
+    }
+}
+
+impl Gateway {
+    /// Route limit, then a server slot; `Ok(false)` lets Pingora proxy the request.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &crate::config::RouteConfig,
+    ) -> Result<bool> {
+        let Some(up) = ctx.upstream.clone() else {
+            return reject(session, ctx, Failure::NoRoute).await;
+        };
+        if let Some(adm) = ctx.snap.route_admission.get(&route.name).cloned() {
+            let body = route
+                .admission
+                .as_ref()
+                .map(|a| a.queue.body.clone())
+                .unwrap_or_default();
+            match admit::admit_route(session, ctx, &adm, &body).await {
+                Admit::Granted(p) => ctx.route_permit = Some(p),
+                Admit::Rejected(f) => return reject(session, ctx, f).await,
+                Admit::ClientGone => return client_gone(ctx),
+            }
+        }
+        match admit::admit_server(session, ctx, &up).await {
+            Admit::Granted(p) => ctx.server_permit = Some(p),
+            Admit::Rejected(f) => return reject(session, ctx, f).await,
+            Admit::ClientGone => return client_gone(ctx),
+        }
+        // why: a slot stands for work the app server is doing, and Puma/Rails never cancel a
+        // request whose client left. With Pingora's default abort-on-close a client's FIN
+        // drops the upstream connection and frees the slot while the app still works, so the
+        // next request makes it max_inflight + 1. From here on a client that leaves no longer
+        // aborts: the answer is read to its end (bounded by the upstream read timeout) and the
+        // slot is freed then. While queued (above) a leaving client is still dropped at once.
+        session.as_downstream_mut().set_abort_on_close(false);
+        Ok(false)
+    }
+
+    /// A cache fill subrequest (see [`fill`]): takes over its parent's decisions, then goes
+    /// through admission and the proxy path like any request.
+    async fn start_fill(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        plan: fill::FillPlan,
+    ) -> Result<bool> {
+        fill::prepare_request(session.req_header_mut());
+        ctx.request_id = plan.request_id;
+        ctx.client_request_id = plan.client_request_id;
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        ctx.priority = plan.priority;
+        ctx.pinned = plan.pinned;
+        ctx.redispatch = plan.redispatch;
+        ctx.hash_value = plan.hash_value;
+        ctx.set_headers = plan.set_headers;
+        ctx.served = Served::Fill;
+        ctx.fill = Some(fill::FillSink::new(&plan.route, plan.secret, plan.reply));
+        ctx.upstream = Some(plan.upstream);
+        ctx.route = Some(plan.route.clone());
+        self.admit(session, ctx, &plan.route).await
     }
 }
 
@@ -107,7 +174,20 @@ impl ProxyHttp for Gateway {
         // allocation and three boxed filter calls per request; floodgate never compresses.
     }
 
+    fn allow_spawning_subrequest(&self, session: &Session, ctx: &Ctx) -> bool {
+        // Only cached routes fill through subrequests (GET, and HEAD answered from GET).
+        ctx.snap.has_cache_routes
+            && session.subrequest_ctx.is_none()
+            && matches!(
+                session.req_header().method,
+                http::Method::GET | http::Method::HEAD
+            )
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(plan) = fill::take_plan(session) {
+            return self.start_fill(session, ctx, plan).await;
+        }
         let req = session.req_header();
         ctx.request_id = match req
             .headers
@@ -215,34 +295,12 @@ impl ProxyHttp for Gateway {
 
         if cached::applies(&route, session) {
             let secret = self.state.cache_secret.clone();
-            return cached::serve(session, ctx, &self.state.cache, &secret, up).await;
-        }
-
-        if let Some(adm) = ctx.snap.route_admission.get(&route.name).cloned() {
-            let body = route
-                .admission
-                .as_ref()
-                .map(|a| a.queue.body.clone())
-                .unwrap_or_default();
-            match admit::admit_route(session, ctx, &adm, &body).await {
-                Admit::Granted(p) => ctx.route_permit = Some(p),
-                Admit::Rejected(f) => return reject(session, ctx, f).await,
-                Admit::ClientGone => return client_gone(ctx),
+            let answer = cached::serve(session, ctx, &self.state.cache, &secret, up).await?;
+            if answer == cached::CacheAnswer::Answered {
+                return Ok(true);
             }
         }
-        match admit::admit_server(session, ctx, &up).await {
-            Admit::Granted(p) => ctx.server_permit = Some(p),
-            Admit::Rejected(f) => return reject(session, ctx, f).await,
-            Admit::ClientGone => return client_gone(ctx),
-        }
-        // why: a slot stands for work the app server is doing, and Puma/Rails never cancel a
-        // request whose client left. With Pingora's default abort-on-close a client's FIN
-        // drops the upstream connection and frees the slot while the app still works, so the
-        // next request makes it max_inflight + 1. From here on a client that leaves no longer
-        // aborts: the answer is read to its end (bounded by the upstream read timeout) and the
-        // slot is freed then. While queued (above) a leaving client is still dropped at once.
-        session.as_downstream_mut().set_abort_on_close(false);
-        Ok(false)
+        self.admit(session, ctx, &route).await
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -383,6 +441,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
+        if let Some(sink) = ctx.fill.as_mut() {
+            sink.on_head(resp, _session.req_header());
+        }
         if let (Some(up), Some(i)) = (ctx.upstream.as_deref(), ctx.server) {
             if up.observe_status(i, resp.status.as_u16()) {
                 ::log::warn!(
@@ -403,7 +464,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id_value())?;
-        policy::response(&self.state.policy, session, ctx, resp);
+        if ctx.fill.is_none() {
+            policy::response(&self.state.policy, session, ctx, resp);
+        }
         if !matches!(self.state.current_phase(), Phase::Running | Phase::Starting) {
             // why: during a drain, ask clients to reconnect elsewhere rather than reuse this connection
             session.set_keepalive(None);
@@ -418,6 +481,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if let Some(sink) = ctx.fill.as_mut() {
+            sink.on_body(_body.as_ref(), end_of_stream);
+        }
         if end_of_stream {
             // The upstream is done with this request: free its slot now, not when a slow
             // client finishes reading.
@@ -476,8 +542,17 @@ impl ProxyHttp for Gateway {
         }
         ctx.server_permit = None;
         ctx.route_permit = None;
+        if let Some(sink) = ctx.fill.as_mut() {
+            let failure = ctx
+                .failure
+                .clone()
+                .or_else(|| e.map(|_| Failure::UpstreamProtocol));
+            sink.finish(failure.as_ref());
+        }
         log::record(&self.state, session, e, ctx);
-        policy::log(&self.state.policy, session, ctx);
+        if ctx.fill.is_none() {
+            policy::log(&self.state.policy, session, ctx);
+        }
     }
 }
 

@@ -1,0 +1,253 @@
+//! Cache fills through Pingora's own proxy path.
+//!
+//! When a cached route misses, the flight's leader does not fetch by itself: it spawns a
+//! Pingora background subrequest of the client's request (`SubrequestSpawner`), which runs
+//! through the same [`super::Gateway`] hooks as any request: admission (route and server
+//! slots), `upstream_peer` (balancing, map pins, redispatch, retries, upstream TLS),
+//! `upstream_request_filter` (owned-header stripping, forwarding and client-certificate
+//! headers from the client's own connection, which the subrequest inherits), timeouts and
+//! passive health. The subrequest's downstream is an in-memory pipe that never leaves, so
+//! the fetch is detached from the client and its slot is held until the answer has ended.
+//!
+//! The parent hands the subrequest a [`FillPlan`] (its routing decisions and a reply
+//! channel); the subrequest's context holds a [`FillSink`] that collects the origin's answer
+//! (status, headers without per-hop and per-user ones, body up to the route's entry size)
+//! and sends it back once, as a [`Fetched`] with the RFC 9111 storing decision. Dropping the
+//! sink without a result (any early end) closes the channel, which the cache reports as an
+//! aborted fetch to every waiter.
+
+use crate::cache::rules::{store_decision, variant_fingerprint, vary_names};
+use crate::cache::{CachedResponse, Fetched};
+use crate::config::RouteConfig;
+use crate::error::Failure;
+use crate::upstream::Upstream;
+use bytes::{Bytes, BytesMut};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::oneshot;
+
+/// Response headers never stored or replayed (per hop, or per user).
+pub const NOT_STORED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "set-cookie",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Largest answer a fill hands to its waiters. An answer over the route's `max_entry_size`
+/// but under this is shared with the requests waiting now and not stored; over both, every
+/// waiter is proxied on its own.
+pub const SHARE_MAX: usize = 8 << 20;
+
+/// Request headers removed from a fill: the stored answer must be the full 200 every
+/// waiter can use, not a 304 or a range of one client's conditional request.
+const CONDITIONAL: &[&str] = &[
+    "range",
+    "if-range",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+];
+
+/// Why a fill produced no answer for the cache.
+#[derive(Debug, Clone)]
+pub enum FillError {
+    /// The request failed like any proxied request would (queue, connect, timeout...).
+    Failed(Failure),
+    /// The answer was larger than the route's `max_entry_size` and [`SHARE_MAX`]: callers
+    /// proxy on their own.
+    TooLarge,
+}
+
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillError::Failed(x) => f.write_str(x.reason()),
+            FillError::TooLarge => f.write_str("answer too large to share"),
+        }
+    }
+}
+
+impl std::error::Error for FillError {}
+
+pub type FillResult = Result<Fetched, FillError>;
+
+/// What the parent request decided, handed to its fill subrequest.
+pub struct FillPlan {
+    pub route: Arc<RouteConfig>,
+    pub upstream: Arc<Upstream>,
+    pub priority: i32,
+    pub pinned: Option<usize>,
+    pub redispatch: bool,
+    pub hash_value: Option<Vec<u8>>,
+    pub set_headers: Vec<(String, String)>,
+    pub request_id: String,
+    pub client_request_id: bool,
+    /// Key for hashing the values of the origin's `Vary` headers.
+    pub secret: Vec<u8>,
+    pub reply: oneshot::Sender<FillResult>,
+}
+
+/// Takes the fill plan a parent put into this subrequest, if this is a cache fill.
+pub fn take_plan(session: &mut Session) -> Option<FillPlan> {
+    session
+        .subrequest_ctx
+        .as_mut()?
+        .user_ctx_mut()?
+        .downcast_mut::<Option<FillPlan>>()?
+        .take()
+}
+
+/// Makes the subrequest's request the plain GET every waiter can share.
+pub fn prepare_request(req: &mut RequestHeader) {
+    req.set_method(http::Method::GET);
+    for h in CONDITIONAL {
+        req.remove_header(*h);
+    }
+}
+
+/// Collects the origin's answer inside the fill subrequest and sends it back once.
+pub struct FillSink {
+    reply: Option<oneshot::Sender<FillResult>>,
+    route_ttl: Duration,
+    /// Headers already in the key (the route's `vary`): not repeated in a variant.
+    keyed: Vec<String>,
+    secret: Vec<u8>,
+    limit: usize,
+    head: Option<Head>,
+    body: BytesMut,
+    too_large: bool,
+}
+
+struct Head {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    store: crate::cache::rules::StoreDecision,
+    variant: Option<String>,
+}
+
+impl FillSink {
+    pub fn new(
+        route: &RouteConfig,
+        secret: Vec<u8>,
+        reply: oneshot::Sender<FillResult>,
+    ) -> FillSink {
+        let rc = route.cache.as_ref();
+        FillSink {
+            reply: Some(reply),
+            route_ttl: rc.map_or(Duration::ZERO, |c| c.ttl),
+            keyed: rc.map(|c| c.vary.clone()).unwrap_or_default(),
+            secret,
+            limit: rc.map_or(SHARE_MAX, |c| {
+                usize::try_from(c.max_entry_size)
+                    .unwrap_or(usize::MAX)
+                    .max(SHARE_MAX)
+            }),
+            head: None,
+            body: BytesMut::new(),
+            too_large: false,
+        }
+    }
+
+    /// The origin's response header (before floodgate's own response changes).
+    pub fn on_head(&mut self, resp: &ResponseHeader, req: &RequestHeader) {
+        let all: Vec<(&str, &[u8])> = resp
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        let store = store_decision(all.iter().copied(), self.route_ttl);
+        let names = vary_names(all.iter().copied(), &self.keyed);
+        let value = |n: &str| req.headers.get(n).map(|v| v.as_bytes().to_vec());
+        let variant = variant_fingerprint(&names, &value, &self.secret);
+        let headers = resp
+            .headers
+            .iter()
+            .filter(|(n, _)| !NOT_STORED.contains(&n.as_str()))
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        if let Some(len) = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if len > self.limit {
+                self.too_large = true;
+            } else {
+                self.body.reserve(len);
+            }
+        }
+        self.head = Some(Head {
+            status: resp.status.as_u16(),
+            headers,
+            store,
+            variant,
+        });
+    }
+
+    /// A chunk of the origin's body; at the end of the body the answer is sent back.
+    pub fn on_body(&mut self, chunk: Option<&Bytes>, end: bool) {
+        if let Some(c) = chunk {
+            if !self.too_large {
+                if self.body.len() + c.len() > self.limit {
+                    self.too_large = true;
+                    self.body = BytesMut::new();
+                } else {
+                    self.body.extend_from_slice(c);
+                }
+            }
+        }
+        if end {
+            self.complete();
+        }
+    }
+
+    /// The end of the subrequest: sends what it has (or the failure) if not sent yet.
+    pub fn finish(&mut self, failure: Option<&Failure>) {
+        match failure {
+            Some(f) if self.reply.is_some() => self.send(Err(FillError::Failed(f.clone()))),
+            _ => self.complete(),
+        }
+    }
+
+    fn complete(&mut self) {
+        if self.reply.is_none() {
+            return;
+        }
+        if self.too_large {
+            return self.send(Err(FillError::TooLarge));
+        }
+        let Some(head) = self.head.take() else {
+            return self.send(Err(FillError::Failed(Failure::UpstreamProtocol)));
+        };
+        let now = SystemTime::now();
+        let resp = CachedResponse {
+            status: head.status,
+            headers: head.headers,
+            body: std::mem::take(&mut self.body).freeze(),
+            stored_at: now,
+            expires_at: now,
+            variant: head.variant,
+        };
+        self.send(Ok(Fetched {
+            resp,
+            store: Some(head.store),
+        }));
+    }
+
+    fn send(&mut self, r: FillResult) {
+        if let Some(tx) = self.reply.take() {
+            // A closed receiver means every waiter left; nothing to do.
+            let _ = tx.send(r);
+        }
+    }
+}
