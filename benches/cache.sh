@@ -8,7 +8,7 @@
 #   SKIP_BUILD=1 ROWS="fg-hit nginx-hit" BURST_ROUNDS=0 benches/cache.sh   # throughput only
 #   SKIP_BUILD=1 ROUNDS=0 benches/cache.sh                                   # bursts only
 #
-# The origin is the simulated app server (`floodgate sim-origin`, src/sim/origin.rs):
+# The origin is the simulated app server (test kit `sim-origin`, tests/support/src/origin.rs):
 # SLOTS worker slots (default 64), GET /register renders in RENDER_MS (default 100 ms), every
 # other app request takes BASE_MS (default 1 ms); GET /api/status answers at once and is not
 # counted as a render. On SIGTERM it prints its stats as JSON on stdout ({"renders": N, ...});
@@ -64,6 +64,7 @@ KEEP_WORK=${KEEP_WORK:-0}
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 FLOODGATE_BIN=${FLOODGATE_BIN:-$CARGO_TARGET_DIR/release/floodgate}
+KIT=${KIT:-$CARGO_TARGET_DIR/release}   # test-kit binaries: sim-origin, sim-storm, bare-proxy
 NGINX_BIN=${NGINX_BIN:-nginx}
 WRK_BIN=${WRK_BIN:-wrk}
 
@@ -102,7 +103,7 @@ NGINX_USER=""
 # ---- build, then freeze the binary -------------------------------------------------------
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building floodgate (release, fat LTO; several minutes) into $CARGO_TARGET_DIR"
-  (cd "$ROOT" && cargo build --release --bin floodgate)
+  (cd "$ROOT" && cargo build --release --workspace --bins)
 fi
 [ -x "$FLOODGATE_BIN" ] || { log "no binary at $FLOODGATE_BIN"; exit 1; }
 cp "$FLOODGATE_BIN" "$WORK/floodgate"
@@ -194,7 +195,7 @@ ORIGIN_PID=""; ORIGIN_OUT=""
 start_origin() { # tag
   ORIGIN_OUT="$WORK/origin-$1.json"
   wait_port_free "$ORIGIN_ADDR"
-  RUST_LOG=warn "$FG" sim-origin --listen "$ORIGIN_ADDR" --slots "$SLOTS" --base-ms "$BASE_MS" \
+  RUST_LOG=warn "$KIT/sim-origin" --listen "$ORIGIN_ADDR" --slots "$SLOTS" --base-ms "$BASE_MS" \
     --render-ms "$RENDER_MS" >"$ORIGIN_OUT" 2>"$WORK/origin-$1.log" &
   ORIGIN_PID=$!; PIDS+=("$ORIGIN_PID")
   wait_port "$ORIGIN_ADDR"
@@ -394,7 +395,7 @@ done
 
 echo
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# origin: floodgate sim-origin --slots $SLOTS --base-ms $BASE_MS --render-ms $RENDER_MS; proxies with $PROXY_THREADS threads/workers"
+echo "# origin: test kit sim-origin --slots $SLOTS --base-ms $BASE_MS --render-ms $RENDER_MS; proxies with $PROXY_THREADS threads/workers"
 if [ "$ROUNDS" -gt 0 ]; then
   echo "# throughput: wrk -t$WRK_THREADS -c$CONNS -d$DURATION (after ${WARMUP} warm-up) GET $URL_PATH, median of $ROUNDS round(s)"
   echo

@@ -18,6 +18,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 BIN=${FLOODGATE_BIN:-$TARGET_DIR/release/floodgate}
+KIT=${KIT:-$TARGET_DIR/release}   # test-kit binaries
 ENTRIES=${ENTRIES:-1000000}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
@@ -59,7 +60,7 @@ wait_port() { # port
 
 # --- build ---------------------------------------------------------------------------------
 log "building release into $TARGET_DIR (cargo may wait for the lock)"
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -j "$JOBS" --bin floodgate) >&2
+(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -j "$JOBS" --workspace --bins) >&2
 
 # --- maps ----------------------------------------------------------------------------------
 log "generating $ENTRIES-entry maps"
@@ -71,7 +72,7 @@ MAP_BYTES=$(stat -c %s "$WORK/v1.map")
 # --- origins -------------------------------------------------------------------------------
 O1=$(free_port); O2=$(free_port)
 for p in "$O1" "$O2"; do
-  "$BIN" sim-origin --listen "127.0.0.1:$p" --slots 64 --base-ms 0 --render-ms 0 --collapse 0 >"$WORK/origin-$p.log" 2>&1 &
+  "$KIT/sim-origin" --listen "127.0.0.1:$p" --slots 64 --base-ms 0 --render-ms 0 --collapse 0 >"$WORK/origin-$p.log" 2>&1 &
   PIDS+=("$!")
 done
 wait_port "$O1"; wait_port "$O2"

@@ -10,7 +10,7 @@
 #   1. builds floodgate in release into $CARGO_TARGET_DIR (default /work/target-bench; cargo
 #      waits on the lock if another build is running there);
 #   2. starts a fast origin: nginx answering `200 ok` (ORIGIN=nginx, default) or
-#      `floodgate sim-origin --slots 256 --base-ms 0` (ORIGIN=sim);
+#      test kit `sim-origin --slots 256 --base-ms 0` (ORIGIN=sim);
 #   3. starts two floodgates side by side on their own ports, identical but for the `policy`
 #      section: `base` (none) and `policy` (the script below: `admit` checks the path, `route`
 #      reads a header; both return nil, so every request pays for the hooks and nothing else);
@@ -40,6 +40,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}             # keep the temp dir (configs, logs, wrk outputs)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 FLOODGATE_BIN=${FLOODGATE_BIN:-$CARGO_TARGET_DIR/release/floodgate}
+KIT=${KIT:-$CARGO_TARGET_DIR/release}   # test-kit binaries: sim-origin, sim-storm, bare-proxy
 NGINX_BIN=${NGINX_BIN:-nginx}
 WRK_BIN=${WRK_BIN:-wrk}
 
@@ -79,7 +80,7 @@ done
 # ---- build -------------------------------------------------------------------------------
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building floodgate (release, fat LTO; several minutes) into $CARGO_TARGET_DIR"
-  (cd "$ROOT" && cargo build --release --bin floodgate)
+  (cd "$ROOT" && cargo build --release --workspace --bins)
 fi
 [ -x "$FLOODGATE_BIN" ] || { log "no binary at $FLOODGATE_BIN"; exit 1; }
 
@@ -160,7 +161,7 @@ EOF
 # ---- processes ---------------------------------------------------------------------------
 start_origin() {
   if [ "$ORIGIN" = sim ]; then
-    "$FLOODGATE_BIN" sim-origin --listen "$ORIGIN_ADDR" --slots 256 --base-ms 0 >"$WORK/origin.log" 2>&1 &
+    "$KIT/sim-origin" --listen "$ORIGIN_ADDR" --slots 256 --base-ms 0 >"$WORK/origin.log" 2>&1 &
   else
     write_origin_conf
     "$NGINX_BIN" -p "$WORK/origin" -c "$WORK/origin/nginx.conf" >"$WORK/origin.log" 2>&1 &

@@ -21,7 +21,7 @@
 #   4. prints one table per scenario (median over ROUNDS of each metric): req/s, p50, p99, peak
 #      RSS, CPU per request, upstream connections opened, and ratios to HAProxy.
 #
-# The row `pingora-bare` (on unless BARE=0) is `floodgate sim-bare-proxy` (src/sim/bare.rs):
+# The row `pingora-bare` (on unless BARE=0) is the test kit's `bare-proxy` (tests/support/src/bare.rs):
 # the smallest Pingora 0.9.1 proxy (one ProxyHttp impl, LoadBalancer<RoundRobin> with one
 # backend, Pingora's defaults otherwise), from the same binary. It is the framework's cost floor:
 # what floodgate spends above it is floodgate's own work.
@@ -53,6 +53,7 @@ FG_BALANCE=${FG_BALANCE:-round_robin}
 SKIP_BUILD=${SKIP_BUILD:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 FLOODGATE_BIN=${FLOODGATE_BIN:-$CARGO_TARGET_DIR/release/floodgate}
+KIT=${KIT:-$CARGO_TARGET_DIR/release}   # test-kit binaries: sim-origin, sim-storm, bare-proxy
 HAPROXY_BIN=${HAPROXY_BIN:-haproxy}
 NGINX_BIN=${NGINX_BIN:-nginx}
 WRK_BIN=${WRK_BIN:-wrk}
@@ -150,7 +151,7 @@ WANT_FG=0  # the floodgate binary also runs the pingora-bare row
 case " $PROXIES " in *" floodgate "* | *" pingora-bare "*) WANT_FG=1 ;; esac
 if [ "$WANT_FG" = 1 ] && [ "$SKIP_BUILD" != 1 ]; then
   log "building floodgate (release, fat LTO; several minutes) into $CARGO_TARGET_DIR"
-  (cd "$ROOT" && cargo build --release --bin floodgate)
+  (cd "$ROOT" && cargo build --release --workspace --bins)
 fi
 [ "$WANT_FG" = 0 ] || [ -x "$FLOODGATE_BIN" ] || { log "no binary at $FLOODGATE_BIN"; exit 1; }
 
@@ -281,7 +282,7 @@ start_proxy() { # row-name
       PROXY_PID=$! ;;
     pingora-bare)
       mkdir -p "$WORK/$name"
-      RUST_LOG=warn "$FLOODGATE_BIN" sim-bare-proxy --listen "$PROXY_ADDR" --upstream "$ORIGIN_ADDR" \
+      RUST_LOG=warn "$KIT/bare-proxy" --listen "$PROXY_ADDR" --upstream "$ORIGIN_ADDR" \
         --threads "$PROXY_THREADS" >"$WORK/$name/out.log" 2>&1 &
       PROXY_PID=$!
       # SIGTERM is Pingora's graceful stop with its default 300 s grace period; SIGINT exits now

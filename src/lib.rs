@@ -21,7 +21,6 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod shutdown;
-pub mod sim;
 pub mod state;
 pub mod tlsinfo;
 pub mod upstream;

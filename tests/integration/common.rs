@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use floodgate::sim::origin::{start_origin, OriginConfig, OriginHandle};
+pub use floodgate_testkit::origin::{start_origin, OriginConfig, OriginHandle};
 
 /// A free TCP port on 127.0.0.1 (bound and released). Never hands out the same port twice in
 /// one test process: the kernel may return a just-released port to the next bind, which made

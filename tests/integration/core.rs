@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::*;
-use floodgate::sim::storm::SimpleClient;
+use floodgate_testkit::storm::SimpleClient;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -423,7 +423,7 @@ routes:
 
 /// The `/echo` JSON's headers object.
 fn echoed(
-    resp: &floodgate::sim::storm::SimpleResponse,
+    resp: &floodgate_testkit::storm::SimpleResponse,
 ) -> serde_json::Map<String, serde_json::Value> {
     assert_eq!(resp.status, 200, "echo answered: {}", resp.text());
     let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();

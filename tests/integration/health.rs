@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::*;
-use floodgate::sim::origin::start_origin_at;
+use floodgate_testkit::origin::start_origin_at;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

@@ -1,13 +1,59 @@
-//! `floodgate demo`: starts simulated app servers at the addresses the demo config names.
+//! The bundled demo (`cargo run --example demo [-- -c conf/demo.yaml]`): starts simulated app
+//! servers at the addresses the demo config names, prints what to try, then runs the real
+//! gateway on that config in this process (Ctrl-C stops it).
 
-use super::origin::{start_origin_at, OriginConfig};
-use std::path::Path;
+use floodgate_testkit::origin::{start_origin_at, OriginConfig};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut config = PathBuf::from("conf/demo.yaml");
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-c" | "--config" => match args.next() {
+                Some(p) => config = PathBuf::from(p),
+                None => {
+                    eprintln!("demo: -c needs a config file");
+                    return ExitCode::from(2);
+                }
+            },
+            other => {
+                eprintln!("demo: unknown argument {other:?}; usage: demo [-c conf/demo.yaml]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn"),
+    )
+    .format_timestamp_millis()
+    .init();
+    if let Err(e) = start_demo_origins(&config) {
+        eprintln!("demo: {e}");
+        return ExitCode::from(1);
+    }
+    let state = match floodgate::app::prepare(&config) {
+        Ok(s) => s,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return ExitCode::from(1);
+        }
+    };
+    match floodgate::app::run(state, None) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 /// Starts one simulated app server for every upstream server of the demo config, on a
 /// background thread, and prints what to try.
-pub fn start_demo_origins(config: &Path) -> Result<(), String> {
-    let cfg = crate::config::load_config(config).map_err(|e| e.to_string())?;
+fn start_demo_origins(config: &Path) -> Result<(), String> {
+    let cfg = floodgate::config::load_config(config).map_err(|e| e.to_string())?;
     let mut addrs = Vec::new();
     for u in cfg.upstreams.values() {
         for s in &u.servers {

@@ -1,14 +1,17 @@
-//! Simulation tools for demos, integration tests and benchmarks: an HTTP/1.1
+//! floodgate's test kit: tools for the demo, the integration tests and the benchmarks,
+//! kept out of the gateway crate (the shipped binary has none of this). An HTTP/1.1
 //! app-server simulator that collapses like Puma under load ([`origin`]), a
-//! registration-storm load generator ([`storm`]), and a bare Pingora reverse
-//! proxy that gives `benches/proxy.sh` the framework's cost floor ([`bare`]).
+//! registration-storm load generator ([`storm`]), and a bare Pingora reverse proxy that
+//! gives `benches/proxy.sh` the framework's cost floor ([`bare`]).
 //!
 //! The origin and the storm speak plain HTTP/1.1 over loopback TCP and share the
 //! small framing helpers in this file (request/response bodies by `Content-Length`
-//! or `chunked`). Nothing here is used on floodgate's request path.
+//! or `chunked`).
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bare;
-pub mod demo;
 pub mod origin;
 pub mod storm;
 

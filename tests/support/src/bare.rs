@@ -8,7 +8,7 @@
 //! the other contenders. The CPU and memory that floodgate uses above this proxy, measured
 //! in the same run, are floodgate's own cost.
 //!
-//! Started by the hidden `floodgate sim-bare-proxy` subcommand. SIGINT exits at once.
+//! Started by the test kit's `bare-proxy` binary. SIGINT exits at once.
 //! SIGTERM is Pingora's graceful stop, which includes its default grace period of 300 s.
 
 use async_trait::async_trait;
