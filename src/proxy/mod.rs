@@ -6,6 +6,7 @@ pub mod cached;
 pub mod ctx;
 pub mod fill;
 pub mod log;
+pub mod owned;
 pub mod policy;
 pub mod respond;
 
@@ -381,9 +382,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         // Pingora already dropped hop-by-hop headers and those named in `Connection` (its
-        // default upstream request policy). Drop identity headers only floodgate may set; a
-        // request rarely carries one, so the common case is one pass and no allocation.
-        let owned = |k: &http::HeaderName| crate::tlsinfo::OWNED_HEADERS.contains(&k.as_str());
+        // default upstream request policy). Drop headers only floodgate may set, in every
+        // spelling (see `owned`); a request rarely carries one, so the common case is one
+        // pass and no allocation.
+        let owned = |k: &http::HeaderName| owned::must_strip(k.as_str());
         if req.headers.keys().any(owned) {
             let doomed: Vec<http::HeaderName> =
                 req.headers.keys().filter(|k| owned(k)).cloned().collect();

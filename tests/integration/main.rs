@@ -5,6 +5,7 @@
 
 mod admission;
 mod cache;
+mod cache_rules;
 mod common;
 mod config;
 mod core;

@@ -110,6 +110,7 @@ struct Shared {
     renders: AtomicU64,
     served_for_gone: AtomicU64,
     aborted_for_gone: AtomicU64,
+    echoes: AtomicU64,
     per_path: Mutex<HashMap<String, u64>>,
     overrides: Mutex<Vec<(String, u16)>>,
 }
@@ -182,6 +183,7 @@ pub async fn start_origin_at(cfg: OriginConfig, addr: SocketAddr) -> io::Result<
         renders: AtomicU64::new(0),
         served_for_gone: AtomicU64::new(0),
         aborted_for_gone: AtomicU64::new(0),
+        echoes: AtomicU64::new(0),
         per_path: Mutex::new(HashMap::new()),
         overrides: Mutex::new(Vec::new()),
     });
@@ -345,6 +347,8 @@ enum Reply {
         status: u16,
         content_type: &'static str,
         body: String,
+        /// Extra response headers (`/echo?h=Name:Value`).
+        extra: Vec<(String, String)>,
     },
     /// Close the connection without answering.
     Reset,
@@ -384,22 +388,24 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
         *shared.per_path.lock().entry(req.path.clone()).or_insert(0) += 1;
 
         let reply = route(&shared, &req, &mut stream, &mut buf).await;
-        let (status, content_type, body) = match reply {
+        let (status, content_type, body, extra) = match reply {
             Reply::Respond {
                 status,
                 content_type,
                 body,
-            } => (status, content_type, body),
+                extra,
+            } => (status, content_type, body, extra),
             Reply::Reset | Reply::Abandoned => return,
         };
         let gone = peer_gone(&stream, &mut buf);
         let head_only = req.method == "HEAD";
         let body = if head_only { String::new() } else { body };
-        let written = write_response(
+        let written = write_response_with(
             &mut stream,
             &shared.cfg.name,
             status,
             content_type,
+            &extra,
             &body,
             req.keep_alive,
         )
@@ -419,7 +425,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
 async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<Request>> {
     loop {
         if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut headers = [httparse::EMPTY_HEADER; 256];
             let mut parsed = httparse::Request::new(&mut headers);
             match parsed.parse(buf) {
                 Ok(httparse::Status::Complete(head_len)) => {
@@ -489,7 +495,17 @@ async fn route(
         ("GET" | "HEAD", "/api/status") => {
             return json(200, serde_json::json!({"result": "ok", "origin": name}));
         }
-        (_, "/echo") => return echo(name, req),
+        (_, "/echo") => {
+            let seq = shared.echoes.fetch_add(1, Ordering::SeqCst) + 1;
+            return echo(name, req, seq);
+        }
+        ("GET" | "HEAD", "/big") => {
+            let n = query_param(&req.query, "bytes")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+                .min(64 << 20);
+            return text(200, "x".repeat(n));
+        }
         (_, "/reset") => return Reply::Reset,
         _ => {}
     }
@@ -511,6 +527,7 @@ async fn route(
                 status: 200,
                 content_type: "text/x-shellscript",
                 body: render_script(name, &req.query),
+                extra: Vec::new(),
             },
             WorkOutcome::ClientGone => Reply::Abandoned,
         }
@@ -617,13 +634,29 @@ async fn write_response(
     body: &str,
     keep_alive: bool,
 ) -> io::Result<()> {
+    write_response_with(stream, name, status, content_type, &[], body, keep_alive).await
+}
+
+async fn write_response_with(
+    stream: &mut TcpStream,
+    name: &str,
+    status: u16,
+    content_type: &str,
+    extra: &[(String, String)],
+    body: &str,
+    keep_alive: bool,
+) -> io::Result<()> {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Status");
     let connection = if keep_alive { "keep-alive" } else { "close" };
+    let mut extra_lines = String::new();
+    for (n, v) in extra {
+        extra_lines.push_str(&format!("{n}: {v}\r\n"));
+    }
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nX-Origin: {name}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nX-Origin: {name}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra_lines}Connection: {connection}\r\n\r\n",
         body.len()
     );
     let mut out = Vec::with_capacity(head.len() + body.len());
@@ -633,7 +666,25 @@ async fn write_response(
     stream.flush().await
 }
 
-fn echo(name: &str, req: &Request) -> Reply {
+/// `/echo`: the request as JSON, with `seq` (this origin's echo count, so a test can tell a
+/// fresh answer from a stored one) and the response headers asked for with `?h=Name:Value`
+/// (repeatable; `+` and `%20` are spaces; `%2C`, `%3A`, `%3D` are `,`, `:`, `=`).
+fn echo(name: &str, req: &Request, seq: u64) -> Reply {
+    let extra: Vec<(String, String)> = req
+        .query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("h="))
+        .filter_map(|h| {
+            let h = h
+                .replace('+', " ")
+                .replace("%20", " ")
+                .replace("%2C", ",")
+                .replace("%3A", ":")
+                .replace("%3D", "=");
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
     let mut headers = serde_json::Map::new();
     for (n, v) in &req.headers {
         let joined = match headers.get(n).and_then(|old| old.as_str()) {
@@ -646,6 +697,7 @@ fn echo(name: &str, req: &Request) -> Reply {
         200,
         serde_json::json!({
             "origin": name,
+            "seq": seq,
             "method": req.method,
             "path": req.path,
             "query": req.query,
@@ -653,6 +705,16 @@ fn echo(name: &str, req: &Request) -> Reply {
             "body": String::from_utf8_lossy(&req.body),
         }),
     )
+    .with_headers(extra)
+}
+
+impl Reply {
+    fn with_headers(mut self, headers: Vec<(String, String)>) -> Reply {
+        if let Reply::Respond { extra, .. } = &mut self {
+            extra.extend(headers);
+        }
+        self
+    }
 }
 
 /// The registration script; the query is sorted so equal parameter sets
@@ -692,6 +754,7 @@ fn json(status: u16, value: serde_json::Value) -> Reply {
         status,
         content_type: "application/json",
         body: value.to_string(),
+        extra: Vec::new(),
     }
 }
 
@@ -700,5 +763,6 @@ fn text(status: u16, body: String) -> Reply {
         status,
         content_type: "text/plain",
         body,
+        extra: Vec::new(),
     }
 }
