@@ -18,12 +18,16 @@ use pingora_core::services::listening::Service;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Longest wait for the shared cache tier to connect before the gateway reports ready.
+pub const SHARED_CONNECT_BEFORE_READY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Read buffer per downstream connection.
 const L4_READ_BUFFER: usize = 16 * 1024;
 
 /// Loads the config and everything it references into a first snapshot.
 pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
     let cfg = load_config(path)?;
+    environment_errors(&cfg)?;
     let file = path.display().to_string();
     let policy = crate::policysync::load(cfg.policy.as_ref(), &file)?;
     let cache = build_cache(&cfg).map_err(|m| {
@@ -35,6 +39,48 @@ pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
     })?;
     let snap = Snapshot::build(cfg, None, 1)?;
     Ok(AppState::new(snap, path.to_path_buf(), policy, cache))
+}
+
+/// Security settings that depend on the environment must take effect, or the start fails
+/// (fail closed): a `token_env` whose variable is unset or empty would leave the admin API
+/// open.
+fn environment_errors(cfg: &Config) -> Result<(), ConfigErrors> {
+    let Some(var) = &cfg.admin.token_env else {
+        return Ok(());
+    };
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(()),
+        found => Err(ConfigErrors(vec![crate::config::ConfigError {
+            file: cfg.file.display().to_string(),
+            path: "admin.token_env".into(),
+            message: format!(
+                "the environment variable {var} is {}, so the admin API would run without authentication; export {var}=<a long random token> before starting (or remove token_env, which a loopback-only admin bind allows)",
+                if found.is_ok() { "empty" } else { "not set" }
+            ),
+        }])),
+    }
+}
+
+/// Binds every listening address once before Pingora starts, so an address in use (or not
+/// ours) stops the start with one clear line instead of a panic in a service thread that
+/// leaves a process answering `/readyz` without a public listener.
+pub fn check_binds(cfg: &Config) -> Result<(), String> {
+    let admin = std::iter::once(("admin.bind".to_string(), cfg.admin.bind.clone()));
+    let listeners = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("listeners[{i}] ({})", l.name), l.bind.clone()));
+    for (what, addr) in listeners.chain(admin) {
+        if let Err(e) = std::net::TcpListener::bind(&addr) {
+            return Err(format!(
+                "{}: {what}: cannot listen on {addr}: {e}; stop whatever holds it (`ss -ltnp 'sport = :{}'`) or choose another address",
+                cfg.file.display(),
+                addr.rsplit(':').next().unwrap_or("")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The response cache for a config: memory bound, shared tier, and which statuses to store.
@@ -60,6 +106,7 @@ pub fn build_cache(cfg: &Config) -> Result<crate::cache::ResponseCache, String> 
 /// Validates a config and everything it references without starting anything (`floodgate check`).
 pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
     let cfg = load_config(path)?;
+    environment_errors(&cfg)?;
     crate::policysync::load(cfg.policy.as_ref(), &path.display().to_string())?;
     let snap = Snapshot::build(cfg, None, 1)?;
     Ok((*snap.config).clone())
@@ -108,6 +155,14 @@ impl BackgroundService for Background {
                     log::error!("runtime API socket {}: {e}", sock.display());
                 }
             }));
+        }
+        // why: connect the shared cache tier before reporting ready, so a gateway restarted
+        // during a storm reads what the others stored instead of rendering it again; bounded,
+        // because the tier is optional (requests fall back to memory while Redis is down).
+        if !st.cache.connect_shared(SHARED_CONNECT_BEFORE_READY).await {
+            log::warn!(
+                "shared cache tier not connected within {SHARED_CONNECT_BEFORE_READY:?}; ready without it (it keeps reconnecting)"
+            );
         }
         // Ready once every actively checked server has had its first check (bounded wait).
         let started = std::time::Instant::now();
@@ -236,6 +291,8 @@ pub fn run(
     shutdown: Option<Box<dyn ShutdownSignalWatch + Send + Sync>>,
 ) -> pingora_core::Result<()> {
     let handle_sighup = shutdown.is_none();
+    check_binds(&state.snapshot().config)
+        .map_err(|m| pingora_error::Error::explain(pingora_error::ErrorType::BindError, m))?;
     let watcher: Box<dyn ShutdownSignalWatch> = Box::new(PhasedShutdown {
         state: state.clone(),
         inner: shutdown,

@@ -81,6 +81,10 @@ fn run(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(m) = floodgate::app::check_binds(&state.snapshot().config) {
+        eprintln!("refusing to start: {m}");
+        return ExitCode::from(1);
+    }
     match floodgate::app::run(state, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -420,6 +420,15 @@ impl ResponseCache {
         self.inner.flights.in_flight()
     }
 
+    /// Connects the shared tier (if any), waiting at most `within`; true when there is no
+    /// shared tier or it is connected.
+    pub async fn connect_shared(&self, within: Duration) -> bool {
+        match &self.inner.shared {
+            None => true,
+            Some(tier) => tier.connect(within).await,
+        }
+    }
+
     /// Whether the shared tier is configured and its last call succeeded.
     pub fn shared_is_up(&self) -> bool {
         self.inner.shared.as_ref().is_some_and(SharedTier::is_up)

@@ -160,6 +160,23 @@ impl SharedTier {
         Inner::ensure_connecting(&self.inner);
     }
 
+    /// Starts connecting and waits until connected or `within` passed; true when connected.
+    /// The gateway calls it before it reports ready, so the first requests after a restart
+    /// find what the other gateways stored instead of rendering it again.
+    pub async fn connect(&self, within: Duration) -> bool {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            if self.inner.conn.lock().is_some() {
+                return true;
+            }
+            Inner::ensure_connecting(&self.inner);
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The stored response for `key`, or `None` on miss, expiry, decode failure, error,
     /// timeout or while disconnected (never waits longer than the timeout).
     pub async fn get(&self, key: &CacheKey) -> Option<CachedResponse> {

@@ -1141,3 +1141,37 @@ async fn route_max_entry_size_applies_to_its_own_route() {
     );
     assert_eq!(origin.stats().renders, 2, "each /register request renders");
 }
+
+/// Issue 12 item 9: a gateway (re)started during a storm reports ready only once its shared
+/// tier is connected, so its very first request finds what the other gateways stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_gateway_is_connected_to_redis_before_it_is_ready() {
+    let redis = RedisServer::start().await;
+    let origin = origin("app").await;
+    let cache = format!(
+        "cache: {{ shared: {{ url: \"{}\", timeout: 200ms }} }}",
+        redis.url()
+    );
+    let a = TestGateway::start(&gateway_yaml(origin.addr(), "{ ttl: 60s }", &cache)).await;
+    let c = client();
+    let path = "/register?activation_keys=restart&org=1";
+    assert_eq!(x_cache(&get(&c, &a.url(path), &[]).await), "MISS");
+    let stored = eventually(Duration::from_secs(3), || async {
+        redis
+            .keys()
+            .await
+            .iter()
+            .any(|k| k.contains("activation_keys=restart"))
+    })
+    .await;
+    assert!(stored, "A stored the entry in Redis");
+    // No warm-up call: the first request right after readiness.
+    let b = TestGateway::start(&gateway_yaml(origin.addr(), "{ ttl: 60s }", &cache)).await;
+    let first = get(&c, &b.url(path), &[]).await;
+    assert_eq!(
+        (first.status, x_cache(&first)),
+        (200, "HIT"),
+        "the first request of a fresh gateway is served from Redis"
+    );
+    assert_eq!(origin.stats().renders, 1, "no second render");
+}

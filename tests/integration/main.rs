@@ -12,4 +12,5 @@ mod core;
 mod health;
 mod maps;
 mod policy;
+mod startup;
 mod tls;
