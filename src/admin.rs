@@ -37,30 +37,58 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Largest admin request body (a map of a few million entries fits).
-const MAX_BODY_BYTES: usize = 256 << 20;
+/// Largest body of a whole-map `PUT` (a map of a few million entries fits).
+const MAX_MAP_BODY_BYTES: usize = 256 << 20;
+/// Largest body of every other admin request (entries, shared values).
+const MAX_SMALL_BODY_BYTES: usize = 1 << 20;
 
-/// The request body as the chunks were received (no copy), or `None` past
-/// [`MAX_BODY_BYTES`] (never a truncated body: a cut map would be applied as if it were whole).
-async fn read_body_chunks(s: &mut ServerSession) -> Option<Vec<bytes::Bytes>> {
-    if declared_length(s) > MAX_BODY_BYTES {
-        return None;
+/// Why an admin request body was not taken.
+enum BodyError {
+    /// Over the endpoint's limit (`Content-Length` or the bytes received so far).
+    TooLarge(usize),
+    /// The body did not end cleanly (connection cut, malformed chunking): never applied,
+    /// since a cut map would otherwise be applied as if it were whole.
+    Incomplete,
+}
+
+/// The request body as the chunks were received (no copy), or why not. Stops reading at
+/// `limit` (a chunked body over it is refused as soon as it passes the limit) and closes the
+/// connection after a refusal, so the rest of the body is never read.
+async fn read_body_chunks(
+    s: &mut ServerSession,
+    limit: usize,
+) -> Result<Vec<bytes::Bytes>, BodyError> {
+    let r = read_chunks(s, limit).await;
+    if r.is_err() {
+        s.set_keepalive(None);
+    }
+    r
+}
+
+async fn read_chunks(s: &mut ServerSession, limit: usize) -> Result<Vec<bytes::Bytes>, BodyError> {
+    if declared_length(s) > limit {
+        return Err(BodyError::TooLarge(limit));
     }
     let mut chunks = Vec::new();
     let mut total = 0usize;
-    while let Ok(Some(chunk)) = s.read_request_body().await {
-        total += chunk.len();
-        if total > MAX_BODY_BYTES {
-            return None;
+    loop {
+        match s.read_request_body().await {
+            Ok(Some(chunk)) => {
+                total += chunk.len();
+                if total > limit {
+                    return Err(BodyError::TooLarge(limit));
+                }
+                chunks.push(chunk);
+            }
+            Ok(None) => return Ok(chunks),
+            Err(_) => return Err(BodyError::Incomplete),
         }
-        chunks.push(chunk);
     }
-    Some(chunks)
 }
 
 /// [`read_body_chunks`] in one buffer, for the small bodies of the other endpoints.
-async fn read_body(s: &mut ServerSession) -> Option<Vec<u8>> {
-    Some(read_body_chunks(s).await?.concat())
+async fn read_body(s: &mut ServerSession) -> Result<Vec<u8>, BodyError> {
+    Ok(read_body_chunks(s, MAX_SMALL_BODY_BYTES).await?.concat())
 }
 
 /// The request's `Content-Length`, 0 when absent or malformed.
@@ -72,11 +100,17 @@ fn declared_length(s: &ServerSession) -> usize {
         .unwrap_or(0)
 }
 
-fn too_large() -> Response<Vec<u8>> {
-    json(
-        413,
-        serde_json::json!({ "error": format!("request body over {} MiB; send a smaller body", MAX_BODY_BYTES >> 20) }),
-    )
+fn body_refused(e: BodyError) -> Response<Vec<u8>> {
+    match e {
+        BodyError::TooLarge(limit) => json(
+            413,
+            serde_json::json!({ "error": format!("request body over {} KiB for this endpoint; send a smaller body", limit >> 10) }),
+        ),
+        BodyError::Incomplete => json(
+            400,
+            serde_json::json!({ "error": "the request body did not end cleanly (connection cut or bad chunking); nothing was applied" }),
+        ),
+    }
 }
 
 impl AdminApp {
@@ -194,9 +228,22 @@ impl AdminApp {
                 )
             }
             ("PUT", None, _) => {
-                let Some(chunks) = read_body_chunks(s).await else {
-                    return too_large();
+                let chunks = match read_body_chunks(s, MAX_MAP_BODY_BYTES).await {
+                    Ok(c) => c,
+                    Err(e) => return body_refused(e),
                 };
+                if chunks.iter().all(|c| {
+                    c.split(|b| *b == b'\n').all(|line| {
+                        line.trim_ascii().is_empty() || line.trim_ascii().starts_with(b"#")
+                    })
+                }) {
+                    // why: an empty body (or one of comments only) is far more often a failed
+                    // export than a wish to route nothing: emptying needs its own request.
+                    return json(
+                        400,
+                        serde_json::json!({ "error": format!("the body has no entries, which would empty map {name}; to empty it on purpose send DELETE /maps/{name}/entries") }),
+                    );
+                }
                 let st = self.state.clone();
                 let n = name.clone();
                 // why: parsing and indexing a large map is CPU work: keep it off the async
@@ -228,8 +275,9 @@ impl AdminApp {
                 done(r)
             }
             ("POST", Some("entries"), None) => {
-                let Some(body) = read_body(s).await else {
-                    return too_large();
+                let body = match read_body(s).await {
+                    Ok(b) => b,
+                    Err(e) => return body_refused(e),
                 };
                 let text = String::from_utf8_lossy(&body).to_string();
                 let errs = |e: Vec<crate::maps::MapError>| {
@@ -268,9 +316,19 @@ impl AdminApp {
                 }
                 done(edit_map(&self.state, &name, HashMap::new(), Some(k)).await)
             }
+            ("DELETE", Some("entries"), None) => {
+                let st = self.state.clone();
+                let n = name.clone();
+                let r = crate::maps::run_idle(move || {
+                    mapsync::replace_map(&st, &n, HashMap::new(), MapSource::Api)
+                })
+                .await
+                .unwrap_or_else(Err);
+                done(r)
+            }
             _ => json(
                 405,
-                serde_json::json!({ "error": "use GET or PUT /maps/NAME, POST /maps/NAME/entries, DELETE /maps/NAME/entries/KEY" }),
+                serde_json::json!({ "error": "use GET or PUT /maps/NAME, POST /maps/NAME/entries, DELETE /maps/NAME/entries/KEY, DELETE /maps/NAME/entries (empty the map)" }),
             ),
         }
     }
@@ -415,8 +473,9 @@ impl ServeHttp for AdminApp {
                         json(200, serde_json::json!({ "key": key, "deleted": true }))
                     }
                     _ => {
-                        let Some(body) = read_body(s).await else {
-                            return too_large();
+                        let body = match read_body(s).await {
+                            Ok(b) => b,
+                            Err(e) => return body_refused(e),
                         };
                         let body = String::from_utf8_lossy(&body).trim().to_string();
                         let v = match body.as_str() {
@@ -444,7 +503,7 @@ impl ServeHttp for AdminApp {
             }
             _ => json(
                 404,
-                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["GET /healthz", "GET /readyz", "GET /metrics", "GET /status", "POST /reload", "POST /policy/reload", "GET|PUT /maps/NAME", "POST /maps/NAME/entries", "DELETE /maps/NAME/entries/KEY", "DELETE /cache[?prefix=]", "GET|PUT|DELETE /policy/shared/KEY"] }),
+                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["GET /healthz", "GET /readyz", "GET /metrics", "GET /status", "POST /reload", "POST /policy/reload", "GET|PUT /maps/NAME", "POST /maps/NAME/entries", "DELETE /maps/NAME/entries/KEY", "DELETE /maps/NAME/entries", "DELETE /cache[?prefix=]", "GET|PUT|DELETE /policy/shared/KEY"] }),
             ),
         }
     }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_bodies;
 mod admission;
 mod cache;
 mod cache_rules;

@@ -44,7 +44,7 @@ fn rewrite_in_place(path: &Path, text: &str) {
 }
 
 /// The three origins master1, master2, master3.
-async fn masters() -> Vec<OriginHandle> {
+pub(crate) async fn masters() -> Vec<OriginHandle> {
     let mut v = Vec::new();
     for n in ["master1", "master2", "master3"] {
         v.push(origin(n).await);
@@ -90,7 +90,7 @@ async fn who(
     }
 }
 
-async fn node(c: &reqwest::Client, gw: &TestGateway, n: &str) -> String {
+pub(crate) async fn node(c: &reqwest::Client, gw: &TestGateway, n: &str) -> String {
     who(c, gw, Some(n), &[]).await
 }
 
@@ -310,7 +310,11 @@ routes:
   - { name: puppet, match: { path_prefix: / }, upstream: puppet, pick_server: { map: nodes, key: "header:X-Node-Name", on_miss: {ON_MISS} } }
 "#;
 
-async fn one_route_gateway(ms: &[OriginHandle], map: &str, on_miss: &str) -> TestGateway {
+pub(crate) async fn one_route_gateway(
+    ms: &[OriginHandle],
+    map: &str,
+    on_miss: &str,
+) -> TestGateway {
     TestGateway::start(&fill(
         ONE_ROUTE,
         &[
