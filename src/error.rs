@@ -44,6 +44,8 @@ pub enum Failure {
         status: u16,
     },
     BadRequest,
+    /// The client did not send its request body in time (`server.client_body_timeout`).
+    ClientBodyTimeout,
     /// The gateway is shutting down and does not take new work.
     ShuttingDown,
 }
@@ -64,6 +66,7 @@ impl Failure {
             Failure::PolicyDeny { .. } => "policy_deny",
             Failure::PolicyError { .. } => "policy_error",
             Failure::BadRequest => "bad_request",
+            Failure::ClientBodyTimeout => "client_body_timeout",
             Failure::ShuttingDown => "shutting_down",
         }
     }
@@ -137,6 +140,7 @@ pub fn failure_response(f: &Failure, request_id: &str) -> ErrorResponse {
         }
         Failure::PolicyError { status } => text(*status, "the request policy failed"),
         Failure::BadRequest => text(400, "bad request"),
+        Failure::ClientBodyTimeout => text(408, "the request body did not arrive in time"),
         Failure::ShuttingDown => {
             let mut r = text(503, "the gateway is shutting down");
             r.retry_after = Some(1);

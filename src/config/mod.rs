@@ -52,6 +52,26 @@ impl ConfigErrors {
     }
 }
 
+/// How long a client may take to send a request body: `base`, plus one second per
+/// `min_rate` bytes received so far (Apache mod_reqtimeout's `body=20,MinRate=500`), so a
+/// large upload at a sane rate passes and a body trickled at 1 byte/s does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTimeout {
+    pub base: Duration,
+    /// Bytes per second; 0 = no extension.
+    pub min_rate: u64,
+}
+
+impl BodyTimeout {
+    /// The total time allowed once `received` bytes have arrived.
+    pub fn allowed(&self, received: u64) -> Duration {
+        match received.checked_div(self.min_rate) {
+            Some(extra) => self.base + Duration::from_secs(extra),
+            None => self.base,
+        }
+    }
+}
+
 /// Parses `250ms`, `5s`, `2m`, `1h30m` (humantime).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
@@ -88,6 +108,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_allowance_grows_with_the_bytes_received() {
+        let t = BodyTimeout {
+            base: Duration::from_secs(20),
+            min_rate: 500,
+        };
+        assert_eq!(t.allowed(0), Duration::from_secs(20));
+        assert_eq!(t.allowed(5_000), Duration::from_secs(30));
+        let flat = BodyTimeout { min_rate: 0, ..t };
+        assert_eq!(flat.allowed(1 << 30), Duration::from_secs(20));
+    }
 
     #[test]
     fn sizes_and_durations_parse_with_units() {

@@ -38,6 +38,11 @@ pub struct ServerSpec {
     pub keepalive_requests: Option<u32>,
     /// Where the process writes its PID file.
     pub pid_file: Option<String>,
+    /// Time a client has to send a request body, in total (default 20s), extended by one
+    /// second per `client_body_min_rate` bytes received (Apache mod_reqtimeout `body=`).
+    pub client_body_timeout: Option<String>,
+    /// Bytes per second that extend `client_body_timeout` (default 500; 0 = no extension).
+    pub client_body_min_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

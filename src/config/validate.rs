@@ -22,6 +22,8 @@ pub const DEFAULT_QUEUE_MAX: usize = 1000;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEPALIVE_POOL: usize = 1024;
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_CLIENT_BODY_MIN_RATE: u64 = 500;
 pub const DEFAULT_HEALTH_PATH: &str = "/api/status";
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,6 +64,7 @@ pub struct ServerSettings {
     pub upstream_keepalive_pool: usize,
     pub keepalive_requests: Option<u32>,
     pub pid_file: Option<String>,
+    pub client_body: crate::config::BodyTimeout,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -560,7 +563,24 @@ impl Validator {
                 .unwrap_or(DEFAULT_KEEPALIVE_POOL),
             keepalive_requests: s.server.keepalive_requests,
             pid_file: s.server.pid_file.clone(),
+            client_body: crate::config::BodyTimeout {
+                base: self.duration(
+                    "server.client_body_timeout",
+                    s.server.client_body_timeout.as_ref(),
+                    DEFAULT_CLIENT_BODY_TIMEOUT,
+                ),
+                min_rate: s
+                    .server
+                    .client_body_min_rate
+                    .unwrap_or(DEFAULT_CLIENT_BODY_MIN_RATE),
+            },
         };
+        if server.client_body.base.is_zero() {
+            self.err(
+                "server.client_body_timeout",
+                "0s would refuse every request body; use e.g. \"20s\" (the default)",
+            );
+        }
         if server.threads == 0 {
             self.err(
                 "server.threads",

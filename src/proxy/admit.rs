@@ -2,12 +2,13 @@
 //! raced against the client going away (a queued request whose client left is never sent).
 
 use super::ctx::Ctx;
+use crate::config::BodyTimeout;
 use crate::error::Failure;
 use crate::upstream::admission::{Admission, Permit, RejectReason, Rejection};
 use crate::upstream::{Eligible, Upstream};
 use pingora_proxy::Session;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How an admission attempt ended.
 pub enum Admit {
@@ -18,52 +19,93 @@ pub enum Admit {
 }
 
 /// Request bodies up to this size are read before queueing (Pingora's retry buffer keeps them
-/// for the upstream), so the wait can watch the connection for a client that leaves.
+/// for the upstream), so the wait can watch the connection for a client that leaves and no slot
+/// is taken before the body a retry needs is in.
 pub const BODY_BUFFER_MAX: u64 = 64 * 1024;
 
-/// Reads a small request body ahead (so the connection can be watched while queued).
-/// Returns true when the request has no body left to read.
-async fn buffer_small_body(session: &mut Session) -> bool {
+/// What reading the request body ahead found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyAhead {
+    /// No body, or all of it is in (kept in Pingora's retry buffer).
+    Ready,
+    /// Too large or chunked: it is streamed to the upstream, under the body deadline.
+    Streaming,
+    /// The body did not arrive within `server.client_body_timeout` (408, no slot taken).
+    TimedOut,
+    /// The client closed or broke the connection while sending it.
+    Broken,
+}
+
+/// Reads a small request body before admission, within the client body deadline (counted
+/// from the start of the request). Larger or chunked bodies are left to stream, with the
+/// connection's read timeout set to what remains of the deadline.
+pub async fn read_body_ahead(
+    session: &mut Session,
+    limits: BodyTimeout,
+    start: Instant,
+) -> BodyAhead {
+    if session.as_downstream_mut().is_body_done() {
+        return BodyAhead::Ready;
+    }
     let h = session.req_header();
-    if h.headers.contains_key("transfer-encoding") {
-        return false;
-    }
-    let len = match h
-        .headers
-        .get("content-length")
-        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
-    {
-        None => return true,
-        Some(None) => return false,
-        Some(Some(n)) => n,
+    let len = if h.headers.contains_key("transfer-encoding") {
+        None
+    } else {
+        match h
+            .headers
+            .get("content-length")
+            .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
+        {
+            None | Some(Some(0)) => return BodyAhead::Ready,
+            Some(n) => n,
+        }
     };
-    if len == 0 {
-        return true;
-    }
-    if len > BODY_BUFFER_MAX {
-        return false;
-    }
+    let Some(len) = len.filter(|&n| n <= BODY_BUFFER_MAX) else {
+        return if stream_deadline(session, limits, start, 0) {
+            BodyAhead::Streaming
+        } else {
+            BodyAhead::TimedOut
+        };
+    };
+    let deadline = tokio::time::Instant::from_std(start + limits.allowed(len));
     let ds = session.as_downstream_mut();
     ds.enable_retry_buffering();
     let read_all = async {
         loop {
             match ds.read_request_body().await {
                 Ok(Some(_)) => continue,
-                Ok(None) => return true,
-                Err(_) => return false,
+                Ok(None) => return BodyAhead::Ready,
+                Err(_) => return BodyAhead::Broken,
             }
         }
     };
-    // why: a client that sends its headers but trickles its body must not hold the request
-    // here forever; past this it is queued without watching
-    tokio::time::timeout(std::time::Duration::from_secs(30), read_all)
+    tokio::time::timeout_at(deadline, read_all)
         .await
-        .unwrap_or(false)
+        .unwrap_or(BodyAhead::TimedOut)
 }
 
-/// Waits for `fut`, unless the downstream closes first. A request with a body larger than
-/// [`BODY_BUFFER_MAX`] (or chunked) is not watched: reading it to detect a close would consume
-/// it; the queue timeout bounds it.
+/// Sets the connection's read timeout to what remains of the body deadline after `received`
+/// bytes; false when the deadline has passed.
+pub fn stream_deadline(
+    session: &mut Session,
+    limits: BodyTimeout,
+    start: Instant,
+    received: u64,
+) -> bool {
+    let allowed = limits.allowed(received);
+    let elapsed = start.elapsed();
+    if elapsed >= allowed {
+        return false;
+    }
+    session
+        .as_downstream_mut()
+        .set_read_timeout(Some(allowed - elapsed));
+    true
+}
+
+/// Waits for `fut`, unless the downstream closes first. Only a request whose body is all in
+/// (see [`read_body_ahead`]) is watched: reading a streaming body to detect a close would
+/// consume it; the queue timeout bounds those.
 async fn race_client<F>(session: &mut Session, fut: F) -> Option<Result<Permit, Rejection>>
 where
     F: std::future::Future<Output = Result<Permit, Rejection>>,
@@ -72,8 +114,7 @@ where
         // A cache fill: its in-memory downstream never leaves.
         return Some(fut.await);
     }
-    let watch = session.as_downstream_mut().is_body_done() || buffer_small_body(session).await;
-    if !watch {
+    if !session.as_downstream_mut().is_body_done() {
         return Some(fut.await);
     }
     tokio::pin!(fut);

@@ -62,6 +62,8 @@ pub struct Ctx {
     pub upstream_status: Option<u16>,
     /// The upstream response was read to its end.
     pub upstream_done: bool,
+    /// Request body bytes received so far (the body deadline grows with them).
+    pub body_received: u64,
     pub served: Served,
     pub set_headers: Vec<(String, String)>,
     pub client_ip: Option<String>,
@@ -92,6 +94,7 @@ impl Ctx {
             queue_wait: Duration::ZERO,
             upstream_status: None,
             upstream_done: false,
+            body_received: 0,
             served: Served::Upstream,
             set_headers: Vec::new(),
             client_ip: None,

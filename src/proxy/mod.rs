@@ -69,6 +69,17 @@ impl Gateway {
         let Some(up) = ctx.upstream.clone() else {
             return reject(session, ctx, Failure::NoRoute).await;
         };
+        // why: a slot is never taken before the body a retry needs is in; a client that
+        // trickles its body gets 408 instead of holding a slot.
+        let limits = ctx.snap.config.server.client_body;
+        match admit::read_body_ahead(session, limits, ctx.start).await {
+            admit::BodyAhead::Ready | admit::BodyAhead::Streaming => {}
+            admit::BodyAhead::TimedOut => {
+                session.set_keepalive(None);
+                return reject(session, ctx, Failure::ClientBodyTimeout).await;
+            }
+            admit::BodyAhead::Broken => return client_gone(ctx),
+        }
         if let Some(adm) = ctx.snap.route_admission.get(&route.name).cloned() {
             let body = route
                 .admission
@@ -302,6 +313,30 @@ impl ProxyHttp for Gateway {
             }
         }
         self.admit(session, ctx, &route).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_received += b.len() as u64;
+        }
+        if !end_of_stream
+            && !admit::stream_deadline(
+                session,
+                ctx.snap.config.server.client_body,
+                ctx.start,
+                ctx.body_received,
+            )
+        {
+            ctx.failure = Some(Failure::ClientBodyTimeout);
+            return Error::e_explain(ErrorType::HTTPStatus(408), "request body too slow");
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -590,7 +625,9 @@ fn classify(e: &Error) -> Option<Failure> {
         ConnectionClosed | ReadError | WriteError if *e.esource() == ErrorSource::Upstream => {
             Some(Failure::UpstreamProtocol)
         }
-        ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
+        // The only downstream reads with a timeout are request body reads (the body deadline).
+        ReadTimedout => Some(Failure::ClientBodyTimeout),
+        ReadError | WriteError | ConnectionClosed | WriteTimedout => None,
         _ if *e.esource() == ErrorSource::Downstream => Some(Failure::BadRequest),
         _ => Some(Failure::UpstreamUnreachable),
     }

@@ -13,5 +13,6 @@ mod core;
 mod health;
 mod maps;
 mod policy;
+mod slow_clients;
 mod startup;
 mod tls;
