@@ -232,6 +232,7 @@ mod origin_tests {
             collapse: 0.0,
             render_time: Duration::from_millis(1),
             work_for_gone_clients: true,
+            ..OriginConfig::default()
         }
     }
 

@@ -55,6 +55,15 @@ pub struct OriginConfig {
     pub collapse: f64,
     /// Base service time of `GET /register` (template rendering). Default 100 ms.
     pub render_time: Duration,
+    /// Base service time of `POST /rhsm/consumers`, the expensive step where a new host
+    /// enters (Foreman: ~2 s, about ten times a follow-up call). `None` (default) = the
+    /// `base_service` of every other app request.
+    pub consumer_time: Option<Duration>,
+    /// Spread of `consumer_time`: each request costs `consumer_time * (1 + u)` with `u`
+    /// uniform in `[-jitter, +jitter]` (0.5 = ±50%). Default 0.
+    pub consumer_jitter: f64,
+    /// Keep one [`Completion`] per finished app request (for wasted-work accounting).
+    pub record_completions: bool,
     /// true (default) = like Rails: a request whose client left is still
     /// served in full and counted in `served_for_gone`; false = the work is
     /// abandoned as soon as the client closes and counted in `aborted_for_gone`
@@ -71,6 +80,9 @@ impl Default for OriginConfig {
             base_service: Duration::from_millis(20),
             collapse: 1.0,
             render_time: Duration::from_millis(100),
+            consumer_time: None,
+            consumer_jitter: 0.0,
+            record_completions: false,
             work_for_gone_clients: true,
         }
     }
@@ -99,6 +111,22 @@ pub struct OriginStats {
     pub per_path: BTreeMap<String, u64>,
 }
 
+/// One finished app request: who asked (the `X-Storm-Host` header, if any), what, and when
+/// the app finished its work (Unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub host: Option<u64>,
+    pub path: String,
+    pub finished_ms: u64,
+}
+
+/// Now as Unix milliseconds (storm and origin compare these in one process or on one clock).
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Counters and config shared by the accept loop and connections.
 struct Shared {
     cfg: OriginConfig,
@@ -111,6 +139,7 @@ struct Shared {
     served_for_gone: AtomicU64,
     aborted_for_gone: AtomicU64,
     echoes: AtomicU64,
+    completions: Mutex<Vec<Completion>>,
     per_path: Mutex<HashMap<String, u64>>,
     overrides: Mutex<Vec<(String, u16)>>,
 }
@@ -184,6 +213,7 @@ pub async fn start_origin_at(cfg: OriginConfig, addr: SocketAddr) -> io::Result<
         served_for_gone: AtomicU64::new(0),
         aborted_for_gone: AtomicU64::new(0),
         echoes: AtomicU64::new(0),
+        completions: Mutex::new(Vec::new()),
         per_path: Mutex::new(HashMap::new()),
         overrides: Mutex::new(Vec::new()),
     });
@@ -238,6 +268,11 @@ impl OriginHandle {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
         }
+    }
+
+    /// The finished app requests so far (with `record_completions`).
+    pub fn completions(&self) -> Vec<Completion> {
+        self.shared.completions.lock().clone()
     }
 
     /// Zeroes every counter except `current_concurrent`; `max_concurrent`
@@ -532,11 +567,31 @@ async fn route(
             WorkOutcome::ClientGone => Reply::Abandoned,
         }
     } else {
-        match in_app(shared, stream, buf, serve(shared, shared.cfg.base_service)).await {
+        let cost = match shared.cfg.consumer_time {
+            Some(t) if req.method == "POST" && path == "/rhsm/consumers" => {
+                let j = shared.cfg.consumer_jitter.clamp(0.0, 1.0);
+                let u: f64 = rand::random::<f64>() * 2.0 - 1.0;
+                t.mul_f64(1.0 + j * u)
+            }
+            _ => shared.cfg.base_service,
+        };
+        match in_app(shared, stream, buf, serve(shared, cost)).await {
             WorkOutcome::Done => app_reply(name, req),
             WorkOutcome::ClientGone => Reply::Abandoned,
         }
     };
+    if shared.cfg.record_completions && !matches!(reply, Reply::Abandoned) {
+        let host = req
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("x-storm-host"))
+            .and_then(|(_, v)| v.parse().ok());
+        shared.completions.lock().push(Completion {
+            host,
+            path: path.to_string(),
+            finished_ms: epoch_ms(),
+        });
+    }
     drop(guard);
     if matches!(reply, Reply::Abandoned) {
         shared.aborted_for_gone.fetch_add(1, Ordering::SeqCst);

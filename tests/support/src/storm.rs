@@ -3,9 +3,14 @@
 //! HTTP/1.1 and the run is summarised in a [`StormReport`].
 //!
 //! Each host keeps one keep-alive connection and sends, in order:
-//! `GET /register?activation_keys=ak-<k>&location_id=2`, `POST /rhsm/consumers`,
-//! `GET /rhsm/consumers/<uuid>/certificates`, `GET /rhsm/status`. A host passes
-//! when all four answer 2xx within its whole-registration `deadline`. Like
+//! `GET /register?activation_keys=ak-<k>&location_id=2`, `POST /rhsm/consumers` (where a
+//! new host enters; the expensive step), then three follow-ups of a host under way:
+//! `GET /rhsm/consumers/<uuid>`, `GET /rhsm/consumers/<uuid>/certificates`,
+//! `GET /rhsm/consumers/<uuid>/content_overrides`. Every request carries
+//! `X-Storm-Host: <i>` so the app server can tell whose work it did. A host passes when all
+//! five answer 2xx within its whole-registration `deadline`; when it fails it gives up its
+//! connection at once (like subscription-manager), and [`StormReport::outcomes`] records
+//! when, so work the app did after that can be counted as wasted. Like
 //! subscription-manager, a 503 fails the host's attempt at once (no retry);
 //! such hosts are reported separately, and `told_within_1s` counts those told
 //! quickly, which is what a fail-fast gateway is for.
@@ -119,6 +124,8 @@ pub struct StormReport {
     pub by_status: BTreeMap<u16, u64>,
     /// Wall time of the whole run.
     pub wall: Duration,
+    /// Per host: (index, passed, Unix ms when it finished or gave up).
+    pub outcomes: Vec<(usize, bool, u64)>,
 }
 
 impl StormReport {
@@ -200,8 +207,14 @@ pub async fn run_storm(cfg: StormConfig) -> StormReport {
     while let Some(joined) = hosts.join_next().await {
         let run = match joined {
             Ok(run) => run,
-            Err(e) => HostRun::new(Err(HostFailure::Io(format!("host task failed: {e}")))),
+            Err(e) => HostRun::new(
+                usize::MAX,
+                Err(HostFailure::Io(format!("host task failed: {e}"))),
+            ),
         };
+        report
+            .outcomes
+            .push((run.host, run.result.is_ok(), run.end_ms));
         report.requests_sent += run.requests_sent;
         for status in run.statuses {
             *report.by_status.entry(status).or_insert(0) += 1;
@@ -248,80 +261,101 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 #[derive(Debug)]
 struct HostRun {
+    host: usize,
     result: Result<Duration, HostFailure>,
     requests_sent: u64,
     statuses: Vec<u16>,
+    end_ms: u64,
 }
 
 impl HostRun {
-    fn new(result: Result<Duration, HostFailure>) -> Self {
+    fn new(host: usize, result: Result<Duration, HostFailure>) -> Self {
         Self {
+            host,
             result,
             requests_sent: 0,
             statuses: Vec::new(),
+            end_ms: 0,
         }
+    }
+}
+
+/// One host's connection and progress.
+struct Flow<'a> {
+    cfg: &'a StormConfig,
+    client: SimpleClient,
+    run: HostRun,
+    deadline_at: Instant,
+    host: String,
+}
+
+impl Flow<'_> {
+    async fn step(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Bytes, HostFailure> {
+        step(
+            self.cfg,
+            &mut self.client,
+            &mut self.run,
+            self.deadline_at,
+            &self.host,
+            method,
+            path,
+            body,
+        )
+        .await
     }
 }
 
 async fn run_host(i: usize, cfg: &StormConfig) -> HostRun {
     let started = Instant::now();
-    let deadline_at = started + cfg.deadline;
-    let mut run = HostRun::new(Err(HostFailure::Deadline));
-    let mut client = SimpleClient::new(cfg.target);
+    let mut flow = Flow {
+        cfg,
+        client: SimpleClient::new(cfg.target),
+        run: HostRun::new(i, Err(HostFailure::Deadline)),
+        deadline_at: started + cfg.deadline,
+        host: i.to_string(),
+    };
     let key = i % cfg.activation_keys.max(1);
     let register = format!("/register?activation_keys=ak-{key}&location_id=2");
     let consumer = format!(
         "{{\"name\":\"host-{i}.example.com\",\"type\":\"system\",\"facts\":{{\"cpu.cpu_socket(s)\":\"1\",\"network.fqdn\":\"host-{i}.example.com\"}}}}"
     );
-    run.result = async {
-        step(
-            cfg,
-            &mut client,
-            &mut run,
-            deadline_at,
-            "GET",
-            &register,
-            None,
-        )
-        .await?;
-        let body = step(
-            cfg,
-            &mut client,
-            &mut run,
-            deadline_at,
-            "POST",
-            "/rhsm/consumers",
-            Some(consumer.as_bytes()),
-        )
-        .await?;
+    let result = async {
+        flow.step("GET", &register, None).await?;
+        let body = flow
+            .step("POST", "/rhsm/consumers", Some(consumer.as_bytes()))
+            .await?;
         let uuid = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("uuid").and_then(|u| u.as_str()).map(str::to_string))
             .unwrap_or_else(|| format!("host-{i}"));
-        let certs = format!("/rhsm/consumers/{uuid}/certificates");
-        step(cfg, &mut client, &mut run, deadline_at, "GET", &certs, None).await?;
-        step(
-            cfg,
-            &mut client,
-            &mut run,
-            deadline_at,
-            "GET",
-            "/rhsm/status",
-            None,
-        )
-        .await?;
+        for tail in ["", "/certificates", "/content_overrides"] {
+            flow.step("GET", &format!("/rhsm/consumers/{uuid}{tail}"), None)
+                .await?;
+        }
         Ok(started.elapsed())
     }
     .await;
+    // A host that failed gives up now: its connection closes (like subscription-manager).
+    flow.client.close();
+    let mut run = flow.run;
+    run.result = result;
+    run.end_ms = crate::origin::epoch_ms();
     run
 }
 
 /// One request of the flow; returns the 2xx body or why the host failed.
+#[allow(clippy::too_many_arguments)]
 async fn step(
     cfg: &StormConfig,
     client: &mut SimpleClient,
     run: &mut HostRun,
     deadline_at: Instant,
+    host: &str,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
@@ -336,11 +370,8 @@ async fn step(
         client.close();
     }
     let sent_at = Instant::now();
-    let headers: &[(&str, &str)] = if body.is_some() {
-        &[("Content-Type", "application/json")]
-    } else {
-        &[]
-    };
+    let json = [("X-Storm-Host", host), ("Content-Type", "application/json")];
+    let headers: &[(&str, &str)] = if body.is_some() { &json } else { &json[..1] };
     let outcome = tokio::time::timeout(limit, client.request(method, path, headers, body)).await;
     run.requests_sent += client.take_sent();
     let resp = match outcome {
@@ -570,6 +601,7 @@ mod tests {
             collapse,
             render_time: Duration::from_millis(base_ms),
             work_for_gone_clients: true,
+            ..OriginConfig::default()
         }
     }
 
@@ -602,10 +634,12 @@ mod tests {
         assert_eq!(report.passed, 60, "all hosts pass: {report}");
         assert_eq!(report.pass_rate, 1.0, "pass rate 1: {report}");
         assert_eq!(
-            report.requests_sent, 240,
-            "four requests per host: {report}"
+            report.requests_sent, 300,
+            "five requests per host: {report}"
         );
-        assert_eq!(report.by_status.get(&200), Some(&240), "all 200: {report}");
+        assert_eq!(report.by_status.get(&200), Some(&300), "all 200: {report}");
+        assert_eq!(report.outcomes.len(), 60, "one outcome per host");
+        assert!(report.outcomes.iter().all(|(_, ok, ms)| *ok && *ms > 0));
         let stats = origin.stats();
         assert_eq!(
             stats.connections, 60,
@@ -682,7 +716,7 @@ mod tests {
         };
         let report = run_storm(cfg).await;
         assert_eq!(report.passed, 5, "all pass: {report}");
-        assert_eq!(origin.stats().connections, 20, "one connection per request");
+        assert_eq!(origin.stats().connections, 25, "one connection per request");
     }
 
     #[tokio::test]

@@ -23,6 +23,15 @@ struct Args {
     render_ms: u64,
     #[arg(long, default_value_t = 1.0)]
     collapse: f64,
+    /// Base service time of `POST /rhsm/consumers` (default: --base-ms).
+    #[arg(long)]
+    consumer_ms: Option<u64>,
+    /// Spread of the consumer time (0.5 = ±50%).
+    #[arg(long, default_value_t = 0.0)]
+    jitter: f64,
+    /// Write one line per finished app request (`host<TAB>path<TAB>unix_ms`) here on exit.
+    #[arg(long)]
+    completions: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +54,9 @@ fn main() -> ExitCode {
             base_service: Duration::from_millis(a.base_ms),
             render_time: Duration::from_millis(a.render_ms),
             collapse: a.collapse,
+            consumer_time: a.consumer_ms.map(Duration::from_millis),
+            consumer_jitter: a.jitter,
+            record_completions: a.completions.is_some(),
             ..OriginConfig::default()
         };
         let h = start_origin_at(cfg, a.listen)
@@ -62,6 +74,14 @@ fn main() -> ExitCode {
             "{{\"requests\":{},\"renders\":{},\"max_concurrent\":{},\"served_for_gone\":{}}}",
             st.requests, st.renders, st.max_concurrent, st.served_for_gone
         );
+        if let Some(path) = &a.completions {
+            let mut out = String::new();
+            for c in h.completions() {
+                let host = c.host.map_or("-".to_string(), |h| h.to_string());
+                out.push_str(&format!("{host}\t{}\t{}\n", c.path, c.finished_ms));
+            }
+            std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         h.shutdown().await;
         Ok(())
     });

@@ -18,6 +18,9 @@ struct Args {
     ramp_s: f64,
     #[arg(long)]
     json: bool,
+    /// Write one line per host (`host<TAB>passed 0|1<TAB>unix_ms it finished or gave up`).
+    #[arg(long)]
+    outcomes: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,17 @@ fn main() -> ExitCode {
         cfg.ramp = Duration::from_secs_f64(a.ramp_s);
         run_storm(cfg).await
     });
+    if let Some(path) = &a.outcomes {
+        let out: String = report
+            .outcomes
+            .iter()
+            .map(|(h, ok, ms)| format!("{h}\t{}\t{ms}\n", u8::from(*ok)))
+            .collect();
+        if let Err(e) = std::fs::write(path, out) {
+            eprintln!("sim-storm: {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
     if a.json {
         println!("{}", report.to_json())
     } else {
