@@ -857,3 +857,74 @@ routes:
         "all slots released"
     );
 }
+
+/// Issue 11: the shipped `conf/foreman.yaml`, only its addresses rewritten: hosts under way
+/// (follow-up `/rhsm` calls, class 1) leave the queue before queued new hosts
+/// (`POST /rhsm/consumers`, class 0), and a full queue makes room for a host under way by
+/// answering the newest new host at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_foreman_config_serves_hosts_under_way_before_new_hosts() {
+    let app = origin("puma1").await;
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/foreman.yaml"),
+    )
+    .unwrap();
+    assert!(shipped.contains("max_inflight: 16") && shipped.contains("max: 5000"));
+    let yaml = shipped
+        .replace("127.0.0.1:3000", &app.addr().to_string())
+        .replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
+        .replace("127.0.0.1:9901", "127.0.0.1:{ADMIN}")
+        .replace("max: 5000", "max: 5")
+        .replace(
+            "access_log: { format: combined }",
+            "access_log: { enabled: false }",
+        );
+    let gw = TestGateway::start(&yaml).await;
+    // 16 UI requests fill Puma's 16 slots; they end 300 ms apart, so queued requests are
+    // granted (and, at 20 ms each, finished) one at a time, in grant order.
+    let blockers: Vec<_> = (0..16)
+        .map(|i| spawn_get(gw.url(&format!("/slow?ms={}", 1500 + 300 * i)), vec![]))
+        .collect();
+    wait_inside(&app, 16).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    let arrivals = ["new0", "new1", "new2", "new3", "new4", "under-way"];
+    for (i, name) in arrivals.into_iter().enumerate() {
+        let order = order.clone();
+        let req = if name == "under-way" {
+            client().get(gw.url("/rhsm/consumers/abc/certificates"))
+        } else {
+            client().post(gw.url("/rhsm/consumers")).body("{}")
+        };
+        tasks.push(tokio::spawn(async move {
+            let status = req.send().await.unwrap().status().as_u16();
+            order.lock().unwrap().push((name, status));
+        }));
+        if i < 5 {
+            wait_depth(&gw, "foreman", i as u64 + 1).await;
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for b in blockers {
+        assert_eq!(b.await.unwrap().status, 200);
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(
+        order[0],
+        ("new4", 503),
+        "the queue (max 5) was full of new hosts: the newest one made room at once: {order:?}"
+    );
+    let served: Vec<&str> = order
+        .iter()
+        .filter(|(_, s)| *s == 200)
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(
+        served,
+        vec!["under-way", "new0", "new1", "new2", "new3"],
+        "the host under way went first, then new hosts in arrival order"
+    );
+    assert!(app.stats().max_concurrent <= 16, "{:?}", app.stats());
+}

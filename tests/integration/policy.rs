@@ -120,7 +120,7 @@ async fn one_upstream(a: &OriginHandle, policy: &str) -> TestGateway {
 // ---- the example scripts ------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registration_priority_script_lets_post_rhsm_consumers_overtake_queued_get_register() {
+async fn registration_priority_script_lets_hosts_under_way_overtake_queued_new_hosts() {
     let a = start_origin(OriginConfig {
         name: "app1".into(),
         render_time: Duration::from_millis(30),
@@ -176,13 +176,13 @@ policy: { scripts: ["@SCRIPT@"] }
 
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    let arrivals = ["register0", "register1", "register2", "consumers"];
+    let arrivals = ["new0", "new1", "new2", "under-way"];
     for (i, name) in arrivals.into_iter().enumerate() {
         let order = order.clone();
-        let req = if name == "consumers" {
-            client().post(gw.url("/rhsm/consumers")).body("{}")
+        let req = if name == "under-way" {
+            client().get(gw.url("/rhsm/consumers/abc/certificates"))
         } else {
-            client().get(gw.url(&format!("/register?host={name}")))
+            client().post(gw.url("/rhsm/consumers")).body("{}")
         };
         tasks.push(tokio::spawn(async move {
             let s = send(req).await;
@@ -209,8 +209,8 @@ policy: { scripts: ["@SCRIPT@"] }
     }
     assert_eq!(
         *order.lock().unwrap(),
-        vec!["consumers", "register0", "register1", "register2"],
-        "POST /rhsm/consumers (priority 1, queued last) is served before the queued GET /register (priority 0)"
+        vec!["under-way", "new0", "new1", "new2"],
+        "a host under way (class 1, queued last) is served before the queued new hosts' POST /rhsm/consumers (class 0)"
     );
     assert!(
         a.stats().max_concurrent <= 1,

@@ -156,12 +156,33 @@ pub struct AdmissionStats {
     pub ewma_service_time: Option<Duration>,
 }
 
+/// What a queued request is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    /// The slot of this group is handed over (already counted in flight).
+    Slot(usize),
+    /// The queue was full and a request of a higher class took this one's place: it is
+    /// answered at once (already counted as `QueueFull`).
+    Displaced,
+}
+
 /// One queued request.
 struct Waiter {
     id: u64,
     eligible: Box<[usize]>,
-    /// Receives the group whose slot was handed over (the slot is already counted).
-    tx: oneshot::Sender<usize>,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// How fast a class leaves the queue while it has waiters: the measured interval between
+/// grants from the queue, which includes the work of higher classes served in between and
+/// any slowdown of the app, so it predicts the wait better than service times alone.
+#[derive(Debug, Default)]
+struct Drain {
+    /// The last grant to this class while it still had waiters; `None` when it emptied.
+    last: Option<Instant>,
+    /// EWMA of the seconds between grants while backlogged.
+    interval: f64,
+    samples: u64,
 }
 
 /// Everything the lock guards.
@@ -174,6 +195,8 @@ struct State {
     /// Per priority class: (EWMA of hold times, samples). Classes often differ in cost (a
     /// 100 ms `/register` render vs a 20 ms `/rhsm` call), so fail-fast estimates use them.
     class_service: BTreeMap<i32, (f64, u64)>,
+    /// Per priority class: how fast it drains while backlogged (fail-fast estimates).
+    drain: BTreeMap<i32, Drain>,
     /// Reused buffer of free eligible groups for the balancer callback.
     free: Vec<usize>,
 }
@@ -230,6 +253,7 @@ impl Admission {
                 next_id: 0,
                 ewma_secs: None,
                 class_service: BTreeMap::new(),
+                drain: BTreeMap::new(),
                 free: Vec::new(),
             }),
             inflight,
@@ -380,9 +404,15 @@ impl Admission {
                 Duration::ZERO,
             )));
         }
-        if let Err(reason) = self.check_queue(&st, priority, eligible) {
-            drop(st);
-            return Start::Done(Err(self.reject(reason, Duration::ZERO)));
+        match self.check_queue(&st, priority, eligible) {
+            Ok(()) => {}
+            Err(RejectReason::QueueFull)
+                if self.room_by_displacing(&st, priority)
+                    && self.displace_lower(&mut st, priority) => {}
+            Err(reason) => {
+                drop(st);
+                return Start::Done(Err(self.reject(reason, Duration::ZERO)));
+            }
         }
         let id = st.next_id;
         st.next_id += 1;
@@ -464,10 +494,16 @@ impl Admission {
         }
         let s = &self.settings;
         let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
-        if st.depth >= s.max || in_class >= s.max_per_class.unwrap_or(s.max) {
+        if in_class >= s.max_per_class.unwrap_or(s.max) || s.max == 0 {
             return Err(RejectReason::QueueFull);
         }
         if s.fail_fast {
+            if let Some(estimate) = self.drain_estimate(st, priority, in_class, slots) {
+                if estimate > s.timeout.as_secs_f64() {
+                    return Err(RejectReason::FailFast);
+                }
+                return self.total_bound(st);
+            }
             // Act only on evidence: this class must have seen enough completions (one per
             // slot, up to 8) for its service time to mean something; otherwise queue.
             let needed = slots.clamp(1, FAIL_FAST_MIN_SAMPLES);
@@ -492,7 +528,71 @@ impl Admission {
                 }
             }
         }
-        Ok(())
+        self.total_bound(st)
+    }
+
+    /// Whether a request refused as `QueueFull` was refused only by the total bound (not by
+    /// its class's own cap or shed mode), so displacing a lower class makes room for it.
+    fn room_by_displacing(&self, st: &State, priority: i32) -> bool {
+        let s = &self.settings;
+        let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
+        s.max > 0 && st.depth >= s.max && in_class < s.max_per_class.unwrap_or(s.max)
+    }
+
+    /// The queue's total bound: full means `QueueFull`, which a request may still pass by
+    /// displacing a lower class (see [`Self::displace_lower`]).
+    fn total_bound(&self, st: &State) -> Result<(), RejectReason> {
+        if st.depth >= self.settings.max {
+            Err(RejectReason::QueueFull)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The expected wait of a new request of class `priority` from how fast that class has
+    /// been leaving the queue (see [`Drain`]), or `None` when there is no such evidence yet
+    /// (the class is not backlogged, or has seen fewer grants than min(slots, 8)).
+    fn drain_estimate(
+        &self,
+        st: &State,
+        priority: i32,
+        in_class: usize,
+        slots: usize,
+    ) -> Option<f64> {
+        let d = st.drain.get(&priority)?;
+        let last = d.last?;
+        let needed = slots.clamp(1, FAIL_FAST_MIN_SAMPLES) as u64;
+        if in_class == 0 || d.samples < needed {
+            return None;
+        }
+        // why: no grant for longer than the usual interval is evidence of a slower drain now
+        let interval = d.interval.max(last.elapsed().as_secs_f64());
+        Some((in_class + 1) as f64 * interval)
+    }
+
+    /// A full queue makes room for a higher class: the newest waiter of the lowest class
+    /// below `priority` is answered 503 at once. New registrations wait below hosts already
+    /// under way, so a host that started is never turned away because new ones filled the
+    /// queue. Returns false when no lower class waits.
+    fn displace_lower(&self, st: &mut State, priority: i32) -> bool {
+        let Some((&Reverse(lowest), _)) = st.classes.iter().next_back() else {
+            return false;
+        };
+        if lowest >= priority {
+            return false;
+        }
+        let class = Reverse(lowest);
+        let last = st
+            .classes
+            .get(&class)
+            .map_or(0, |q| q.len().saturating_sub(1));
+        let Some(victim) = self.remove_at(st, class, last) else {
+            return false;
+        };
+        self.rejected_full.fetch_add(1, Ordering::Relaxed);
+        // A waiter that is already gone needs no answer.
+        let _ = victim.tx.send(Grant::Displaced);
+        true
     }
 
     /// Counts a rejection and attaches the current advice.
@@ -504,6 +604,11 @@ impl Admission {
             RejectReason::NoEligibleGroup => &self.rejected_no_eligible,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.rejection(reason, waited)
+    }
+
+    /// A rejection with the current advice (not counted: see [`Self::reject`]).
+    fn rejection(&self, reason: RejectReason, waited: Duration) -> Rejection {
         Rejection {
             reason,
             retry_after: self.retry_after(),
@@ -515,13 +620,14 @@ impl Admission {
     /// or frees it. Never constructs or drops a `Permit`, so it is safe under the lock.
     fn release_locked(&self, st: &mut State, group: usize) {
         loop {
-            let Some(waiter) = self.pop_waiter_for(st, group) else {
+            let Some((class, waiter)) = self.pop_waiter_for(st, group) else {
                 self.inflight[group].fetch_sub(1, Ordering::Relaxed);
                 return;
             };
             // The slot moves to the waiter: the in-flight count stays as it is.
-            if waiter.tx.send(group).is_ok() {
+            if waiter.tx.send(Grant::Slot(group)).is_ok() {
                 self.granted.fetch_add(1, Ordering::Relaxed);
+                Self::note_drain(st, class);
                 return;
             }
             // why: unreachable in practice (a waiter's receiver outlives its queue entry),
@@ -532,12 +638,36 @@ impl Admission {
     /// Removes and returns the first waiter (highest class, oldest) eligible for `group`.
     // why: linear in the queue length when many waiters are pinned elsewhere; the queue is
     // bounded (`max`) so the worst case is bounded too.
-    fn pop_waiter_for(&self, st: &mut State, group: usize) -> Option<Waiter> {
+    fn pop_waiter_for(&self, st: &mut State, group: usize) -> Option<(i32, Waiter)> {
         let (class, pos) = st.classes.iter().find_map(|(class, queue)| {
             let pos = queue.iter().position(|w| w.eligible.contains(&group))?;
             Some((*class, pos))
         })?;
-        self.remove_at(st, class, pos)
+        let last = st.drain.get(&class.0).and_then(|d| d.last);
+        let waiter = self.remove_at(st, class, pos)?;
+        // remove_at forgot `last` if the class emptied; note_drain needs the previous one
+        if let Some(d) = st.drain.get_mut(&class.0) {
+            d.last = last;
+        }
+        Some((class.0, waiter))
+    }
+
+    /// A grant to `class` from the queue: one more drain interval sample while it stays
+    /// backlogged.
+    fn note_drain(st: &mut State, class: i32) {
+        let now = Instant::now();
+        let backlogged = st.classes.contains_key(&Reverse(class));
+        let d = st.drain.entry(class).or_default();
+        if let Some(last) = d.last {
+            let sample = (now - last).as_secs_f64();
+            d.interval = if d.samples == 0 {
+                sample
+            } else {
+                d.interval + EWMA_ALPHA * (sample - d.interval)
+            };
+            d.samples += 1;
+        }
+        d.last = backlogged.then_some(now);
     }
 
     /// Removes the waiter `id` if it is still queued.
@@ -559,6 +689,9 @@ impl Admission {
         let waiter = queue.remove(pos)?;
         if queue.is_empty() {
             st.classes.remove(&class);
+            if let Some(d) = st.drain.get_mut(&class.0) {
+                d.last = None;
+            }
         }
         st.depth -= 1;
         self.depth.store(st.depth, Ordering::Relaxed);
@@ -591,7 +724,7 @@ struct Waiting {
     id: u64,
     priority: i32,
     arrived: Instant,
-    rx: oneshot::Receiver<usize>,
+    rx: oneshot::Receiver<Grant>,
     /// Set once the outcome is decided and no cleanup is left for `Drop`.
     settled: bool,
 }
@@ -599,9 +732,18 @@ struct Waiting {
 impl Waiting {
     async fn wait(mut self) -> Result<Permit, Rejection> {
         let deadline = self.arrived + self.admission.settings.timeout;
-        if let Ok(Ok(group)) = tokio::time::timeout_at(deadline, &mut self.rx).await {
-            self.settled = true;
-            return Ok(self.permit(group));
+        match tokio::time::timeout_at(deadline, &mut self.rx).await {
+            Ok(Ok(Grant::Slot(group))) => {
+                self.settled = true;
+                return Ok(self.permit(group));
+            }
+            Ok(Ok(Grant::Displaced)) => {
+                self.settled = true;
+                return Err(self
+                    .admission
+                    .rejection(RejectReason::QueueFull, self.arrived.elapsed()));
+            }
+            _ => {}
         }
         // Timed out (or the sender vanished): leave the queue, unless a grant won the race.
         let granted = {
@@ -615,7 +757,10 @@ impl Waiting {
             }
         };
         match granted {
-            Some(group) => Ok(self.permit(group)),
+            Some(Grant::Slot(group)) => Ok(self.permit(group)),
+            Some(Grant::Displaced) => Err(self
+                .admission
+                .rejection(RejectReason::QueueFull, self.arrived.elapsed())),
             None => Err(self
                 .admission
                 .reject(RejectReason::QueueTimeout, self.arrived.elapsed())),
@@ -645,8 +790,8 @@ impl Drop for Waiting {
             // Granted but never taken: the slot was sent to us under the same lock that
             // removed us, so it is in the channel. Pass it on.
             match self.rx.try_recv() {
-                Ok(group) => admission.release_locked(&mut st, group),
-                Err(_) => return,
+                Ok(Grant::Slot(group)) => admission.release_locked(&mut st, group),
+                Ok(Grant::Displaced) | Err(_) => return,
             }
         }
         admission.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -713,486 +858,4 @@ impl Drop for Permit {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use std::sync::atomic::AtomicBool;
-
-    fn first(free: &[usize]) -> usize {
-        free[0]
-    }
-
-    fn settings(max: usize, timeout_secs: u64) -> QueueSettings {
-        QueueSettings {
-            max,
-            timeout: Duration::from_secs(timeout_secs),
-            ..QueueSettings::default()
-        }
-    }
-
-    fn hold(adm: &Arc<Admission>, eligible: &[usize]) -> Permit {
-        adm.try_acquire(eligible, &mut first).expect("a free slot")
-    }
-
-    /// Gives the admission an EWMA service time of exactly `secs` (needs paused time).
-    async fn observe_service_time(adm: &Arc<Admission>, group: usize, secs: u64) {
-        let p = hold(adm, &[group]);
-        tokio::time::advance(Duration::from_secs(secs)).await;
-        drop(p);
-    }
-
-    /// Queues `n` acquisitions at `priority`, each recording `tag` in `order` when granted.
-    fn spawn_recording(
-        adm: &Arc<Admission>,
-        priority: i32,
-        tag: usize,
-        order: &Arc<Mutex<Vec<usize>>>,
-    ) -> tokio::task::JoinHandle<()> {
-        let fut = adm.acquire(priority, &[0], &mut first);
-        let order = Arc::clone(order);
-        tokio::spawn(async move {
-            let permit = fut.await.expect("granted");
-            order.lock().push(tag);
-            drop(permit);
-        })
-    }
-
-    #[test]
-    fn acquire_future_is_send_and_static() {
-        fn assert_send_static<T: Send + 'static>(_: &T) {}
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let _guard = rt.enter();
-        let adm = Admission::new(vec![Some(1)], QueueSettings::default());
-        let eligible = vec![0];
-        let fut = adm.acquire(0, &eligible, &mut first);
-        drop(eligible);
-        assert_send_static(&fut);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn never_more_than_capacity_in_flight_under_500_concurrent_tasks() {
-        let caps = [3usize, 5];
-        let adm = Admission::new(caps.iter().map(|&c| Some(c)).collect(), settings(1000, 60));
-        let current: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
-        let peak: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
-        let mut tasks = Vec::new();
-        for i in 0..500i32 {
-            // Every fifth request is pinned to group 1; the rest may use either group.
-            let eligible: &[usize] = if i % 5 == 0 { &[1] } else { &[0, 1] };
-            let fut = adm.acquire(i % 3, eligible, &mut first);
-            let (current, peak) = (Arc::clone(&current), Arc::clone(&peak));
-            tasks.push(tokio::spawn(async move {
-                let permit = fut.await.expect("queue is large enough to admit everyone");
-                let g = permit.group();
-                let now = current[g].fetch_add(1, Ordering::SeqCst) + 1;
-                peak[g].fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                current[g].fetch_sub(1, Ordering::SeqCst);
-                drop(permit);
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        for (g, cap) in caps.iter().enumerate() {
-            let seen = peak[g].load(Ordering::SeqCst);
-            assert!(
-                seen <= *cap,
-                "group {g}: {seen} in flight exceeds cap {cap}"
-            );
-        }
-        let stats = adm.stats();
-        assert!(
-            stats.queued > 0,
-            "the test should exercise the queue: {stats:?}"
-        );
-        assert_eq!(
-            stats.granted, 500,
-            "every request granted exactly once: {stats:?}"
-        );
-        assert_eq!(adm.total_inflight(), 0, "all slots released");
-        assert_eq!(adm.queue_depth(), 0, "queue drained");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn waiters_of_one_class_are_served_fifo() {
-        let adm = Admission::new(vec![Some(1)], settings(100, 60));
-        let held = hold(&adm, &[0]);
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let tasks: Vec<_> = (0..5)
-            .map(|i| spawn_recording(&adm, 0, i, &order))
-            .collect();
-        drop(held);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4], "FIFO within a class");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn higher_priority_class_overtakes_queued_lower_ones() {
-        let adm = Admission::new(vec![Some(1)], settings(100, 60));
-        let held = hold(&adm, &[0]);
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let tasks: Vec<_> = [(0, 0), (0, 1), (5, 2), (0, 3), (5, 4), (-1, 5)]
-            .into_iter()
-            .map(|(prio, tag)| spawn_recording(&adm, prio, tag, &order))
-            .collect();
-        drop(held);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(
-            *order.lock(),
-            vec![2, 4, 0, 1, 3, 5],
-            "priority desc, then FIFO"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn queue_timeout_rejects_with_retry_after() {
-        let s = QueueSettings {
-            retry_after: RetryAfter::Fixed(Duration::from_secs(7)),
-            ..settings(10, 5)
-        };
-        let adm = Admission::new(vec![Some(1)], s);
-        let _held = hold(&adm, &[0]);
-        let rejection = adm.acquire(0, &[0], &mut first).await.unwrap_err();
-        assert_eq!(rejection.reason, RejectReason::QueueTimeout, "{rejection}");
-        assert_eq!(
-            rejection.retry_after,
-            Duration::from_secs(7),
-            "fixed advice"
-        );
-        assert_eq!(
-            rejection.waited,
-            Duration::from_secs(5),
-            "waited the whole timeout"
-        );
-        assert_eq!(adm.queue_depth(), 0, "timed-out waiter left the queue");
-        assert_eq!(adm.stats().rejected_timeout, 1, "counted as timeout");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn full_queue_rejects_at_once() {
-        let adm = Admission::new(vec![Some(1)], settings(2, 60));
-        let _held = hold(&adm, &[0]);
-        let _queued = [
-            adm.acquire(0, &[0], &mut first),
-            adm.acquire(9, &[0], &mut first),
-        ];
-        let before = Instant::now();
-        let rejection = adm.acquire(9, &[0], &mut first).await.unwrap_err();
-        assert_eq!(rejection.reason, RejectReason::QueueFull, "{rejection}");
-        assert_eq!(rejection.retry_after, DEFAULT_RETRY_AFTER, "default advice");
-        assert_eq!(rejection.waited, Duration::ZERO, "no wait");
-        assert_eq!(Instant::now(), before, "rejected without any time passing");
-        assert_eq!(adm.queue_depth(), 2, "queued waiters untouched");
-        assert_eq!(adm.stats().rejected_full, 1, "counted as full");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn zero_queue_max_sheds_at_once_but_admits_free_slots() {
-        let adm = Admission::new(vec![Some(1)], settings(0, 60));
-        let held = adm
-            .acquire(0, &[0], &mut first)
-            .await
-            .expect("free slot admitted");
-        let rejection = adm.acquire(0, &[0], &mut first).await.unwrap_err();
-        assert_eq!(
-            rejection.reason,
-            RejectReason::QueueFull,
-            "shed mode rejects"
-        );
-        assert_eq!(rejection.reason.as_str(), "full", "metric label");
-        drop(held);
-        assert!(
-            adm.acquire(0, &[0], &mut first).await.is_ok(),
-            "slot free again"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancelled_waiter_is_never_granted_and_slot_goes_to_next() {
-        let adm = Admission::new(vec![Some(1)], settings(10, 60));
-        let held = hold(&adm, &[0]);
-        let got_slot = Arc::new(AtomicBool::new(false));
-        let fut = adm.acquire(0, &[0], &mut first);
-        let flag = Arc::clone(&got_slot);
-        let cancelled = tokio::spawn(async move {
-            let _permit = fut.await;
-            flag.store(true, Ordering::SeqCst);
-        });
-        tokio::task::yield_now().await; // the task is now parked in the queue
-        let next = adm.acquire(0, &[0], &mut first);
-        cancelled.abort();
-        assert!(
-            cancelled.await.unwrap_err().is_cancelled(),
-            "task was aborted"
-        );
-        assert_eq!(adm.queue_depth(), 1, "only the live waiter remains");
-        drop(held);
-        let permit = next.await.expect("next waiter gets the slot");
-        assert_eq!(permit.group(), 0, "slot 0 handed over");
-        assert!(
-            !got_slot.load(Ordering::SeqCst),
-            "cancelled waiter never granted"
-        );
-        assert_eq!(adm.stats().abandoned, 1, "abandonment counted");
-        assert_eq!(adm.inflight(0), 1, "exactly one slot held");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn grant_racing_cancel_passes_the_slot_on() {
-        let adm = Admission::new(vec![Some(1)], settings(10, 60));
-        let held = hold(&adm, &[0]);
-        let raced = adm.acquire(0, &[0], &mut first);
-        let next = adm.acquire(0, &[0], &mut first);
-        drop(held); // slot handed to `raced`, which never polls it
-        assert_eq!(
-            adm.queue_depth(),
-            1,
-            "`raced` left the queue with the grant"
-        );
-        drop(raced); // client gone after the grant
-        assert_eq!(adm.queue_depth(), 0, "slot passed on to `next`");
-        assert_eq!(adm.inflight(0), 1, "slot neither leaked nor duplicated");
-        drop(next.await.expect("next waiter got the slot"));
-        assert_eq!(adm.total_inflight(), 0, "all released");
-        assert_eq!(
-            adm.stats().abandoned,
-            1,
-            "raced waiter counted as abandoned"
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mixed_acquire_cancel_timeout_operations_leak_nothing() {
-        use rand::{rngs::StdRng, Rng, SeedableRng};
-        let s = QueueSettings {
-            max_per_class: Some(20),
-            timeout: Duration::from_millis(3),
-            ..settings(40, 0)
-        };
-        let adm = Admission::new(vec![Some(1), Some(2), Some(1)], s);
-        let mut rng = StdRng::seed_from_u64(7);
-        let subsets: [&[usize]; 4] = [&[0], &[1], &[0, 1, 2], &[2, 0]];
-        let mut tasks = Vec::new();
-        for op in 0..1000 {
-            if op % 10 == 0 {
-                // why: spread arrivals so the queue keeps draining and refilling.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let eligible = subsets[rng.gen_range(0..subsets.len())];
-            let fut = adm.acquire(rng.gen_range(0..3), eligible, &mut first);
-            let pause = Duration::from_micros(rng.gen_range(0..2000));
-            match rng.gen_range(0..4) {
-                0 => drop(fut), // abandoned before its first poll
-                1 => tasks.push(tokio::spawn(async move {
-                    // client disconnects after `pause` (may race a grant)
-                    tokio::select! {
-                        r = fut => drop(r),
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                })),
-                2 => {
-                    let t = tokio::spawn(async move { drop(fut.await) });
-                    tokio::task::yield_now().await;
-                    t.abort();
-                    tasks.push(t);
-                }
-                _ => tasks.push(tokio::spawn(async move {
-                    if let Ok(permit) = fut.await {
-                        tokio::time::sleep(pause).await;
-                        drop(permit);
-                    }
-                })),
-            }
-        }
-        for t in tasks {
-            let _ = t.await; // aborted tasks report cancellation
-        }
-        let stats = adm.stats();
-        assert_eq!(adm.total_inflight(), 0, "no slot leaked: {stats:?}");
-        assert_eq!(adm.queue_depth(), 0, "no waiter left behind: {stats:?}");
-        assert!(stats.abandoned > 0, "cancellations exercised: {stats:?}");
-        assert!(
-            stats.rejected_timeout + stats.rejected_full > 0,
-            "rejections exercised: {stats:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pinned_waiter_waits_only_for_its_group() {
-        let adm = Admission::new(vec![Some(1), Some(1)], settings(10, 60));
-        let p0 = hold(&adm, &[0]);
-        let p1 = hold(&adm, &[1]);
-        let pinned = tokio::spawn(adm.acquire(0, &[1], &mut first));
-        let any = adm.acquire(0, &[0, 1], &mut first);
-        drop(p0);
-        let got = any.await.expect("unpinned waiter admitted");
-        assert_eq!(
-            got.group(),
-            0,
-            "unpinned waiter takes group 0 though queued later"
-        );
-        tokio::task::yield_now().await;
-        assert!(
-            !pinned.is_finished(),
-            "pinned waiter still waits for group 1"
-        );
-        assert_eq!(adm.queue_depth(), 1, "pinned waiter still queued");
-        drop(p1);
-        let permit = pinned.await.unwrap().expect("pinned waiter admitted");
-        assert_eq!(permit.group(), 1, "pinned waiter gets group 1");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fail_fast_rejects_when_estimated_wait_exceeds_timeout() {
-        let s = QueueSettings {
-            fail_fast: true,
-            ..settings(100, 25)
-        };
-        let adm = Admission::new(vec![Some(1)], s);
-        observe_service_time(&adm, 0, 10).await;
-        let _held = hold(&adm, &[0]);
-        // Estimates: 10s, 20s (<= 25s, queued), then 30s (> 25s, rejected).
-        let _queued = [
-            adm.acquire(0, &[0], &mut first),
-            adm.acquire(0, &[0], &mut first),
-        ];
-        let rejection = adm.acquire(0, &[0], &mut first).await.unwrap_err();
-        assert_eq!(rejection.reason, RejectReason::FailFast, "{rejection}");
-        assert_eq!(rejection.waited, Duration::ZERO, "rejected on arrival");
-        // A higher class has nobody ahead of it: estimate 10s, so it queues.
-        let _urgent = adm.acquire(1, &[0], &mut first);
-        assert_eq!(adm.queue_depth(), 3, "higher class admitted to the queue");
-        assert_eq!(adm.stats().rejected_fail_fast, 1, "counted as fail_fast");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn per_class_cap_rejects_one_class_while_others_still_queue() {
-        let s = QueueSettings {
-            max_per_class: Some(2),
-            ..settings(10, 60)
-        };
-        let adm = Admission::new(vec![Some(1)], s);
-        let _held = hold(&adm, &[0]);
-        let _low = [
-            adm.acquire(0, &[0], &mut first),
-            adm.acquire(0, &[0], &mut first),
-        ];
-        let rejection = adm.acquire(0, &[0], &mut first).await.unwrap_err();
-        assert_eq!(rejection.reason, RejectReason::QueueFull, "class 0 is full");
-        let _high = adm.acquire(1, &[0], &mut first);
-        assert_eq!(adm.queue_depth(), 3, "class 1 still queues");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn auto_retry_after_grows_with_depth_and_is_clamped() {
-        let s = QueueSettings {
-            retry_after: RetryAfter::Auto,
-            ..settings(1000, 60)
-        };
-        let adm = Admission::new(vec![Some(1), Some(1)], s.clone());
-        assert_eq!(
-            adm.retry_after(),
-            DEFAULT_RETRY_AFTER,
-            "no sample yet: default"
-        );
-        observe_service_time(&adm, 0, 10).await;
-        assert_eq!(
-            adm.retry_after(),
-            Duration::from_secs(5),
-            "(0+1) * 10s / 2 slots"
-        );
-        let _held = [hold(&adm, &[0]), hold(&adm, &[1])];
-        let mut queued: Vec<_> = (0..3)
-            .map(|_| adm.acquire(0, &[0, 1], &mut first))
-            .collect();
-        assert_eq!(
-            adm.retry_after(),
-            Duration::from_secs(20),
-            "(3+1) * 10s / 2 slots"
-        );
-        queued.extend((0..100).map(|_| adm.acquire(0, &[0, 1], &mut first)));
-        assert_eq!(adm.retry_after(), AUTO_RETRY_AFTER_MAX, "clamped to 300s");
-
-        let quick = Admission::new(vec![Some(4)], s);
-        let p = hold(&quick, &[0]);
-        tokio::time::advance(Duration::from_millis(5)).await;
-        drop(p);
-        assert_eq!(quick.retry_after(), AUTO_RETRY_AFTER_MIN, "clamped to 1s");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ewma_tracks_hold_times_and_permit_reports_queue_wait() {
-        let adm = Admission::new(vec![Some(1)], settings(10, 60));
-        observe_service_time(&adm, 0, 10).await;
-        observe_service_time(&adm, 0, 2).await;
-        assert_eq!(
-            adm.ewma_service_time(),
-            Some(Duration::from_secs(9)),
-            "10 + (2-10)/8"
-        );
-        let held = hold(&adm, &[0]);
-        let waiter = tokio::spawn(adm.acquire(0, &[0], &mut first));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        drop(held);
-        let permit = waiter.await.unwrap().unwrap();
-        assert_eq!(
-            permit.waited(),
-            Duration::from_secs(3),
-            "queue wait reported"
-        );
-    }
-
-    #[tokio::test]
-    async fn balancer_chooses_among_free_groups_and_unlimited_never_queues() {
-        let adm = Admission::new(vec![Some(1), Some(1), None], settings(0, 60));
-        let mut offered = Vec::new();
-        let p = adm
-            .acquire(0, &[0, 1], &mut |free: &[usize]| {
-                offered = free.to_vec();
-                1
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            (offered.as_slice(), p.group()),
-            (&[0, 1][..], 1),
-            "choice honoured"
-        );
-        let fallback = adm.try_acquire(&[0, 1], &mut |_: &[usize]| 99).unwrap();
-        assert_eq!(
-            fallback.group(),
-            0,
-            "invalid choice falls back to the first free group"
-        );
-        let many: Vec<_> = (0..100)
-            .map(|_| adm.try_acquire(&[2], &mut first).unwrap())
-            .collect();
-        assert_eq!(
-            adm.inflight(2),
-            many.len(),
-            "unlimited group admits everyone"
-        );
-        assert_eq!(adm.total_inflight(), 102, "total counts all groups");
-    }
-
-    #[tokio::test]
-    async fn empty_or_unknown_eligible_set_is_rejected() {
-        let adm = Admission::new(vec![Some(1), Some(0)], settings(10, 60));
-        for eligible in [&[][..], &[7], &[1]] {
-            let rejection = adm.acquire(0, eligible, &mut first).await.unwrap_err();
-            assert_eq!(
-                rejection.reason,
-                RejectReason::NoEligibleGroup,
-                "{eligible:?}"
-            );
-        }
-        assert_eq!(adm.queue_depth(), 0, "nothing queued");
-    }
-}
+mod tests;
