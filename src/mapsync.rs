@@ -147,9 +147,36 @@ pub fn replace_map_text(
     origin: &str,
     source: MapSource,
 ) -> Result<u64, String> {
-    replace_parsed(state, name, text.len(), source, |allowed, previous| {
-        parse_map_text_after(text, origin, allowed, previous)
-    })
+    replace_parsed(
+        state,
+        name,
+        text.len(),
+        source,
+        &|| true,
+        |allowed, previous| parse_map_text_after(text, origin, allowed, previous),
+    )
+}
+
+/// [`replace_map_text`] for content read from the map file: applied only if `still_current`
+/// (checked under the writer lock) says the file is still what was read. Why: with
+/// `persist: true` an API edit rewrites the file between the watcher's read and its apply, and
+/// the stale read would undo that edit (the next poll reads the new file instead).
+pub fn replace_map_text_from_file(
+    state: &AppState,
+    name: &str,
+    text: &str,
+    origin: &str,
+    source: MapSource,
+    still_current: &dyn Fn() -> bool,
+) -> Result<u64, String> {
+    replace_parsed(
+        state,
+        name,
+        text.len(),
+        source,
+        still_current,
+        |allowed, previous| parse_map_text_after(text, origin, allowed, previous),
+    )
 }
 
 /// [`replace_map_text`] for a request body as received, chunk by chunk (no contiguous copy).
@@ -161,7 +188,7 @@ pub fn replace_map_chunks(
     source: MapSource,
 ) -> Result<u64, String> {
     let len = chunks.iter().map(|c| c.len()).sum();
-    replace_parsed(state, name, len, source, |allowed, previous| {
+    replace_parsed(state, name, len, source, &|| true, |allowed, previous| {
         crate::maps::parse_map_chunks_after(chunks, origin, allowed, previous)
     })
 }
@@ -173,6 +200,7 @@ fn replace_parsed(
     name: &str,
     len: usize,
     source: MapSource,
+    still_current: &dyn Fn() -> bool,
     parse: impl FnOnce(
         &dyn Fn(&str) -> bool,
         Option<&MapContent>,
@@ -185,7 +213,14 @@ fn replace_parsed(
     match parse(&allowed, previous) {
         Ok(content) => {
             let parsed = started.elapsed();
-            let r = replace_content(state, name, content, source);
+            let _w = state.writer.lock();
+            if !still_current() {
+                log::debug!(
+                    "map {name}: the file changed while it was read; the next poll reads it"
+                );
+                return Ok(state.snapshot().maps.get(name).map_or(0, |t| t.version));
+            }
+            let r = replace_locked(state, name, content, source);
             log::debug!(
                 "map {name}: {len} bytes parsed in {parsed:?}, applied in {:?}",
                 started.elapsed()
@@ -287,7 +322,9 @@ pub async fn watch_files(state: Arc<AppState>, shutdown: tokio::sync::watch::Rec
             let done = crate::maps::run_idle(move || {
                 let r = match w.changed() {
                     Ok(Some(text)) => {
-                        let r = replace_map_text(&st, &n, &text, &o, src).map(Some);
+                        let current = || w.is_current();
+                        let r =
+                            replace_map_text_from_file(&st, &n, &text, &o, src, &current).map(Some);
                         crate::maps::reap(Box::new(text));
                         r
                     }

@@ -435,10 +435,6 @@ impl FileWatch {
         &self.path
     }
 
-    /// Checks once: `Ok(Some(text))` when the file changed since the last
-    /// report, `Ok(None)` when unchanged, missing or changing under our feet
-    /// (the next call retries). Errors are I/O failures other than NotFound,
-    /// and content that is not UTF-8.
     /// True when the file's metadata (size, mtime, inode) differs from the last content seen:
     /// a cheap `stat`, to decide whether [`changed`](Self::changed) (read and hash) is needed.
     pub fn may_have_changed(&self) -> bool {
@@ -449,6 +445,16 @@ impl FileWatch {
         }
     }
 
+    /// True when the file's metadata is still that of the content last reported (so nothing
+    /// rewrote it since [`changed`](Self::changed) read it).
+    pub fn is_current(&self) -> bool {
+        matches!(fingerprint(&self.path), Ok(Some(fp)) if Some(fp) == self.last)
+    }
+
+    /// Checks once: `Ok(Some(text))` when the file changed since the last
+    /// report, `Ok(None)` when unchanged, missing or changing under our feet
+    /// (the next call retries). Errors are I/O failures other than NotFound,
+    /// and content that is not UTF-8.
     pub fn changed(&mut self) -> io::Result<Option<String>> {
         let Some(before) = fingerprint(&self.path)? else {
             return Ok(None);
@@ -731,6 +737,21 @@ mod tests {
         assert_eq!(w.changed().unwrap(), None, "briefly missing");
         write_atomic(&p, "a 1\n").unwrap();
         assert_eq!(w.changed().unwrap(), None, "same content under a new inode");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_read_is_no_longer_current_once_the_file_is_rewritten() {
+        // The watcher applies a read only while it is current: a persisted API edit written
+        // between its read and its apply must win (this raced in the integration suite).
+        let dir = std::env::temp_dir().join(format!("maps-cur-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("n.map");
+        std::fs::write(&p, "a 1\nb 2\n").unwrap();
+        let (w, _) = FileWatch::primed(&p).unwrap();
+        assert!(w.is_current(), "nothing rewrote it yet");
+        write_atomic(&p, "a 1\n").unwrap();
+        assert!(!w.is_current(), "rename-over by a persisted edit");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
