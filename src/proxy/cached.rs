@@ -92,6 +92,10 @@ pub async fn serve(
         statuses: Some(rc.statuses.clone()),
         max_entry_bytes: Some(usize::try_from(rc.max_entry_size).unwrap_or(usize::MAX)),
     };
+    if session.subrequest_spawner.is_none() {
+        return Ok(CacheAnswer::Bypass);
+    }
+    let h2_head = super::fill::h1_head_for_subrequest(session.req_header_mut());
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Ok(CacheAnswer::Bypass);
     };
@@ -128,6 +132,9 @@ pub async fn serve(
         }
     };
     let result = cache.get_or_fetch_with(key, rule, fetch).await;
+    if let Some(original) = h2_head {
+        *session.req_header_mut() = original;
+    }
     let st = ctx.state().clone();
     let m = &st.metrics.cache_requests;
     let label = |r: &str| m.with_label_values(&[route.name.as_str(), r]).inc();

@@ -114,6 +114,36 @@ pub fn prepare_request(req: &mut RequestHeader) {
     }
 }
 
+/// Rewrites an HTTP/2 request head into the HTTP/1.1 form a subrequest can be built from
+/// (version 1.1, origin-form target, `Host` from the authority) and returns the original, to be
+/// put back once the subrequest is created. `None` (nothing changed) for HTTP/1.x.
+///
+/// Why: Pingora 0.9.1 creates a subrequest by parsing the parent's head again as HTTP/1; an
+/// HTTP/2 head serialises as `GET https://host/path HTTP/2` without `Host`, which that parser
+/// refuses, so every cache fill of an HTTP/2 client failed.
+pub fn h1_head_for_subrequest(req: &mut RequestHeader) -> Option<RequestHeader> {
+    if matches!(
+        req.version,
+        http::Version::HTTP_10 | http::Version::HTTP_11 | http::Version::HTTP_09
+    ) {
+        return None;
+    }
+    let original = req.clone();
+    req.set_version(http::Version::HTTP_11);
+    if req.headers.get(http::header::HOST).is_none() {
+        if let Some(a) = req.uri.authority().map(|a| a.as_str().to_string()) {
+            // A valid authority is a valid header value.
+            let _ = req.insert_header(http::header::HOST, a);
+        }
+    }
+    if let Some(pq) = req.uri.path_and_query().cloned() {
+        if let Ok(uri) = http::Uri::builder().path_and_query(pq).build() {
+            req.set_uri(uri);
+        }
+    }
+    Some(original)
+}
+
 /// Collects the origin's answer inside the fill subrequest and sends it back once.
 pub struct FillSink {
     reply: Option<oneshot::Sender<FillResult>>,

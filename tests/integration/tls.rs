@@ -186,3 +186,81 @@ routes:
     );
     let _ = std::fs::remove_dir_all(&pki);
 }
+
+/// `curl` with the response head on stdout before the body: (x-cache, body).
+fn curl_cached(args: &[&str]) -> (String, serde_json::Value) {
+    let (ok, out) = curl(&[&["-D", "-"], args].concat());
+    assert!(ok, "curl {args:?} succeeds");
+    let (head, body) = out.split_once("\r\n\r\n").expect("a head and a body");
+    let x_cache = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-cache: ").or(l.strip_prefix("X-Cache: ")))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (x_cache, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_fill_on_an_mtls_listener_carries_the_real_certificate_and_keys_on_it() {
+    // Issue 12: the fill goes through the proxy path, so the app sees the certificate headers
+    // of the client whose request filled the cache, and a client with another (or no)
+    // certificate never gets that answer. curl negotiates HTTP/2 here (ALPN), which Pingora
+    // cannot build a subrequest from as is: every fill of an HTTP/2 client used to fail.
+    let a = origin("a").await;
+    let pki = temp_dir("pki-cache");
+    make_pki(&pki);
+    let p = pki.display().to_string();
+    let gw = TestGateway::start(&format!(
+        r#"
+listeners:
+  - {{ name: mtls, bind: "127.0.0.1:{{PORT}}", tls: {{ cert: "{p}/server.pem", key: "{p}/server.key", client_ca: "{p}/ca.pem", client_auth: optional }} }}
+access_log: {{ enabled: false }}
+upstreams:
+  a: {{ servers: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: cached, match: {{ path_prefix: /echo }}, upstream: a, cache: {{ ttl: 60s }} }}
+"#,
+        a.addr()
+    ))
+    .await;
+    let url = format!("https://localhost:{}/echo?k=1", gw.port);
+    let ca = format!("{p}/ca.pem");
+    let (cert, key) = (format!("{p}/client.pem"), format!("{p}/client.key"));
+    let with_cert = ["--cacert", &ca, "--cert", &cert, "--key", &key, &url];
+
+    let (x, first) = curl_cached(&with_cert);
+    assert_eq!(x, "MISS");
+    let seen = &first["headers"];
+    assert_eq!(seen["ssl-client-verify"], "SUCCESS", "{first}");
+    assert_eq!(seen["ssl-client-s-dn"], "CN=client.example.com", "{first}");
+    assert_eq!(seen["x-forwarded-proto"], "https", "{first}");
+
+    let (x, forged) = curl_cached(&[
+        "--cacert",
+        &ca,
+        "-H",
+        "SSL-Client-Verify: SUCCESS",
+        "-H",
+        "SSL-Client-S-DN: CN=client.example.com",
+        &url,
+    ]);
+    assert_eq!(x, "MISS", "no certificate, another key: {forged}");
+    assert_eq!(forged["headers"]["ssl-client-verify"], "NONE", "{forged}");
+    assert_ne!(
+        forged["seq"], first["seq"],
+        "not the certificate holder's answer"
+    );
+
+    let (x, again) = curl_cached(&with_cert);
+    assert_eq!(x, "HIT");
+    assert_eq!(
+        again["seq"], first["seq"],
+        "the holder's answer, from the cache"
+    );
+    let (x, h1) = curl_cached(&[&["--http1.1"], &with_cert[..]].concat());
+    assert_eq!(x, "HIT", "HTTP/1.1 and HTTP/2 clients share the entry");
+    assert_eq!(h1["seq"], first["seq"]);
+    let _ = std::fs::remove_dir_all(&pki);
+}
