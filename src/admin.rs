@@ -4,7 +4,6 @@
 
 use crate::maps::MapSource;
 use crate::mapsync;
-use crate::shutdown::Phase;
 use crate::state::AppState;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -143,6 +142,8 @@ impl AdminApp {
             .collect();
         serde_json::json!({
             "version": snap.version,
+            "software": crate::VERSION,
+            "pid": std::process::id(),
             "phase": state.current_phase().as_str(),
             "inflight": state.inflight.load(std::sync::atomic::Ordering::Relaxed),
             "upstreams": upstreams,
@@ -378,7 +379,7 @@ impl ServeHttp for AdminApp {
             ("GET", "/healthz") => return reply(200, "text/plain", "ok\n"),
             ("GET", "/readyz") => {
                 let phase = self.state.current_phase();
-                return if phase == Phase::Running {
+                return if phase.is_ready() {
                     reply(200, "text/plain", "ready\n")
                 } else {
                     reply(
