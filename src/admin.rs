@@ -183,8 +183,10 @@ impl AdminApp {
             .set(i64::try_from(cs.bytes).unwrap_or(i64::MAX));
         m.cache_entries
             .set(i64::try_from(cs.entries).unwrap_or(i64::MAX));
+        // the cache counts its errors itself; the counter catches up at each scrape
+        let seen = m.cache_shared_errors.get();
         m.cache_shared_errors
-            .set(i64::try_from(cs.shared_errors).unwrap_or(i64::MAX));
+            .inc_by(cs.shared_errors.saturating_sub(seen));
         m.inflight_requests
             .set(st.inflight.load(std::sync::atomic::Ordering::Relaxed) as i64);
         mapsync::refresh_gauges(st);

@@ -615,3 +615,83 @@ async fn sigint_during_a_drain_stops_at_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_metrics_pass_promtool_check_with_build_info_and_error_series_at_zero() {
+    let a = origin("a").await;
+    let gw = TestGateway::start(
+        &r#"
+listeners: [{ bind: "127.0.0.1:{PORT}" }]
+upstreams:
+  a: { servers: [{ addr: "A" }] }
+routes: [{ name: all, upstream: a }]
+"#
+        .replace("A", &a.addr().to_string()),
+    )
+    .await;
+    for _ in 0..3 {
+        let r = client().get(gw.url("/echo")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let text = client()
+        .get(gw.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+    assert_eq!(
+        metric_in(
+            &text,
+            "floodgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0,
+        "floodgate_build_info{{version}} is 1"
+    );
+    assert!(
+        text.contains("# TYPE floodgate_cache_shared_errors_total counter"),
+        "a _total is a counter"
+    );
+    for (name, labels) in [
+        ("floodgate_reloads_total", vec![("result", "error")]),
+        ("floodgate_policy_reloads_total", vec![("result", "error")]),
+    ] {
+        let line = format!("{name}{{");
+        assert!(
+            text.lines().any(|l| l.starts_with(&line)
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+                && l.ends_with(" 0")),
+            "{name} {labels:?} exists at 0 before the first error"
+        );
+    }
+}
