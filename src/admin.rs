@@ -4,7 +4,6 @@
 
 use crate::maps::MapSource;
 use crate::mapsync;
-use crate::shutdown::Phase;
 use crate::state::AppState;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -143,6 +142,8 @@ impl AdminApp {
             .collect();
         serde_json::json!({
             "version": snap.version,
+            "software": crate::VERSION,
+            "pid": std::process::id(),
             "phase": state.current_phase().as_str(),
             "inflight": state.inflight.load(std::sync::atomic::Ordering::Relaxed),
             "upstreams": upstreams,
@@ -182,8 +183,10 @@ impl AdminApp {
             .set(i64::try_from(cs.bytes).unwrap_or(i64::MAX));
         m.cache_entries
             .set(i64::try_from(cs.entries).unwrap_or(i64::MAX));
+        // the cache counts its errors itself; the counter catches up at each scrape
+        let seen = m.cache_shared_errors.get();
         m.cache_shared_errors
-            .set(i64::try_from(cs.shared_errors).unwrap_or(i64::MAX));
+            .inc_by(cs.shared_errors.saturating_sub(seen));
         m.inflight_requests
             .set(st.inflight.load(std::sync::atomic::Ordering::Relaxed) as i64);
         mapsync::refresh_gauges(st);
@@ -378,7 +381,7 @@ impl ServeHttp for AdminApp {
             ("GET", "/healthz") => return reply(200, "text/plain", "ok\n"),
             ("GET", "/readyz") => {
                 let phase = self.state.current_phase();
-                return if phase == Phase::Running {
+                return if phase.is_ready() {
                     reply(200, "text/plain", "ready\n")
                 } else {
                     reply(

@@ -3,6 +3,7 @@
 
 use crate::admin::AdminApp;
 use crate::config::{load_config, ClientAuth, Config, ConfigErrors};
+use crate::handoff::{Draining, Gated, Intake};
 use crate::proxy::Gateway;
 use crate::shutdown::{Phase, PhasedShutdown};
 use crate::state::{AppState, Snapshot};
@@ -10,11 +11,12 @@ use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
+use pingora_core::services::ServiceReadyNotifier;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -112,16 +114,23 @@ pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
     Ok((*snap.config).clone())
 }
 
-/// Background work: health loop, SIGHUP reloads, map file watching, and the phase switch to
-/// `Running` once the first health round is done.
+/// Background work: health loop, SIGHUP reloads, map file watching, the runtime API socket,
+/// and the phase switch to `Running` once the first health round is done (which is also when
+/// the proxy listeners start: they depend on this service's readiness).
 struct Background {
     state: Arc<AppState>,
+    intake: Arc<Intake>,
     handle_sighup: bool,
+    upgrade: bool,
 }
 
 #[async_trait]
 impl BackgroundService for Background {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    async fn start_with_ready_notifier(
+        &self,
+        shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
         let st = self.state.clone();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::upstream::health::run(
@@ -144,17 +153,14 @@ impl BackgroundService for Background {
             )));
         }
         if let Some(sock) = st.snapshot().config.admin.runtime_socket.clone() {
-            let api = Arc::new(crate::maps::runtime_api::RuntimeApi::new());
-            let store: Arc<dyn crate::maps::runtime_api::MapStore> =
-                Arc::new(crate::mapsync::LiveMaps(st.clone()));
-            let sd = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) =
-                    crate::maps::runtime_api::serve_unix(sock.clone(), api, store, sd).await
-                {
-                    log::error!("runtime API socket {}: {e}", sock.display());
-                }
-            }));
+            // why: the runtime socket stops with the listeners, so during an upgrade the new
+            // process (which waits for the path to be free) takes it over
+            tasks.push(tokio::spawn(serve_runtime_socket(
+                st.clone(),
+                sock,
+                self.intake.watch(),
+                self.upgrade,
+            )));
         }
         // why: connect the shared cache tier before reporting ready, so a gateway restarted
         // during a storm reads what the others stored instead of rendering it again; bounded,
@@ -174,16 +180,67 @@ impl BackgroundService for Background {
         if st.current_phase() == Phase::Starting {
             st.set_phase(Phase::Running);
             log::info!(
-                "floodgate is ready (config version {})",
+                "floodgate {} is ready (config version {})",
+                crate::VERSION,
                 st.snapshot().version
             );
         }
+        // the proxy listeners start now (they depend on this service)
+        ready.notify_ready();
+        tasks.push(tokio::spawn(tell_systemd_when_listening(
+            self.intake.clone(),
+            st.snapshot().config.listeners.len() + 1,
+        )));
         let mut sd = shutdown;
         let _ = sd.changed().await;
         for t in tasks {
             t.abort();
         }
     }
+}
+
+/// Sends systemd `READY=1` once all `expected` sockets (listeners and admin) listen: systemd
+/// reports the start (and an upgrade) done only when connections are taken. At most 10 s.
+async fn tell_systemd_when_listening(intake: Arc<Intake>, expected: usize) {
+    let started = std::time::Instant::now();
+    while intake.socket_count() < expected && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // why: MAINPID lets systemd follow a process started by an upgrade (NotifyAccess=all)
+    crate::sdnotify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+}
+
+/// Serves the HAProxy Runtime API socket until the listeners stop. A process started by an
+/// upgrade waits for the old one to release the path (at most the overlap plus the drain).
+async fn serve_runtime_socket(
+    st: Arc<AppState>,
+    path: std::path::PathBuf,
+    stop: ShutdownWatch,
+    upgrade: bool,
+) {
+    use crate::maps::runtime_api::{bind_unix, serve, MapStore, RuntimeApi};
+    let patience = if upgrade {
+        crate::shutdown::UPGRADE_OVERLAP + st.snapshot().config.shutdown.drain
+    } else {
+        std::time::Duration::ZERO
+    };
+    let started = std::time::Instant::now();
+    let sock = loop {
+        match bind_unix(&path).await {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < patience => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                log::error!("runtime API socket {}: {e}", path.display());
+                return;
+            }
+        }
+    };
+    let api = Arc::new(RuntimeApi::new());
+    let store: Arc<dyn MapStore> = Arc::new(crate::mapsync::LiveMaps(st));
+    serve(sock, api, store, stop).await;
 }
 
 fn tls_settings(
@@ -218,10 +275,16 @@ fn tls_settings(
     Ok(tls)
 }
 
-/// Builds the Pingora server with all services. `handle_sighup` is off for in-process tests.
+/// Builds the Pingora server with all services. `handle_sighup` is off for in-process tests;
+/// with `upgrade` the listening sockets come from the running process (`run --upgrade`).
 // why: HttpServerOptions and ServerConf are non-exhaustive, so they cannot be struct literals
 #[allow(clippy::field_reassign_with_default)]
-pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::Result<Server> {
+pub fn build_server(
+    state: Arc<AppState>,
+    intake: Arc<Intake>,
+    handle_sighup: bool,
+    upgrade: bool,
+) -> pingora_core::Result<Server> {
     let cfg = state.snapshot().config.clone();
     let mut conf = ServerConf::default();
     conf.threads = cfg.server.threads;
@@ -230,22 +293,31 @@ pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::
     // why: shutdown.rs drains before handing control back, so Pingora's own unconditional
     // grace sleep (300 s by default) must not run again
     conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    conf.graceful_shutdown_timeout_seconds = Some(crate::shutdown::RUNTIME_EXIT.as_secs());
     if let Some(p) = &cfg.server.pid_file {
         conf.pid_file = p.clone();
     }
-    conf.upgrade_sock = format!("/tmp/floodgate-upgrade-{}.sock", std::process::id());
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    conf.upgrade_sock = cfg.server.upgrade_sock.clone();
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With `upgrade`: blocks until the running process sends its sockets (SIGQUIT), ~5 s at most.
     server.bootstrap();
 
     let mut opts = HttpServerOptions::default();
     opts.h2c = cfg.listeners.iter().any(|l| l.h2c);
     opts.keepalive_request_limit = cfg.server.keepalive_requests;
-    let mut proxy =
-        pingora_proxy::ProxyServiceBuilder::new(&server.configuration, Gateway::new(state.clone()))
-            .name("floodgate proxy")
-            .server_options(opts)
-            .build();
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    proxy.server_options = Some(opts);
+    let mut proxy = Service::new(
+        "floodgate proxy".to_string(),
+        Draining {
+            inner: Arc::new(proxy),
+            state: state.clone(),
+        },
+    );
     for l in &cfg.listeners {
         match &l.tls {
             // why: Pingora's default 64 KiB read buffer per connection is zero-filled on every
@@ -262,7 +334,10 @@ pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::
             ),
         }
     }
-    server.add_service(proxy);
+    let proxy = server.add_service(Gated {
+        inner: proxy,
+        intake: intake.clone(),
+    });
 
     let mut admin = Service::new(
         "floodgate admin".to_string(),
@@ -272,14 +347,22 @@ pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::
     );
     admin.add_tcp(&cfg.admin.bind);
     admin.threads = Some(1);
-    server.add_service(admin);
-    server.add_service(background_service(
+    server.add_service(Gated {
+        inner: admin,
+        intake: intake.clone(),
+    });
+    let background = server.add_service(background_service(
         "floodgate background",
         Background {
             state,
+            intake,
             handle_sighup,
+            upgrade,
         },
     ));
+    // why: the proxy listeners accept only once the first health round is done: before it no
+    // server may take traffic, and during an upgrade the old process serves meanwhile
+    proxy.add_dependency(&background);
     Ok(server)
 }
 
@@ -290,14 +373,29 @@ pub fn run(
     state: Arc<AppState>,
     shutdown: Option<Box<dyn ShutdownSignalWatch + Send + Sync>>,
 ) -> pingora_core::Result<()> {
+    run_with(state, shutdown, false)
+}
+
+/// [`run`], and with `upgrade` take the listening sockets over from the running process
+/// instead of binding them (`floodgate run --upgrade`; the old process sends them on SIGQUIT).
+pub fn run_with(
+    state: Arc<AppState>,
+    shutdown: Option<Box<dyn ShutdownSignalWatch + Send + Sync>>,
+    upgrade: bool,
+) -> pingora_core::Result<()> {
     let handle_sighup = shutdown.is_none();
-    check_binds(&state.snapshot().config)
-        .map_err(|m| pingora_error::Error::explain(pingora_error::ErrorType::BindError, m))?;
+    // why: during an upgrade the addresses are held by the old process on purpose
+    if !upgrade {
+        check_binds(&state.snapshot().config)
+            .map_err(|m| pingora_error::Error::explain(pingora_error::ErrorType::BindError, m))?;
+    }
+    let intake = Intake::new();
     let watcher: Box<dyn ShutdownSignalWatch> = Box::new(PhasedShutdown {
         state: state.clone(),
+        intake: intake.clone(),
         inner: shutdown,
     });
-    let server = build_server(state, handle_sighup)?;
+    let server = build_server(state, intake, handle_sighup, upgrade)?;
     server.run(RunArgs {
         shutdown_signal: watcher,
     });

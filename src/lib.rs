@@ -12,6 +12,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod handoff;
 pub mod maps;
 pub mod mapsync;
 pub mod metrics;
@@ -20,7 +21,11 @@ pub mod policysync;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod sdnotify;
 pub mod shutdown;
 pub mod state;
 pub mod tlsinfo;
 pub mod upstream;
+
+/// The gateway's version (`/status`, `floodgate_build_info`, the start-up line).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

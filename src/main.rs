@@ -25,6 +25,11 @@ enum Cmd {
         /// The YAML config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Take the listening sockets over from the running gateway instead of binding them
+        /// (graceful upgrade): start this, then send the running one SIGQUIT within 5 s. The
+        /// path is `server.upgrade_sock` of the config.
+        #[arg(short, long)]
+        upgrade: bool,
     },
     /// Validate a config file and everything it references (maps, scripts, certificates);
     /// print every error and exit non-zero when there is one.
@@ -64,11 +69,11 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Cmd::Run { config } => run(&config),
+        Cmd::Run { config, upgrade } => run(&config, upgrade),
     }
 }
 
-fn run(config: &std::path::Path) -> ExitCode {
+fn run(config: &std::path::Path, upgrade: bool) -> ExitCode {
     let state = match floodgate::app::prepare(config) {
         Ok(s) => s,
         Err(errs) => {
@@ -81,11 +86,16 @@ fn run(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Err(m) = floodgate::app::check_binds(&state.snapshot().config) {
+    if upgrade {
+        log::info!(
+            "upgrade: waiting for the running gateway's sockets on {} (send it SIGQUIT)",
+            state.snapshot().config.server.upgrade_sock
+        );
+    } else if let Err(m) = floodgate::app::check_binds(&state.snapshot().config) {
         eprintln!("refusing to start: {m}");
         return ExitCode::from(1);
     }
-    match floodgate::app::run(state, None) {
+    match floodgate::app::run_with(state, None, upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("floodgate: {e}");

@@ -30,7 +30,7 @@ pub struct Metrics {
     pub map_last_update: IntGaugeVec,
     pub map_lookups: IntCounterVec,
     pub cache_requests: IntCounterVec,
-    pub cache_shared_errors: IntGauge,
+    pub cache_shared_errors: IntCounter,
     pub cache_bytes: IntGauge,
     pub cache_entries: IntGauge,
     pub policy_runs: IntCounterVec,
@@ -102,7 +102,19 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("metric: {e}"));
         r.register(Box::new(auth.clone()))
             .unwrap_or_else(|e| panic!("register: {e}"));
-        Metrics {
+        let build_info = gauge(
+            &r,
+            "floodgate_build_info",
+            "1, labelled with the version and the commit it was built from (FLOODGATE_COMMIT at build time, else unknown)",
+            &["version", "commit"],
+        );
+        build_info
+            .with_label_values(&[
+                crate::VERSION,
+                option_env!("FLOODGATE_COMMIT").unwrap_or("unknown"),
+            ])
+            .set(1);
+        let m = Metrics {
             requests: counter(
                 &r,
                 "floodgate_requests_total",
@@ -203,10 +215,16 @@ impl Metrics {
                 "Cache lookups by result",
                 &["route", "result"],
             ),
-            cache_shared_errors: single(
-                "floodgate_cache_shared_errors_total",
-                "Errors talking to the shared (Redis/Valkey) cache tier",
-            ),
+            cache_shared_errors: {
+                let c = IntCounter::new(
+                    "floodgate_cache_shared_errors_total",
+                    "Errors talking to the shared (Redis/Valkey) cache tier",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("register: {e}"));
+                c
+            },
             cache_bytes: single("floodgate_cache_bytes", "Bytes held by the memory cache"),
             cache_entries: single(
                 "floodgate_cache_entries",
@@ -247,7 +265,16 @@ impl Metrics {
                 "Requests being handled by the gateway",
             ),
             registry: r,
+        };
+        // why: an alert on `rate(..{result="error"}[5m])` needs the series before the first
+        // error; series whose labels come from config names appear with their first event
+        for kind_result in [["config", "ok"], ["config", "error"]] {
+            m.reloads.with_label_values(&kind_result);
         }
+        for result in ["ok", "error"] {
+            m.policy_reloads.with_label_values(&[result]);
+        }
+        m
     }
 
     /// Text exposition format.

@@ -111,7 +111,11 @@ pub async fn sighup_loop(state: Arc<AppState>, mut shutdown: tokio::sync::watch:
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => { let _ = reload(&state).await; }
+            _ = hup.recv() => {
+                crate::sdnotify::notify("RELOADING=1");
+                let _ = reload(&state).await;
+                crate::sdnotify::notify("READY=1");
+            }
             _ = shutdown.changed() => return,
         }
     }

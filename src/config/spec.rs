@@ -38,6 +38,9 @@ pub struct ServerSpec {
     pub keepalive_requests: Option<u32>,
     /// Where the process writes its PID file.
     pub pid_file: Option<String>,
+    /// UNIX socket on which a graceful upgrade hands the listening sockets to the new
+    /// process (default `/run/floodgate/upgrade.sock`).
+    pub upgrade_sock: Option<String>,
     /// Time a client has to send a request body, in total (default 20s), extended by one
     /// second per `client_body_min_rate` bytes received (Apache mod_reqtimeout `body=`).
     pub client_body_timeout: Option<String>,

@@ -36,6 +36,10 @@ pub const DEFAULT_SHARED_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_POLICY_BUDGET: Duration = Duration::from_millis(2);
 pub const DEFAULT_POLICY_MEMORY: u64 = 32 << 20;
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// Added to `pre_drain + drain` when `shutdown.ceiling` is not set.
+pub const DEFAULT_CEILING_MARGIN: Duration = Duration::from_secs(5);
+/// Fixed (no PID in it), so a process started with `run --upgrade` finds it.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/run/floodgate/upgrade.sock";
 pub const DEFAULT_MAP_POLL_EVERY: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAP_POLL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REJECT_BODY: &str =
@@ -64,6 +68,7 @@ pub struct ServerSettings {
     pub upstream_keepalive_pool: usize,
     pub keepalive_requests: Option<u32>,
     pub pid_file: Option<String>,
+    pub upgrade_sock: String,
     pub client_body: crate::config::BodyTimeout,
 }
 
@@ -563,6 +568,12 @@ impl Validator {
                 .unwrap_or(DEFAULT_KEEPALIVE_POOL),
             keepalive_requests: s.server.keepalive_requests,
             pid_file: s.server.pid_file.clone(),
+            upgrade_sock: s
+                .server
+                .upgrade_sock
+                .as_deref()
+                .map(|p| rel(p).display().to_string())
+                .unwrap_or_else(|| DEFAULT_UPGRADE_SOCK.to_string()),
             client_body: crate::config::BodyTimeout {
                 base: self.duration(
                     "server.client_body_timeout",
@@ -579,6 +590,17 @@ impl Validator {
             self.err(
                 "server.client_body_timeout",
                 "0s would refuse every request body; use e.g. \"20s\" (the default)",
+            );
+        }
+        // why: sun_path holds 108 bytes with its terminating NUL
+        if server.upgrade_sock.len() > 107 {
+            self.err(
+                "server.upgrade_sock",
+                format!(
+                    "{:?} is {} bytes, longer than a UNIX socket path may be (107); choose a shorter path",
+                    server.upgrade_sock,
+                    server.upgrade_sock.len()
+                ),
             );
         }
         if server.threads == 0 {
@@ -884,7 +906,7 @@ impl Validator {
         let ceiling = self.duration(
             "shutdown.ceiling",
             sd.ceiling.as_ref(),
-            pre_drain + drain + Duration::from_secs(5),
+            pre_drain + drain + DEFAULT_CEILING_MARGIN,
         );
         if ceiling < pre_drain + drain {
             self.err(

@@ -14,7 +14,6 @@ use crate::config::{OnMiss, RouteTarget};
 use crate::error::Failure;
 use crate::policy::Hook;
 use crate::routing::{normalize_host, RequestView};
-use crate::shutdown::Phase;
 use crate::state::AppState;
 use admit::Admit;
 use async_trait::async_trait;
@@ -504,8 +503,10 @@ impl ProxyHttp for Gateway {
         if ctx.fill.is_none() {
             policy::response(&self.state.policy, session, ctx, resp);
         }
-        if !matches!(self.state.current_phase(), Phase::Running | Phase::Starting) {
-            // why: during a drain, ask clients to reconnect elsewhere rather than reuse this connection
+        if self.state.current_phase().closes_connections() {
+            // why: the listeners have stopped accepting; a client that reused this connection
+            // after the drain would find it gone, so tell it to reconnect (to the new process
+            // during an upgrade, elsewhere during a stop)
             session.set_keepalive(None);
         }
         Ok(())

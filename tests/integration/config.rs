@@ -107,6 +107,12 @@ fn broken_configs_are_refused_naming_the_key_path() {
             "shorter than pre_drain + drain",
         ),
         (
+            "upgrade socket path longer than a UNIX socket path",
+            &format!("listeners: [{{ bind: \"127.0.0.1:8080\" }}]\nserver: {{ upgrade_sock: /run/{} }}\nupstreams:\n  a: {{ servers: [{{ addr: \"127.0.0.1:3000\" }}] }}\nroutes: [{{ name: r, upstream: a }}]\n", "x".repeat(120)),
+            "server.upgrade_sock",
+            "longer than a UNIX socket path may be",
+        ),
+        (
             "bad size",
             "listeners: [{ bind: \"127.0.0.1:8080\" }]\nupstreams:\n  a: { servers: [{ addr: \"127.0.0.1:3000\" }] }\nroutes: [{ name: r, upstream: a }]\ncache: { memory: { max_bytes: \"12 parsecs\" } }\n",
             "cache.memory.max_bytes",

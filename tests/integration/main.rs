@@ -11,6 +11,7 @@ mod common;
 mod config;
 mod core;
 mod health;
+mod lifecycle;
 mod maps;
 mod policy;
 mod slow_clients;
