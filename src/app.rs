@@ -241,11 +241,13 @@ pub fn build_server(state: Arc<AppState>, handle_sighup: bool) -> pingora_core::
     let mut opts = HttpServerOptions::default();
     opts.h2c = cfg.listeners.iter().any(|l| l.h2c);
     opts.keepalive_request_limit = cfg.server.keepalive_requests;
-    let mut proxy =
-        pingora_proxy::ProxyServiceBuilder::new(&server.configuration, Gateway::new(state.clone()))
-            .name("floodgate proxy")
-            .server_options(opts)
-            .build();
+    let mut http = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    http.server_options = Some(opts);
+    // why: the front door reads each HTTP/1.x head strictly before Pingora does (src/frontdoor)
+    let mut proxy = Service::new(
+        "floodgate proxy".to_string(),
+        crate::frontdoor::FrontDoor::new(state.clone(), http, &cfg.listeners),
+    );
     for l in &cfg.listeners {
         match &l.tls {
             // why: Pingora's default 64 KiB read buffer per connection is zero-filled on every
