@@ -309,12 +309,18 @@ pub fn build_server(
     let mut opts = HttpServerOptions::default();
     opts.h2c = cfg.listeners.iter().any(|l| l.h2c);
     opts.keepalive_request_limit = cfg.server.keepalive_requests;
-    let mut proxy = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
-    proxy.server_options = Some(opts);
+    let mut http = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    http.server_options = Some(opts);
+    // why: the front door reads each HTTP/1.x head strictly before Pingora does
+    // (src/frontdoor); Draining holds parked connections until the drain ends (src/handoff).
     let mut proxy = Service::new(
         "floodgate proxy".to_string(),
         Draining {
-            inner: Arc::new(proxy),
+            inner: Arc::new(crate::frontdoor::FrontDoor::new(
+                state.clone(),
+                http,
+                &cfg.listeners,
+            )),
             state: state.clone(),
         },
     );

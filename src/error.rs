@@ -46,6 +46,9 @@ pub enum Failure {
     BadRequest,
     /// The client did not send its request body in time (`server.client_body_timeout`).
     ClientBodyTimeout,
+    /// The request itself is malformed, ambiguous or over a listener limit (see
+    /// [`crate::frontdoor`]).
+    Refused(crate::frontdoor::Refusal),
     /// The gateway is shutting down and does not take new work.
     ShuttingDown,
 }
@@ -67,6 +70,7 @@ impl Failure {
             Failure::PolicyError { .. } => "policy_error",
             Failure::BadRequest => "bad_request",
             Failure::ClientBodyTimeout => "client_body_timeout",
+            Failure::Refused(r) => r.reason(),
             Failure::ShuttingDown => "shutting_down",
         }
     }
@@ -141,6 +145,19 @@ pub fn failure_response(f: &Failure, request_id: &str) -> ErrorResponse {
         Failure::PolicyError { status } => text(*status, "the request policy failed"),
         Failure::BadRequest => text(400, "bad request"),
         Failure::ClientBodyTimeout => text(408, "the request body did not arrive in time"),
+        Failure::Refused(r) => {
+            use crate::frontdoor::Refusal::*;
+            let status = match r {
+                HeaderTimeout => 408,
+                RequestLineTooLong => 414,
+                HeaderTooLarge | TooManyHeaders => 431,
+                ConnectMethod => 405,
+                TransferEncodingUnsupported => 501,
+                HttpVersion => 505,
+                _ => 400,
+            };
+            text(status, r.message())
+        }
         Failure::ShuttingDown => {
             let mut r = text(503, "the gateway is shutting down");
             r.retry_after = Some(1);
@@ -178,5 +195,22 @@ mod tests {
         );
         assert_eq!(failure_response(&Failure::UpstreamTimeout, "x").status, 504);
         assert_eq!(failure_response(&Failure::NoRoute, "x").status, 404);
+    }
+
+    #[test]
+    fn refusals_map_to_their_rfc_statuses() {
+        use crate::frontdoor::Refusal;
+        let s = |r| failure_response(&Failure::Refused(r), "-").status;
+        assert_eq!(s(Refusal::LengthAndChunked), 400);
+        assert_eq!(s(Refusal::HeaderTimeout), 408);
+        assert_eq!(s(Refusal::RequestLineTooLong), 414);
+        assert_eq!(s(Refusal::HeaderTooLarge), 431);
+        assert_eq!(s(Refusal::TooManyHeaders), 431);
+        assert_eq!(s(Refusal::TransferEncodingUnsupported), 501);
+        assert_eq!(s(Refusal::HttpVersion), 505);
+        assert_eq!(s(Refusal::ConnectMethod), 405);
+        for r in Refusal::ALL {
+            assert!((400..=505).contains(&s(r)), "{r:?}");
+        }
     }
 }

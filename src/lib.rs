@@ -12,6 +12,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod frontdoor;
 pub mod handoff;
 pub mod maps;
 pub mod mapsync;

@@ -13,6 +13,7 @@ use prometheus::{
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
+    pub requests_refused: IntCounterVec,
     pub request_duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_inflight: IntGaugeVec,
@@ -120,6 +121,12 @@ impl Metrics {
                 "floodgate_requests_total",
                 "Requests answered, by route, upstream and status",
                 &["route", "upstream", "code"],
+            ),
+            requests_refused: counter(
+                &r,
+                "floodgate_requests_refused_total",
+                "Requests refused before routing (malformed, ambiguous or over a limit), by listener and reason",
+                &["listener", "reason"],
             ),
             request_duration: hist(
                 &r,

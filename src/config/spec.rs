@@ -57,6 +57,24 @@ pub struct ListenerSpec {
     #[serde(default)]
     pub h2c: bool,
     pub tls: Option<TlsSpec>,
+    /// How strictly request heads are read (see README "Front door").
+    pub front_door: Option<FrontDoorSpec>,
+}
+
+/// `listeners[].front_door`: limits and strictness of the HTTP/1.x request head reader.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FrontDoorSpec {
+    /// Whole time to receive a request head (default 30s; 408 after).
+    pub header_timeout: Option<String>,
+    /// Largest request head: request line and header lines (default 32KiB; 431 above).
+    pub max_header_size: Option<String>,
+    /// Most header fields in one request (default 100; 431 above).
+    pub max_header_fields: Option<usize>,
+    /// Longest request line (default 8KiB; 414 above).
+    pub max_request_line: Option<String>,
+    /// Accept `Content-Length` with `Transfer-Encoding: chunked` (chunked wins) instead of 400.
+    pub allow_length_with_chunked: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -233,6 +251,9 @@ pub struct RouteSpec {
     pub admission: Option<AdmissionSpec>,
     pub cache: Option<RouteCacheSpec>,
     pub pick_server: Option<PickServerSpec>,
+    /// Send the upstream the target as received instead of the normalised one.
+    #[serde(default)]
+    pub raw_path: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -42,6 +42,13 @@ pub const DEFAULT_CEILING_MARGIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPGRADE_SOCK: &str = "/run/floodgate/upgrade.sock";
 pub const DEFAULT_MAP_POLL_EVERY: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAP_POLL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
+pub const DEFAULT_MAX_HEADER_FIELDS: usize = 100;
+pub const DEFAULT_MAX_REQUEST_LINE: u64 = 8 << 10;
+/// Pingora's own parser refuses more fields than this (400 without a hook), so it caps ours.
+pub const MAX_HEADER_FIELDS_CAP: usize = 256;
+pub const MAX_HEADER_SIZE_CAP: u64 = 1 << 20;
 pub const DEFAULT_REJECT_BODY: &str =
     "{\"displayMessage\": \"The server is busy, please try again later.\"}";
 
@@ -78,6 +85,29 @@ pub struct ListenerConfig {
     pub bind: String,
     pub h2c: bool,
     pub tls: Option<TlsConfig>,
+    pub front_door: FrontDoorConfig,
+}
+
+/// How strictly a listener reads HTTP/1.x request heads (`listeners[].front_door`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrontDoorConfig {
+    pub header_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_header_fields: usize,
+    pub max_request_line: usize,
+    pub allow_length_with_chunked: bool,
+}
+
+impl Default for FrontDoorConfig {
+    fn default() -> Self {
+        FrontDoorConfig {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE as usize,
+            max_header_fields: DEFAULT_MAX_HEADER_FIELDS,
+            max_request_line: DEFAULT_MAX_REQUEST_LINE as usize,
+            allow_length_with_chunked: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +314,8 @@ pub struct RouteConfig {
     pub admission: Option<RouteAdmission>,
     pub cache: Option<RouteCacheConfig>,
     pub pick_server: Option<PickServer>,
+    /// Upstream requests carry the target as received, not the normalised one.
+    pub raw_path: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -687,11 +719,13 @@ impl Validator {
                     client_auth,
                 }
             });
+            let front_door = self.front_door(&format!("{p}.front_door"), l.front_door.as_ref());
             listeners.push(ListenerConfig {
                 name,
                 bind: l.bind.clone(),
                 h2c: l.h2c,
                 tls,
+                front_door,
             });
         }
 
@@ -1352,6 +1386,61 @@ impl Validator {
             admission,
             cache,
             pick_server,
+            raw_path: r.raw_path,
         })
+    }
+
+    fn front_door(&mut self, p: &str, s: Option<&FrontDoorSpec>) -> FrontDoorConfig {
+        let d = FrontDoorConfig::default();
+        let Some(s) = s else { return d };
+        let header_timeout = self.duration(
+            &format!("{p}.header_timeout"),
+            s.header_timeout.as_ref(),
+            DEFAULT_HEADER_TIMEOUT,
+        );
+        if header_timeout.is_zero() {
+            self.err(
+                format!("{p}.header_timeout"),
+                "0s would refuse every request; use e.g. \"30s\"",
+            );
+        }
+        let max_header_size = self.size(
+            &format!("{p}.max_header_size"),
+            s.max_header_size.as_ref(),
+            DEFAULT_MAX_HEADER_SIZE,
+        );
+        if !(1024..=MAX_HEADER_SIZE_CAP).contains(&max_header_size) {
+            self.err(
+                format!("{p}.max_header_size"),
+                format!(
+                    "{max_header_size} bytes is out of range; use 1KiB to 1MiB (default 32KiB)"
+                ),
+            );
+        }
+        let max_request_line = self.size(
+            &format!("{p}.max_request_line"),
+            s.max_request_line.as_ref(),
+            DEFAULT_MAX_REQUEST_LINE,
+        );
+        if max_request_line < 64 || max_request_line > max_header_size {
+            self.err(
+                format!("{p}.max_request_line"),
+                format!("{max_request_line} bytes is out of range; use 64 bytes up to max_header_size ({max_header_size})"),
+            );
+        }
+        let max_header_fields = s.max_header_fields.unwrap_or(DEFAULT_MAX_HEADER_FIELDS);
+        if !(1..=MAX_HEADER_FIELDS_CAP).contains(&max_header_fields) {
+            self.err(
+                format!("{p}.max_header_fields"),
+                format!("{max_header_fields} is out of range; use 1 to {MAX_HEADER_FIELDS_CAP} (Pingora's parser stops at {MAX_HEADER_FIELDS_CAP}; default {DEFAULT_MAX_HEADER_FIELDS})"),
+            );
+        }
+        FrontDoorConfig {
+            header_timeout,
+            max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
+            max_header_fields,
+            max_request_line: usize::try_from(max_request_line).unwrap_or(usize::MAX),
+            allow_length_with_chunked: s.allow_length_with_chunked.unwrap_or(false),
+        }
     }
 }

@@ -70,6 +70,8 @@ pub struct Ctx {
     pub host: String,
     /// Set in a cache fill subrequest: collects the answer for the cache.
     pub fill: Option<super::fill::FillSink>,
+    /// The target as received, when normalisation changed it (for routes with `raw_path`).
+    pub raw_target: Option<http::Uri>,
     guard: InflightGuard,
 }
 
@@ -100,6 +102,7 @@ impl Ctx {
             client_ip: None,
             host: String::new(),
             fill: None,
+            raw_target: None,
             guard: InflightGuard::new(state),
         }
     }

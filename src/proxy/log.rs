@@ -56,6 +56,11 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
             .with_label_values(&[up.name(), up.servers[i].cfg.name.as_str(), status_label(st)])
             .inc();
     }
+    if let Some(crate::error::Failure::Refused(r)) = &ctx.failure {
+        // one refusal line (reason, client, listener) instead of the request line
+        crate::frontdoor::report_session(state, session, *r, status);
+        return;
+    }
     let cfg = &ctx.snap.config.access_log;
     if !cfg.enabled || !log::log_enabled!(target: "access", log::Level::Info) {
         return;

@@ -323,3 +323,87 @@ pub async fn status(gw: &TestGateway) -> serde_json::Value {
         .await
         .expect("status json")
 }
+
+/// Captures floodgate's warnings and errors, and the access-log lines of refused requests, so
+/// tests can check what was reported (one logger per process, shared by every module).
+pub mod logcap {
+    use std::collections::VecDeque;
+
+    pub struct Capture {
+        lines: parking_lot::Mutex<VecDeque<String>>,
+        refusals: parking_lot::Mutex<VecDeque<String>>,
+    }
+
+    fn push(ring: &parking_lot::Mutex<VecDeque<String>>, line: String) {
+        let mut l = ring.lock();
+        if l.len() >= 2000 {
+            l.pop_front();
+        }
+        l.push_back(line);
+    }
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            (m.level() <= log::Level::Warn && m.target().starts_with("floodgate"))
+                || (m.level() <= log::Level::Info && m.target() == "access")
+        }
+
+        fn log(&self, r: &log::Record) {
+            if !self.enabled(r.metadata()) {
+                return;
+            }
+            if r.target() == "access" {
+                // why: only refusals; other tests' request lines would crowd them out
+                let line = r.args().to_string();
+                if line.contains("served=refused") || line.contains("\"served\":\"refused\"") {
+                    push(&self.refusals, line);
+                }
+            } else {
+                push(&self.lines, format!("{} {}", r.level(), r.args()));
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    // why: the `log` facade only accepts a 'static logger, installed once per process.
+    static CAPTURE: Capture = Capture {
+        lines: parking_lot::const_mutex(VecDeque::new()),
+        refusals: parking_lot::const_mutex(VecDeque::new()),
+    };
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+    /// Installs the capture; false when another logger was installed first (then logs cannot be
+    /// checked and callers skip that assertion).
+    pub fn install() -> bool {
+        *INSTALLED.get_or_init(|| {
+            let ok = log::set_logger(&CAPTURE).is_ok();
+            if ok {
+                log::set_max_level(log::LevelFilter::Info);
+            }
+            ok
+        })
+    }
+
+    /// Captured warnings and errors containing every needle.
+    pub fn matching(needles: &[&str]) -> Vec<String> {
+        CAPTURE
+            .lines
+            .lock()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .cloned()
+            .collect()
+    }
+
+    /// Captured refusal access-log lines containing every needle.
+    pub fn refusals(needles: &[&str]) -> Vec<String> {
+        CAPTURE
+            .refusals
+            .lock()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .cloned()
+            .collect()
+    }
+}

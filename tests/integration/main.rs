@@ -10,6 +10,7 @@ mod cache_rules;
 mod common;
 mod config;
 mod core;
+mod frontdoor;
 mod health;
 mod lifecycle;
 mod maps;

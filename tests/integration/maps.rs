@@ -241,62 +241,6 @@ impl Drop for MapServer {
     }
 }
 
-/// Captures floodgate's warnings and errors so tests can check what was reported.
-mod logcap {
-    use std::collections::VecDeque;
-
-    pub struct Capture {
-        lines: parking_lot::Mutex<VecDeque<String>>,
-    }
-
-    impl log::Log for Capture {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::Level::Warn && m.target().starts_with("floodgate")
-        }
-
-        fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) {
-                let mut l = self.lines.lock();
-                if l.len() >= 2000 {
-                    l.pop_front();
-                }
-                l.push_back(format!("{} {}", r.level(), r.args()));
-            }
-        }
-
-        fn flush(&self) {}
-    }
-
-    // why: the `log` facade only accepts a 'static logger, installed once per process.
-    static CAPTURE: Capture = Capture {
-        lines: parking_lot::const_mutex(VecDeque::new()),
-    };
-    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-    /// Installs the capture; false when another logger was installed first (then logs cannot be
-    /// checked and callers skip that assertion).
-    pub fn install() -> bool {
-        *INSTALLED.get_or_init(|| {
-            let ok = log::set_logger(&CAPTURE).is_ok();
-            if ok {
-                log::set_max_level(log::LevelFilter::Warn);
-            }
-            ok
-        })
-    }
-
-    /// Captured lines containing every needle.
-    pub fn matching(needles: &[&str]) -> Vec<String> {
-        CAPTURE
-            .lines
-            .lock()
-            .iter()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
-            .cloned()
-            .collect()
-    }
-}
-
 /// A gateway with upstream `puppet` = master1..3 and one map `nodes`; `{SERVERS}`, `{MAP}` and
 /// `{ON_MISS}` are filled in.
 const ONE_ROUTE: &str = r#"

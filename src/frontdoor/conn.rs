@@ -1,0 +1,268 @@
+//! One HTTP/1.x connection through the front door: read a head (bounded in size and time),
+//! check it, refuse or hand it to Pingora as the session's pipelined prefix, and take the stream
+//! back for the next request on the connection (the loop Pingora's own `ServerApp` runs).
+
+use super::chunked::ChunkValidator;
+use super::guard::ChunkGuard;
+use super::head::{self, Framing, HeadEnd, Progress};
+use super::target::{self, Form};
+use super::{FrontDoor, Refusal, Shared};
+use crate::error::{failure_response, Failure};
+use bytes::{Buf, BytesMut};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// How long a kept-alive connection may sit idle before its next request: Pingora's default,
+/// which floodgate does not change (it only turns keep-alive off while draining).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// First allocation for a head; most heads fit.
+const HEAD_BUF: usize = 4096;
+/// A chunked body is read ahead (and checked) up to this many bytes before the request goes on,
+/// so that a short body with bad framing is refused before anything reaches the origin.
+const CHUNK_PREREAD: usize = 16 * 1024;
+/// After a refusal: how long and how much to keep reading (and dropping) what the client still
+/// sends, so the kernel does not answer it with a reset that would destroy our answer.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Next {
+    /// Bytes for Pingora (head, and whatever body came with it), and the chunk check to carry
+    /// on with while the rest of a chunked body streams.
+    Request(BytesMut, Option<ChunkValidator>),
+    /// The client left, or stayed idle past its time: close without an answer.
+    Closed,
+    /// Refuse with this reason; the bytes are what was read (for the log line).
+    Refuse(Refusal, BytesMut),
+}
+
+fn peer(stream: &Stream) -> Option<SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+}
+
+pub(super) async fn serve(
+    fd: &Arc<FrontDoor>,
+    mut stream: Stream,
+    door: usize,
+    shutdown: &ShutdownWatch,
+) {
+    let accepted = Instant::now();
+    let mut settings: Option<HttpPersistentSettings> = None;
+    let mut first = true;
+    loop {
+        let (buf, check) =
+            match read_request(&fd.shared, &mut stream, door, first, accepted).await {
+                Next::Request(buf, check) => (buf, check),
+                Next::Closed => return,
+                Next::Refuse(reason, seen) => {
+                    refuse(&fd.shared, stream, door, reason, &seen).await;
+                    return;
+                }
+            };
+        let stream_in = match check {
+            Some(check) => {
+                let shared = fd.shared.clone();
+                let client = peer(&stream);
+                let line = super::refusal::printable_line(&buf).into_bytes();
+                ChunkGuard::wrap(
+                    stream,
+                    check,
+                    Box::new(move |what| {
+                        log::debug!("chunked body refused while streaming: {what}");
+                        // status 0: Pingora closes the connection without an answer
+                        shared.report(door, client, Refusal::ChunkSyntax, 0, &line);
+                    }),
+                )
+            }
+            None => stream,
+        };
+        let mut session = ServerSession::new_http1(stream_in);
+        match settings.take() {
+            Some(s) => s.apply_to_session(&mut session),
+            None => {
+                // as Pingora's own HTTP/1 loop does for a new connection
+                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                session.set_keepalive_reuses_remaining(fd.keepalive_limit);
+            }
+        }
+        // why: Pingora parses the head from this prefix instead of reading the socket again;
+        // it never enables pipelining, so the previous session left no prefix of its own
+        session.set_pipelined_prefix(buf);
+        let Some(reused) = fd.proxy.process_new_http(session, shutdown).await else {
+            return;
+        };
+        let (s, next_settings) = reused.consume();
+        stream = ChunkGuard::unwrap(s);
+        settings = next_settings;
+        first = false;
+    }
+}
+
+/// Reads and checks one request head (and the start of a chunked body).
+async fn read_request(
+    shared: &Shared,
+    stream: &mut Stream,
+    door: usize,
+    first: bool,
+    accepted: Instant,
+) -> Next {
+    let Some(d) = shared.doors.get(door) else {
+        return Next::Closed;
+    };
+    let mut buf = BytesMut::with_capacity(HEAD_BUF);
+    let mut end = HeadEnd::default();
+    // why: on a new connection the head timeout runs from the accept (as HAProxy's
+    // `timeout http-request`); on a kept-alive one, from the first byte of the request
+    let idle_until = if first {
+        accepted + d.header_timeout
+    } else {
+        Instant::now() + KEEPALIVE_IDLE
+    };
+    let mut deadline = first.then_some(idle_until);
+    let head_len = loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(HEAD_BUF);
+        }
+        match deadline {
+            None => {
+                // why: an idle kept-alive connection stays open through the drain (its next
+                // request is answered with `Connection: close`) and closes when the process
+                // stops; closing it at the shutdown broadcast races a client that is just
+                // sending its next request, which then sees a reset (src/handoff.rs).
+                let mut phase = shared.state.phase.subscribe();
+                let read = tokio::select! {
+                    biased;
+                    r = stream.read_buf(&mut buf) => r,
+                    _ = phase.wait_for(|p| *p == crate::shutdown::Phase::Stopping) => {
+                        return Next::Closed
+                    }
+                    _ = tokio::time::sleep_until(idle_until) => return Next::Closed,
+                };
+                match read {
+                    Ok(0) | Err(_) => return Next::Closed,
+                    Ok(_) => deadline = Some(Instant::now() + d.header_timeout),
+                }
+            }
+            Some(dl) if buf.is_empty() && first => {
+                // a new connection that has sent nothing yet: close quietly at the deadline
+                match tokio::time::timeout_at(dl, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Next::Closed,
+                }
+            }
+            Some(dl) => match tokio::time::timeout_at(dl, stream.read_buf(&mut buf)).await {
+                Err(_) => return Next::Refuse(Refusal::HeaderTimeout, buf),
+                Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
+                Ok(Ok(_)) => {}
+            },
+        }
+        // RFC 9112 §2.2: ignore empty lines before the request line
+        if buf.starts_with(b"\r\n") {
+            while buf.starts_with(b"\r\n") {
+                buf.advance(2);
+            }
+            end = HeadEnd::default();
+            if buf.is_empty() && !first {
+                deadline = None;
+            }
+        }
+        match end.advance(&buf, &d.limits) {
+            Progress::Incomplete => {}
+            Progress::Complete(n) => break n,
+            Progress::Refused(r) => return Next::Refuse(r, buf),
+        }
+    };
+
+    let head = match head::parse(&buf[..head_len], &d.limits) {
+        Ok(h) => h,
+        Err(r) => return Next::Refuse(r, buf),
+    };
+    let method = &buf[head.method.0..head.method.1];
+    if method == b"CONNECT" {
+        return Next::Refuse(Refusal::ConnectMethod, buf);
+    }
+    let form = match target::check(&buf[head.target.0..head.target.1], method == b"OPTIONS") {
+        Ok(f) => f,
+        Err(r) => return Next::Refuse(r, buf),
+    };
+    let check = if head.framing == Framing::Chunked {
+        let mut v = ChunkValidator::new();
+        let mut fed = head_len;
+        loop {
+            match v.feed(&buf[fed..]) {
+                Err(what) => {
+                    log::debug!("chunked body refused: {what}");
+                    return Next::Refuse(Refusal::ChunkSyntax, buf);
+                }
+                Ok(Some(_)) => break None,
+                Ok(None) => fed = buf.len(),
+            }
+            // why: a client that sent `Expect: 100-continue` waits for us before the body
+            if head.expect_continue || buf.len() - head_len >= CHUNK_PREREAD {
+                break Some(v);
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(HEAD_BUF);
+            }
+            let dl = deadline.unwrap_or(idle_until);
+            match tokio::time::timeout_at(dl, stream.read_buf(&mut buf)).await {
+                // a slow body streams on under the guard rather than waiting here
+                Err(_) => break Some(v),
+                Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+    } else {
+        None
+    };
+    if let Form::Absolute { authority, rest } = form {
+        let rewritten = head::to_origin_form(&buf, &head, authority, rest);
+        buf = BytesMut::from(&rewritten[..]);
+    }
+    Next::Request(buf, check)
+}
+
+/// Answers a refusal with `Connection: close`, counts and logs it, and closes the connection
+/// after draining what the client still sends (bounded).
+async fn refuse(shared: &Shared, mut stream: Stream, door: usize, reason: Refusal, seen: &[u8]) {
+    let r = failure_response(&Failure::Refused(reason), "-");
+    let phrase = http::StatusCode::from_u16(r.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    shared.report(door, peer(&stream), reason, r.status, seen);
+    let answer = format!(
+        "HTTP/1.1 {} {phrase}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        r.status,
+        r.content_type,
+        r.body.len(),
+        r.body
+    );
+    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.flush().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    pingora_core::protocols::Shutdown::shutdown(&mut *stream).await;
+    let until = Instant::now() + LINGER_TIME;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
