@@ -59,15 +59,15 @@ pub(super) async fn serve(
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut first = true;
     loop {
-        let (buf, check) =
-            match read_request(&fd.shared, &mut stream, door, first, accepted).await {
-                Next::Request(buf, check) => (buf, check),
-                Next::Closed => return,
-                Next::Refuse(reason, seen) => {
-                    refuse(&fd.shared, stream, door, reason, &seen).await;
-                    return;
-                }
-            };
+        let (buf, check) = match read_request(&fd.shared, &mut stream, door, first, accepted).await
+        {
+            Next::Request(buf, check) => (buf, check),
+            Next::Closed => return,
+            Next::Refuse(reason, seen) => {
+                refuse(&fd.shared, stream, door, reason, &seen).await;
+                return;
+            }
+        };
         let stream_in = match check {
             Some(check) => {
                 let shared = fd.shared.clone();
