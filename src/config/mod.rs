@@ -1,6 +1,7 @@
 //! Configuration: the YAML file (`spec`), its validation into runtime types (`validate`), and
 //! the small parsers for durations and sizes that error messages refer to.
 
+mod locate;
 pub mod spec;
 pub mod validate;
 

@@ -8,11 +8,61 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// A value written either as one item or as a list (`path_prefix: /rhsm` or `[/rhsm, /register]`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+///
+/// Deserialized by hand rather than `#[serde(untagged)]`: an untagged enum buffers the value
+/// and reports only "data did not match any variant", losing the inner error (a misspelt key
+/// of a header matcher) and its line. Here a list is read as `Many` and anything else as `One`,
+/// so the item's own error comes through.
+#[derive(Debug, Clone, PartialEq)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        use serde::de::{IntoDeserializer, MapAccess, SeqAccess, Visitor};
+        use std::marker::PhantomData;
+
+        struct OneOrManyVisitor<T>(PhantomData<T>);
+
+        macro_rules! scalar {
+            ($($method:ident: $ty:ty),*) => {$(
+                fn $method<E: serde::de::Error>(self, v: $ty) -> Result<Self::Value, E> {
+                    T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+                }
+            )*};
+        }
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
+            type Value = OneOrMany<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("one value or a list of values")
+            }
+
+            scalar!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64);
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+        }
+
+        deserializer.deserialize_any(OneOrManyVisitor(PhantomData))
+    }
 }
 
 impl<T: Clone> OneOrMany<T> {

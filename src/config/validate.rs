@@ -398,7 +398,15 @@ pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let config = spec.map(|s| v.validate(&s, path));
     match config {
         Some(c) if v.errors.is_empty() => Ok(c),
-        _ => Err(ConfigErrors(v.errors)),
+        _ => {
+            // `file:LINE: key.path: message`, the compilers' convention, where the line is known
+            for e in &mut v.errors {
+                if let Some(line) = super::locate::line_of(text, &e.path) {
+                    e.file = format!("{}:{line}", e.file);
+                }
+            }
+            Err(ConfigErrors(v.errors))
+        }
     }
 }
 

@@ -154,7 +154,7 @@ fn broken_configs_are_refused_naming_the_key_path() {
             ));
         } else if !shown.contains(text) {
             problems.push(format!("{what}: message lacks {text:?}; got:\n  {shown}"));
-        } else if !shown.starts_with("t.yaml: ") {
+        } else if !shown.starts_with("t.yaml:") {
             problems.push(format!("{what}: the file is not named; got:\n  {shown}"));
         }
     }
@@ -230,6 +230,43 @@ routes:
     assert!(
         errs.mentions("routes[0].upstream"),
         "and does not hide the other error:\n{shown}"
+    );
+}
+
+#[test]
+fn errors_carry_the_line_of_their_item_and_a_misspelt_header_matcher_names_its_field() {
+    // A `header:` matcher takes one matcher or a list; a misspelt key inside it used to come out
+    // as "data did not match any variant of untagged enum OneOrMany", with no line.
+    let errs = refused(
+        r#"listeners: [{ bind: "127.0.0.1:8080" }]
+upstreams:
+  a: { servers: [{ addr: "127.0.0.1:3000" }] }
+  b:
+    servers: [{ adr: "127.0.0.1:3001" }]
+routes:
+  - { name: r, upstream: a }
+  - name: by-node
+    match:
+      header: { nam: X-Node-Name }
+    upstream: a
+"#,
+    );
+    let shown = errs.to_string();
+    assert!(
+        !shown.contains("untagged"),
+        "serde's untagged-enum message does not reach the operator:
+{shown}"
+    );
+    assert!(
+        shown.contains("t.yaml:8: routes[1] (by-node): match.header: unknown field `nam`")
+            && shown.contains("`name`"),
+        "file:line, key path, the field and the expected one:
+{shown}"
+    );
+    assert!(
+        shown.contains("t.yaml:4: upstreams.b"),
+        "a mapping entry is placed at its key's line:
+{shown}"
     );
 }
 
