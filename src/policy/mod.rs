@@ -66,9 +66,16 @@
 //! `ArcSwap`. On failure the last good version keeps running. Worker threads notice the new
 //! generation on their next call and rebuild their VM then (lazily, between requests).
 
+mod deadline;
 mod decision;
+mod host;
 mod lua;
+mod pattern;
+#[cfg(test)]
+mod pattern_tests;
+mod sandbox;
 mod shared;
+mod strlib;
 #[cfg(test)]
 mod tests;
 
