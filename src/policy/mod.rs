@@ -629,3 +629,24 @@ fn compile(
     }
     Ok(make(scripts, vm.hook_set()))
 }
+
+/// A plain Lua 5.4 VM (string, table, math) whose `string.find/match/gmatch/gsub/rep` are the
+/// sandbox's Rust versions, with no budget armed: for `benches/hot_paths.rs`, to compare them
+/// with stock Lua on the same patterns.
+#[doc(hidden)]
+pub fn bench_string_vm(stock: bool) -> mlua::Result<mlua::Lua> {
+    let lua = mlua::Lua::new_with(
+        mlua::StdLib::STRING | mlua::StdLib::TABLE | mlua::StdLib::MATH,
+        mlua::LuaOptions::new(),
+    )?;
+    if !stock {
+        let string = lua.globals().get("string")?;
+        strlib::install(
+            &lua,
+            &string,
+            &Arc::new(deadline::Deadline::new()),
+            64 << 20,
+        )?;
+    }
+    Ok(lua)
+}
