@@ -231,11 +231,52 @@ fn bench_cache_key(c: &mut Criterion) {
     g.finish();
 }
 
+/// Lua policy string functions: the sandbox's Rust pattern matcher against stock Lua's C, on
+/// typical policy patterns; each iteration runs the expression 100 times in a Lua loop.
+fn bench_lua_patterns(c: &mut Criterion) {
+    let cases = [
+        ("prefix_find", r#"string.find(p, "^/api/v1/")"#),
+        ("plain_find", r#"string.find(p, "/nodes/", 1, true)"#),
+        (
+            "path_match",
+            r#"string.match(p, "^/api/v(%d+)/nodes/([%w%.%-]+)")"#,
+        ),
+        (
+            "header_parse",
+            r#"string.match(h, "^%s*(%w+)%s*=%s*([^;]*)")"#,
+        ),
+        ("gsub_escape", r#"string.gsub(p, "[^%w/]", "_")"#),
+        (
+            "gmatch_list",
+            r#"for v in string.gmatch(l, "[^,%s]+") do end"#,
+        ),
+    ];
+    let mut group = c.benchmark_group("lua_patterns");
+    for (name, expr) in cases {
+        for (side, stock) in [("stock", true), ("rust", false)] {
+            let lua = floodgate::policy::bench_string_vm(stock).expect("vm");
+            let f: mlua::Function = lua
+                .load(format!(
+                    "local p, h, l = '/api/v1/nodes/web-01.example.com/facts', \
+                     ' session = abc123; Path=/', 'gzip, deflate, br, zstd' \
+                     return function() for _ = 1, 100 do {expr} end end"
+                ))
+                .eval()
+                .expect("chunk");
+            group.bench_function(BenchmarkId::new(name, side), |b| {
+                b.iter(|| f.call::<()>(()).expect("call"))
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_routing,
     bench_choose,
     bench_admission,
-    bench_cache_key
+    bench_cache_key,
+    bench_lua_patterns
 );
 criterion_main!(benches);

@@ -30,8 +30,9 @@
 //! `print` (= log.info), `now()` (wall clock seconds, float), `os.time/clock/date`.
 //!
 //! # Several scripts
-//! Scripts run in the order given, each with its own globals (falling back to the shared
-//! sandbox globals). For `admit`/`route` the first script returning non-nil wins and later
+//! Scripts run in the order given, each in its own environment (own globals, own copies of the
+//! library tables, own `load`; see `sandbox.rs`): nothing one script assigns is seen by another;
+//! they share state through `shared` and the maps only. For `admit`/`route` the first script returning non-nil wins and later
 //! scripts are not called; `response` edits are merged in order (later `set_headers` of the same
 //! name win); every `log` hook runs. One time budget covers the whole call (all scripts).
 //! A script that fails is skipped (fail open: no opinion) and the call reports the first failure
@@ -57,8 +58,11 @@
 //! LuaJIT is faster, but its count hooks do not fire inside compiled traces, so a hot loop such
 //! as `while true do end` would never be interrupted and the budget would not hold. Lua 5.4's
 //! hooks fire on every interpreted instruction (tested: `infinite_loops_are_stopped_*`).
-//! Known limit: a single long C call (e.g. a pathological `string.find` pattern or sorting a huge
-//! table) runs no Lua instructions, so it is only bounded by the memory limit, not the budget.
+//! C functions run no Lua instructions, so the hook cannot stop them: the ones that loop in
+//! proportion to an argument are replaced (`strlib.rs`: patterns by `pattern.rs`, which checks
+//! the budget as it backtracks; `string.rep`; `table.insert/remove/move` in the prelude), and
+//! the rest are bounded by the Lua stack or the memory limit (audit in `strlib.rs`). A single
+//! C call on a string near the memory limit (e.g. `upper`) can still overrun by its memcpy time.
 //!
 //! # Reload
 //! [`PolicyEngine::reload`] compiles every script in a scratch VM, runs top-level code and
@@ -66,9 +70,16 @@
 //! `ArcSwap`. On failure the last good version keeps running. Worker threads notice the new
 //! generation on their next call and rebuild their VM then (lazily, between requests).
 
+mod deadline;
 mod decision;
+mod host;
 mod lua;
+mod pattern;
+#[cfg(test)]
+mod pattern_tests;
+mod sandbox;
 mod shared;
+mod strlib;
 #[cfg(test)]
 mod tests;
 
@@ -617,4 +628,25 @@ fn compile(
         return Err(errors);
     }
     Ok(make(scripts, vm.hook_set()))
+}
+
+/// A plain Lua 5.4 VM (string, table, math) whose `string.find/match/gmatch/gsub/rep` are the
+/// sandbox's Rust versions, with no budget armed: for `benches/hot_paths.rs`, to compare them
+/// with stock Lua on the same patterns.
+#[doc(hidden)]
+pub fn bench_string_vm(stock: bool) -> mlua::Result<mlua::Lua> {
+    let lua = mlua::Lua::new_with(
+        mlua::StdLib::STRING | mlua::StdLib::TABLE | mlua::StdLib::MATH,
+        mlua::LuaOptions::new(),
+    )?;
+    if !stock {
+        let string = lua.globals().get("string")?;
+        strlib::install(
+            &lua,
+            &string,
+            &Arc::new(deadline::Deadline::new()),
+            64 << 20,
+        )?;
+    }
+    Ok(lua)
 }

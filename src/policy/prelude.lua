@@ -41,12 +41,91 @@ function setmetatable(t, mt)
 end
 
 -- Text chunks only: binary chunks are not verified by Lua and can crash the VM. Small chunks
--- only: the compiler is C code, which the time budget hook cannot interrupt.
-function load(chunk, name, _mode, env)
-  if type(chunk) ~= "string" then error("load accepts only source text", 2) end
-  if #chunk > 65536 then error("load: chunk larger than 64 KiB", 2) end
-  if env == nil then return raw_load(chunk, name, "t") end
-  return raw_load(chunk, name, "t", env)
+-- only: the compiler is C code, which the time budget hook cannot interrupt. Each script gets
+-- its own `load` (from `load_in`), whose chunks run in that script's environment by default.
+local function load_in(default_env)
+  return function(chunk, name, _mode, env)
+    if type(chunk) ~= "string" then error("load accepts only source text", 2) end
+    if #chunk > 65536 then error("load: chunk larger than 64 KiB", 2) end
+    if env == nil then env = default_env end
+    return raw_load(chunk, name, "t", env)
+  end
+end
+load = load_in(_G)
+
+-- why: the C versions loop to `#t` or `e - f` without running a Lua instruction, and a
+-- `__len` metamethod or an argument makes that 2^62 on an empty table; in Lua the budget
+-- hook fires inside the loop. Same arguments, results and messages as Lua 5.4's ltablib.c.
+local tointeger, select = math.tointeger, select
+local MAXINT = math.maxinteger
+local function checktab(t, fname)
+  if type(t) ~= "table" then
+    error("bad argument #1 to '" .. fname .. "' (table expected, got " .. type(t) .. ")", 3)
+  end
+end
+local function checkint(v, arg, fname)
+  local i = tointeger(v)
+  if i == nil then
+    local why = type(v) == "number" and "number has no integer representation"
+      or "number expected, got " .. (v == nil and "no value" or type(v))
+    error("bad argument #" .. arg .. " to '" .. fname .. "' (" .. why .. ")", 3)
+  end
+  return i
+end
+local function argerror(arg, fname, msg)
+  error("bad argument #" .. arg .. " to '" .. fname .. "' (" .. msg .. ")", 3)
+end
+
+function table.insert(t, ...)
+  checktab(t, "insert")
+  local e = #t + 1
+  local n = select("#", ...)
+  if n == 1 then
+    t[e] = ...
+    return
+  elseif n ~= 2 then
+    error("wrong number of arguments to 'insert'", 2)
+  end
+  local pos, v = ...
+  pos = checkint(pos, 2, "insert")
+  if pos < 1 or pos > e then argerror(2, "insert", "position out of bounds") end
+  for i = e, pos + 1, -1 do t[i] = t[i - 1] end
+  t[pos] = v
+end
+
+function table.remove(t, pos)
+  checktab(t, "remove")
+  local size = #t
+  if pos == nil then pos = size else pos = checkint(pos, 2, "remove") end
+  if pos ~= size and (pos < 1 or pos > size + 1) then
+    argerror(2, "remove", "position out of bounds")
+  end
+  local v = t[pos]
+  while pos < size do
+    t[pos] = t[pos + 1]
+    pos = pos + 1
+  end
+  t[pos] = nil
+  return v
+end
+
+function table.move(a1, f, e, t, a2)
+  f, e, t = checkint(f, 2, "move"), checkint(e, 3, "move"), checkint(t, 4, "move")
+  local same = a2 == nil
+  if same then a2 = a1 end
+  checktab(a1, "move")
+  if type(a2) ~= "table" then argerror(5, "move", "table expected, got " .. type(a2)) end
+  if e >= f then
+    if not (f > 0 or e < MAXINT + f) then argerror(3, "move", "too many elements to move") end
+    local n = e - f + 1
+    if t > MAXINT - n + 1 then argerror(4, "move", "destination wrap around") end
+    if t > e or t <= f or (not same and a1 ~= a2) then
+      for i = 0, n - 1 do a2[t + i] = a1[f + i] end
+    else
+      for i = n - 1, 0, -1 do a2[t + i] = a1[f + i] end
+    end
+  end
+  return a2
 end
 
 function collectgarbage(opt)
@@ -329,4 +408,5 @@ end
 -- ran against the fakes).
 local function set_host(f) HOST = f end
 
-return { dispatch = dispatch, set_host = set_host, checked = checked, log_helper = log_helper }
+return { dispatch = dispatch, set_host = set_host, checked = checked, log_helper = log_helper,
+         load_in = load_in }

@@ -669,16 +669,83 @@ fn every_field_of_a_stale_view_is_refused() {
 }
 
 #[test]
-fn several_scripts_share_one_request_view_per_call() {
-    let e = engine(&[
-        ("a.lua", "function admit(req) _G.seen = req end"),
-        (
-            "b.lua",
-            "function admit(req) assert(rawequal(req, seen)) return { priority = #req.path } end",
-        ),
-    ]);
+fn each_script_has_its_own_globals_and_library_tables() {
+    let a = r#"
+        rawset(_G, "x", 1)
+        y = 2
+        _G.w = 4
+        string.find = nil
+        string.x = 1
+        table.insert = nil
+        load("z = 3")()
+        setmetatable(_G, { __index = function() return "evil" end })
+        function admit(req)
+          assert(x == 1 and y == 2 and z == 3 and w == 4 and string.find == nil, "own changes")
+          assert(undefined_name == "evil")
+        end
+    "#;
+    let b = r#"
+        function admit(req)
+          assert(x == nil and y == nil and z == nil and w == nil, "globals leaked")
+          assert(rawget(_G, "x") == nil and undefined_name == nil, "_G leaked")
+          assert(string.x == nil and string.find and table.insert, "library tables leaked")
+          assert(("abc"):find("b") == 2 and getmetatable("") == false, "string metatable")
+          return { priority = 1 }
+        end
+    "#;
+    let e = engine(&[("a.lua", a), ("b.lua", b)]);
     assert_eq!(
-        e.admit(&req("GET", "/abc"), no_host()),
-        (adjust(4), Outcome::Ok)
+        e.admit(&req("GET", "/"), no_host()),
+        (adjust(1), Outcome::Ok)
+    );
+}
+
+#[test]
+fn c_loops_proportional_to_an_argument_are_stopped_by_the_budget() {
+    assert_budget_stops(r#"string.find(string.rep("a", 30000), string.rep("a-", 30) .. "b")"#);
+    assert_budget_stops(r#"string.gsub("abc", "%w", function() while true do end end)"#);
+    assert_budget_stops(r#"while true do string.rep("", 4e9) end"#);
+    assert_budget_stops("table.move({}, 1, 1 << 62, 2)");
+    let huge = "setmetatable({}, { __len = function() return 1 << 62 end })";
+    assert_budget_stops(&format!("table.remove({huge}, 1)"));
+    assert_budget_stops(&format!("table.insert({huge}, 1, true)"));
+}
+
+#[test]
+fn rep_of_nothing_returns_at_once() {
+    let e = engine(&[(
+        "rep.lua",
+        r#"function admit(req) return { priority = #string.rep("", 4e9) + 3 } end"#,
+    )]);
+    let t = Instant::now();
+    assert_eq!(
+        e.admit(&req("GET", "/"), no_host()),
+        (adjust(3), Outcome::Ok)
+    );
+    assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+}
+
+#[test]
+fn table_insert_remove_move_behave_as_stock() {
+    let e = engine(&[(
+        "t.lua",
+        r#"function admit(req)
+          local t = {}
+          table.insert(t, "a") table.insert(t, "c") table.insert(t, 2, "b")
+          assert(table.concat(t) == "abc")
+          assert(table.remove(t, 1) == "a" and table.remove(t) == "c" and #t == 1)
+          assert(table.remove({}) == nil)
+          assert(not pcall(table.insert, t, 5, "x"), "position out of bounds")
+          assert(not pcall(table.insert, t, 1, 2, 3), "wrong number of arguments")
+          local m = table.move({1, 2, 3}, 1, 3, 2)
+          assert(table.concat(m, ",") == "1,1,2,3")
+          local d = table.move({1, 2, 3}, 2, 3, 1, {})
+          assert(table.concat(d, ",") == "2,3")
+          return { priority = 1 }
+        end"#,
+    )]);
+    assert_eq!(
+        e.admit(&req("GET", "/"), no_host()),
+        (adjust(1), Outcome::Ok)
     );
 }

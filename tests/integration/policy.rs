@@ -606,6 +606,83 @@ async fn allocation_bomb_in_admit_is_stopped_and_answered_503_with_on_error_503(
     runaway_requests_are_answered(ALLOCATION_BOMB, "503", 503).await;
 }
 
+/// `string.rep("", 4e9)` ran 18 s in C before it was bounded; now it returns at once, so a loop
+/// of them is cut by the instruction hook like any loop.
+const EMPTY_REP_LOOP: &str = r#"
+function admit(req)
+  while true do local s = string.rep("", 4e9) end
+end
+"#;
+
+/// Backtracking that stock Lua's C matcher runs for hours without the hook firing.
+const PATHOLOGICAL_FIND: &str = r#"
+function admit(req)
+  return string.find(string.rep("a", 30000), string.rep("a-", 30) .. "b")
+end
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_string_rep_loop_in_admit_is_cut_at_the_budget_and_answered_503() {
+    runaway_requests_are_answered(EMPTY_REP_LOOP, "503", 503).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pathological_string_find_in_admit_is_cut_at_the_budget_and_proxied() {
+    runaway_requests_are_answered(PATHOLOGICAL_FIND, "continue", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pathological_string_find_in_admit_is_cut_at_the_budget_and_answered_503() {
+    runaway_requests_are_answered(PATHOLOGICAL_FIND, "503", 503).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scripts_globals_are_invisible_to_another() {
+    let a = origin("a").await;
+    let dir = Scratch::new("policy-envs");
+    let first = dir.replace(
+        "first.lua",
+        r#"
+rawset(_G, "x", "from first")
+string.find = nil
+function admit(req) _G.y = "from first"; setmetatable(_G, { __index = function() return 1 end }) end
+"#,
+    );
+    let second = dir.replace(
+        "second.lua",
+        r#"
+function admit(req)
+  if x ~= nil or y ~= nil or rawget(_G, "x") ~= nil or string.find == nil then
+    return { deny = 418 }
+  end
+end
+"#,
+    );
+    let gw = one_upstream(
+        &a,
+        &format!(
+            "{{ scripts: [\"{}\", \"{}\"], on_error: 503 }}",
+            show(&first),
+            show(&second)
+        ),
+    )
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        let s = get(&c, &gw.url("/envs"), &[]).await;
+        assert_eq!(
+            s.status, 200,
+            "second.lua saw first.lua's globals: {}",
+            s.body
+        );
+    }
+    assert_eq!(
+        runs(&gw, "admit", "ok").await,
+        3.0,
+        "both scripts ran cleanly"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_script_paths_do_not_stall_the_requests_it_lets_through() {
     let a = origin("a").await;
@@ -681,13 +758,16 @@ end
         slowest_bad = slowest_bad.max(s.elapsed);
     }
     eprintln!("mixed: slowest good {slowest_good:?}, slowest runaway {slowest_bad:?}");
+    // why: 3 s, not 1: on the shared 2-core CI machine a loaded run took over a second.
+    // Without the budget a runaway request would never be answered, and a thread stuck in one
+    // would stall the good requests for good, so this still fails when isolation breaks.
     assert!(
-        slowest_good < Duration::from_secs(1),
+        slowest_good < Duration::from_secs(3),
         "good requests stayed fast next to 20 runaway ones: {slowest_good:?}"
     );
     assert!(
-        slowest_bad < Duration::from_secs(1),
-        "runaway requests answered within a second: {slowest_bad:?}"
+        slowest_bad < Duration::from_secs(3),
+        "runaway requests answered within 3 s: {slowest_bad:?}"
     );
     assert_eq!(
         runs(&gw, "admit", "budget").await,
