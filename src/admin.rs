@@ -2,6 +2,7 @@
 //! maps. Everything but `/healthz`, `/readyz` and `/metrics` needs the bearer token when one
 //! is configured.
 
+use crate::maps::runtime_api::Change;
 use crate::maps::MapSource;
 use crate::mapsync;
 use crate::state::AppState;
@@ -266,7 +267,9 @@ impl AdminApp {
                                     .collect::<Vec<_>>()
                                     .join("\n")
                             })
-                            .and_then(|m| mapsync::replace_map(&st, &n, m, MapSource::Api))
+                            .and_then(|m| {
+                                mapsync::replace_map(&st, &n, m, MapSource::Api, Change::Whole)
+                            })
                     } else {
                         mapsync::replace_map_chunks(&st, &n, &chunks, "PUT body", MapSource::Api)
                     };
@@ -323,7 +326,7 @@ impl AdminApp {
                 let st = self.state.clone();
                 let n = name.clone();
                 let r = crate::maps::run_idle(move || {
-                    mapsync::replace_map(&st, &n, HashMap::new(), MapSource::Api)
+                    mapsync::replace_map(&st, &n, HashMap::new(), MapSource::Api, Change::Whole)
                 })
                 .await
                 .unwrap_or_else(Err);

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod frontdoor;
 pub mod handoff;

@@ -37,6 +37,25 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Convert an HAProxy or Apache config to a floodgate config: print it (or write it to
+    /// `-o`), list what could not be converted or was approximated (with source lines), then
+    /// run `check` on the result.
+    Convert {
+        /// The input's kind.
+        #[arg(value_enum)]
+        from: From,
+        /// haproxy.cfg, or an Apache config / vhost file.
+        file: PathBuf,
+        /// Write the floodgate config here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum From {
+    Haproxy,
+    Apache,
 }
 
 fn init_logging() {
@@ -70,6 +89,63 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config, upgrade } => run(&config, upgrade),
+        Cmd::Convert { from, file, output } => convert(from, &file, output.as_deref()),
+    }
+}
+
+fn convert(from: From, file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    use floodgate::convert::NoteKind;
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("floodgate convert: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let source = file.display().to_string();
+    let done = match from {
+        From::Haproxy => floodgate::convert::haproxy::convert(&text, &source),
+        From::Apache => floodgate::convert::apache::convert(&text, &source),
+    };
+    // The check needs the config in a file; relative paths in it are relative to the input's
+    // folder, as they were for the input.
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let temp = dir.join(format!(".floodgate-convert-{}.yaml", std::process::id()));
+    let target = output.unwrap_or(&temp);
+    if let Err(e) = std::fs::write(target, &done.yaml) {
+        eprintln!("floodgate convert: cannot write {}: {e}", target.display());
+        return ExitCode::from(2);
+    }
+    if output.is_none() {
+        print!("{}", done.yaml);
+    }
+    eprintln!(
+        "{} line(s) not converted, {} approximated:",
+        done.count(NoteKind::NotConverted),
+        done.count(NoteKind::Approximated)
+    );
+    for n in &done.notes {
+        eprintln!("  {}:{n}", file.display());
+    }
+    let checked = floodgate::app::check(target);
+    if output.is_none() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    match checked {
+        Ok(_) => {
+            eprintln!("check: OK");
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            eprintln!(
+                "check: {} error(s) in the converted config:\n{errs}",
+                errs.0.len()
+            );
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -7,8 +7,11 @@
 //! `persist: true`, which writes it to the file); a poller applies only when its answer
 //! changes. A config reload keeps the live content of maps whose config did not change.
 
-use crate::maps::runtime_api::{MapInfo, MapStore};
-use crate::maps::{parse_map_text_after, write_atomic, FileWatch, MapContent, MapSource, MapTable};
+use crate::maps::runtime_api::{Change, MapInfo, MapStore};
+use crate::maps::{
+    load_map_text, rewrite_map_file, write_atomic, FileWatch, Loaded, MapContent, MapError,
+    MapSource, MapTable, OnUnknownValue,
+};
 use crate::state::{AppState, Snapshot};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,15 +26,40 @@ fn count(state: &AppState, name: &str, source: &MapSource, result: &str) {
         .inc();
 }
 
-/// Validates and swaps in new content for `name`. Returns the new map version.
+/// Most policy warnings logged for one load (the rest are counted in one line).
+const MAX_LOGGED_WARNINGS: usize = 20;
+
+/// Logs what a map's policy tolerated (duplicate keys, skipped entries), one line each.
+pub fn log_warnings(map: &str, warnings: &[MapError]) {
+    for w in warnings.iter().take(MAX_LOGGED_WARNINGS) {
+        log::warn!("map {map}: {w}");
+    }
+    if warnings.len() > MAX_LOGGED_WARNINGS {
+        log::warn!(
+            "map {map}: {} more warning(s) not shown",
+            warnings.len() - MAX_LOGGED_WARNINGS
+        );
+    }
+}
+
+/// Validates and swaps in new content for `name`. Returns the new map version. A
+/// [`Change::Whole`] map follows the map's `on_unknown_value`; a [`Change::Edit`] is strict.
 pub fn replace_map(
     state: &AppState,
     name: &str,
     entries: HashMap<String, String>,
     source: MapSource,
+    change: Change,
 ) -> Result<u64, String> {
     match MapContent::from_entries(entries) {
-        Ok(content) => replace_content(state, name, content, source),
+        Ok(content) => {
+            let _w = state.writer.lock();
+            let unknown = match change {
+                Change::Whole => unknown_policy(state, name),
+                Change::Edit => OnUnknownValue::Error,
+            };
+            replace_locked(state, name, content, source, unknown)
+        }
         Err(e) => {
             count(state, name, &source, "error");
             Err(format!("refused: {e}"))
@@ -39,8 +67,19 @@ pub fn replace_map(
     }
 }
 
-/// Validates `content` against the running config (each distinct value once), then swaps a
-/// snapshot that differs only in this map. Unchanged content keeps the current version.
+/// The running `on_unknown_value` of a map (strict for a map the config lacks).
+fn unknown_policy(state: &AppState, name: &str) -> OnUnknownValue {
+    state
+        .snapshot()
+        .config
+        .maps
+        .get(name)
+        .map_or(OnUnknownValue::Error, |m| m.policy.on_unknown_value)
+}
+
+/// Validates a whole new `content` against the running config (each distinct value once,
+/// following the map's `on_unknown_value`), then swaps a snapshot that differs only in this
+/// map. Unchanged content keeps the current version.
 pub fn replace_content(
     state: &AppState,
     name: &str,
@@ -48,7 +87,8 @@ pub fn replace_content(
     source: MapSource,
 ) -> Result<u64, String> {
     let _w = state.writer.lock();
-    replace_locked(state, name, content, source)
+    let unknown = unknown_policy(state, name);
+    replace_locked(state, name, content, source, unknown)
 }
 
 /// Sets `set` and removes `delete` in the live map, as one new version (the current content
@@ -69,21 +109,46 @@ pub fn edit_entries(
         count(state, name, &source, "error");
         format!("refused: {e}")
     })?;
-    replace_locked(state, name, content, source)
+    replace_locked(state, name, content, source, OnUnknownValue::Error)
 }
 
-/// [`replace_content`] with the writer lock held by the caller.
+/// [`replace_content`] with the writer lock held by the caller. With `unknown: Skip` entries
+/// whose value names no server are left out (logged); with `Error` the content is refused.
 fn replace_locked(
     state: &AppState,
     name: &str,
-    content: MapContent,
+    mut content: MapContent,
     source: MapSource,
+    unknown: OnUnknownValue,
 ) -> Result<u64, String> {
     let snap = state.snapshot();
     let Some(mc) = snap.config.maps.get(name) else {
         return Err(format!("no map named {name:?}"));
     };
     let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
+    if unknown == OnUnknownValue::Skip && content.distinct_values().any(|v| !allowed(v)) {
+        // Rare path: copy the valid entries; name the skipped ones (sorted, a few).
+        let mut skipped: Vec<String> = Vec::new();
+        let kept: HashMap<String, String> = content
+            .iter()
+            .filter(|(k, v)| {
+                let ok = allowed(v);
+                if !ok {
+                    skipped.push(format!("{k:?} -> {v:?}"));
+                }
+                ok
+            })
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        skipped.sort();
+        log::warn!(
+            "map {name}: {} entr(ies) from {} name no server and are skipped (on_unknown_value: skip): {}",
+            skipped.len(),
+            source.as_str(),
+            skipped.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+        content = MapContent::from_entries(kept).map_err(|e| format!("refused: {e}"))?;
+    }
     if content.distinct_values().any(|v| !allowed(v)) {
         // Rare path: name the entries (a few, sorted) so the caller can fix them.
         let mut bad: Vec<String> = content
@@ -109,7 +174,17 @@ fn replace_locked(
     let table = Arc::new(MapTable::from_content(content, version, source.clone()));
     if persist_api {
         if let Some(f) = &mc.file {
-            if let Err(e) = write_atomic(f, &table.to_map_text()) {
+            // Rewrite only the lines this change touched: the file's comments and layout stay.
+            let text = match std::fs::read_to_string(f) {
+                Ok(old) => rewrite_map_file(
+                    &old,
+                    snap.maps.get(name).map(|t| t.content()),
+                    table.content(),
+                    mc.policy.on_duplicate,
+                ),
+                Err(_) => table.to_map_text(),
+            };
+            if let Err(e) = write_atomic(f, &text) {
                 count(state, name, &source, "error");
                 return Err(format!(
                     "could not persist to {}: {e}; the map was not changed",
@@ -153,7 +228,7 @@ pub fn replace_map_text(
         text.len(),
         source,
         &|| true,
-        |allowed, previous| parse_map_text_after(text, origin, allowed, previous),
+        |allowed, previous, policy| load_map_text(text, origin, allowed, previous, policy),
     )
 }
 
@@ -175,7 +250,7 @@ pub fn replace_map_text_from_file(
         text.len(),
         source,
         still_current,
-        |allowed, previous| parse_map_text_after(text, origin, allowed, previous),
+        |allowed, previous, policy| load_map_text(text, origin, allowed, previous, policy),
     )
 }
 
@@ -188,9 +263,16 @@ pub fn replace_map_chunks(
     source: MapSource,
 ) -> Result<u64, String> {
     let len = chunks.iter().map(|c| c.len()).sum();
-    replace_parsed(state, name, len, source, &|| true, |allowed, previous| {
-        crate::maps::parse_map_chunks_after(chunks, origin, allowed, previous)
-    })
+    replace_parsed(
+        state,
+        name,
+        len,
+        source,
+        &|| true,
+        |allowed, previous, policy| {
+            crate::maps::load_map_chunks(chunks, origin, allowed, previous, policy)
+        },
+    )
 }
 
 /// Runs `parse` with the running config's value check and the running content (to reuse its
@@ -204,14 +286,21 @@ fn replace_parsed(
     parse: impl FnOnce(
         &dyn Fn(&str) -> bool,
         Option<&MapContent>,
-    ) -> Result<MapContent, Vec<crate::maps::MapError>>,
+        crate::maps::MapPolicy,
+    ) -> Result<Loaded, Vec<MapError>>,
 ) -> Result<u64, String> {
     let started = std::time::Instant::now();
     let snap = state.snapshot();
     let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
     let previous = snap.maps.get(name).map(|t| t.content());
-    match parse(&allowed, previous) {
-        Ok(content) => {
+    let policy = snap
+        .config
+        .maps
+        .get(name)
+        .map_or(crate::maps::MapPolicy::STRICT, |m| m.policy);
+    match parse(&allowed, previous, policy) {
+        Ok(Loaded { content, warnings }) => {
+            log_warnings(name, &warnings);
             let parsed = started.elapsed();
             let _w = state.writer.lock();
             if !still_current() {
@@ -220,7 +309,8 @@ fn replace_parsed(
                 );
                 return Ok(state.snapshot().maps.get(name).map_or(0, |t| t.version));
             }
-            let r = replace_locked(state, name, content, source);
+            // The parse already applied the policy; what is left would be a race with a reload.
+            let r = replace_locked(state, name, content, source, OnUnknownValue::Error);
             log::debug!(
                 "map {name}: {len} bytes parsed in {parsed:?}, applied in {:?}",
                 started.elapsed()
@@ -282,8 +372,9 @@ impl MapStore for LiveMaps {
         map: &str,
         entries: HashMap<String, String>,
         source: MapSource,
+        change: Change,
     ) -> Result<u64, String> {
-        replace_map(&self.0, map, entries, source)
+        replace_map(&self.0, map, entries, source, change)
     }
 }
 

@@ -6,7 +6,7 @@
 //! it in while holding [`AppState::writer`], so there is one writer at a time.
 
 use crate::config::{Config, ConfigError, ConfigErrors, RouteTarget};
-use crate::maps::{parse_map_text_with, MapSource, MapTable};
+use crate::maps::{load_map_text, MapSource, MapTable};
 use crate::metrics::Metrics;
 use crate::routing::RouteTable;
 use crate::shutdown::Phase;
@@ -131,9 +131,15 @@ impl Snapshot {
                     Ok(text) => {
                         let allowed =
                             |v: &str| Snapshot::map_value_allowed(&config, &upstreams, name, v);
-                        match parse_map_text_with(&text, &f.display().to_string(), allowed) {
-                            Ok(entries) => {
-                                MapTable::from_content(entries, 1, MapSource::File(f.clone()))
+                        let origin = f.display().to_string();
+                        match load_map_text(&text, &origin, allowed, None, mc.policy) {
+                            Ok(loaded) => {
+                                crate::mapsync::log_warnings(name, &loaded.warnings);
+                                MapTable::from_content(
+                                    loaded.content,
+                                    1,
+                                    MapSource::File(f.clone()),
+                                )
                             }
                             Err(errs) => {
                                 for e in errs {

@@ -324,6 +324,10 @@ pub struct MapSpec {
     #[serde(default)]
     pub persist: bool,
     pub source: Option<MapSourceSpec>,
+    /// A key given twice in the map text: `first` (default, as HAProxy), `last` or `error`.
+    pub on_duplicate: Option<String>,
+    /// A value naming no server: `skip` (default, a warning; the key routes as a miss) or `error`.
+    pub on_unknown_value: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -338,6 +338,8 @@ pub struct MapConfig {
     pub file: Option<PathBuf>,
     pub persist: bool,
     pub source: Option<MapSourceConfig>,
+    /// Duplicate keys and values naming no server in whole-map loads.
+    pub policy: crate::maps::MapPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -833,6 +835,25 @@ impl Validator {
                     },
                 }
             });
+            let mut policy = crate::maps::MapPolicy::default();
+            if let Some(v) = &m.on_duplicate {
+                match crate::maps::OnDuplicate::parse(v) {
+                    Some(d) => policy.on_duplicate = d,
+                    None => self.err(
+                        format!("{p}.on_duplicate"),
+                        format!("{v:?} is not a choice; use first (HAProxy's), last or error"),
+                    ),
+                }
+            }
+            if let Some(v) = &m.on_unknown_value {
+                match crate::maps::OnUnknownValue::parse(v) {
+                    Some(u) => policy.on_unknown_value = u,
+                    None => self.err(
+                        format!("{p}.on_unknown_value"),
+                        format!("{v:?} is not a choice; use skip or error"),
+                    ),
+                }
+            }
             maps.insert(
                 name.clone(),
                 MapConfig {
@@ -840,6 +861,7 @@ impl Validator {
                     file: m.file.as_deref().map(rel),
                     persist: m.persist,
                     source,
+                    policy,
                 },
             );
         }

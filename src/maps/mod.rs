@@ -7,13 +7,21 @@
 //! The live snapshot and its swap belong to the caller; [`runtime_api`] (HAProxy
 //! Runtime API on a UNIX socket) and [`poller`] (periodic HTTP fetch) feed it.
 
+mod persist;
+mod policy;
 pub mod poller;
 pub mod runtime_api;
 mod table;
 mod text;
 
+pub use persist::rewrite_map_file;
+pub use policy::{Loaded, MapPolicy, OnDuplicate, OnUnknownValue};
 pub use table::{idle_priority, reap, run_idle, InsertError, MapBuilder, MapContent};
-pub use text::{parse_map_chunks_after, parse_map_text, parse_map_text_after, parse_map_text_with};
+use text::Blocks;
+pub use text::{
+    load_map_chunks, load_map_text, parse_map_chunks_after, parse_map_text, parse_map_text_after,
+    parse_map_text_with,
+};
 
 use std::collections::HashMap;
 use std::fmt;

@@ -58,6 +58,16 @@ pub struct MapInfo {
     pub entries: usize,
 }
 
+/// What a [`MapStore::replace`] stands for, which decides how strictly values are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Entries named by an operator (`set map`, `add map`, `del map`): a value naming no
+    /// server refuses the change.
+    Edit,
+    /// A whole new map (`commit map`, `clear map`): the map's `on_unknown_value` applies.
+    Whole,
+}
+
 /// The live maps, implemented by the caller over its snapshot.
 pub trait MapStore: Send + Sync {
     /// All maps in a stable order (the position is the `#<id>`).
@@ -73,6 +83,7 @@ pub trait MapStore: Send + Sync {
         map: &str,
         entries: HashMap<String, String>,
         source: MapSource,
+        change: Change,
     ) -> Result<u64, String>;
 }
 
@@ -440,7 +451,7 @@ impl RuntimeApi {
             Command::ClearMap { map, version } => self.with_map(store, &map, |name| match version {
                 None => {
                     let _w = self.write_lock.lock();
-                    match store.replace(name, HashMap::new(), MapSource::RuntimeApi) {
+                    match store.replace(name, HashMap::new(), MapSource::RuntimeApi, Change::Whole) {
                         Ok(_) => String::new(),
                         Err(e) => format!("{e}."),
                     }
@@ -477,7 +488,7 @@ impl RuntimeApi {
         if let Err(e) = change(&mut entries) {
             return e;
         }
-        match store.replace(name, entries, MapSource::RuntimeApi) {
+        match store.replace(name, entries, MapSource::RuntimeApi, Change::Edit) {
             Ok(_) => String::new(),
             Err(e) => format!("{e}."),
         }
@@ -533,7 +544,7 @@ impl RuntimeApi {
             return "Version number out of range.".to_string();
         };
         let _w = self.write_lock.lock();
-        match store.replace(name, entries.clone(), MapSource::RuntimeApi) {
+        match store.replace(name, entries.clone(), MapSource::RuntimeApi, Change::Whole) {
             Ok(_) => {
                 // HAProxy purges all versions up to the committed one.
                 let mut st = self.staging.lock();
@@ -851,6 +862,7 @@ mod tests {
             map: &str,
             entries: HashMap<String, String>,
             source: MapSource,
+            _change: Change,
         ) -> Result<u64, String> {
             let errs = super::super::validate_values(&entries, |v| self.servers.contains(&v), map);
             if let Some(e) = errs.first() {

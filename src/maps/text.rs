@@ -1,7 +1,8 @@
 //! The HAProxy map text parser: `key value` per line, key and value separated by spaces or
 //! tabs, value = rest of the line trimmed (may contain spaces). Blank lines and lines whose
 //! first non-blank char is `#` are ignored; CRLF and a leading UTF-8 BOM are accepted. Keys
-//! are exact (case-sensitive).
+//! are exact (case-sensitive). A key given twice and a value naming no server are handled by
+//! the map's [`MapPolicy`] (see `policy.rs`).
 //!
 //! The text comes as one string (files, poller answers) or as the chunks of a request body,
 //! parsed where they lie: only lines that straddle two chunks are copied, so a 30 MiB `PUT`
@@ -11,13 +12,14 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::policy::{duplicate_warning, resolve, Loaded, MapPolicy, OnDuplicate, OnUnknownValue};
 use super::{bad_value, InsertError, MapBuilder, MapContent, MapError};
 
 /// Smallest previous map worth reusing the key index of.
 const REUSE_MIN_ENTRIES: usize = 1024;
 
-/// Parses map text. Errors (all collected, in line order): a key without a value, and a
-/// duplicate key (naming both lines; HAProxy would silently keep the first).
+/// Parses map text strictly ([`MapPolicy::STRICT`]). Errors (all collected, in line order):
+/// a key without a value, and a duplicate key (naming both lines).
 pub fn parse_map_text(text: &str, origin: &str) -> Result<MapContent, Vec<MapError>> {
     parse_map_text_with(text, origin, |_| true)
 }
@@ -42,7 +44,19 @@ pub fn parse_map_text_after(
     allowed: impl Fn(&str) -> bool,
     previous: Option<&MapContent>,
 ) -> Result<MapContent, Vec<MapError>> {
-    parse_blocks(&Whole(text), origin, &allowed, previous)
+    load_map_text(text, origin, allowed, previous, MapPolicy::STRICT).map(|l| l.content)
+}
+
+/// [`parse_map_text_after`] with a policy for duplicate keys and unknown values: what the
+/// policy tolerates comes back as warnings with their lines.
+pub fn load_map_text(
+    text: &str,
+    origin: &str,
+    allowed: impl Fn(&str) -> bool,
+    previous: Option<&MapContent>,
+    policy: MapPolicy,
+) -> Result<Loaded, Vec<MapError>> {
+    parse_blocks(&Whole(text), origin, &allowed, previous, policy)
 }
 
 /// [`parse_map_text_after`] over the chunks of a body as they were received. Invalid UTF-8
@@ -53,11 +67,22 @@ pub fn parse_map_chunks_after(
     allowed: impl Fn(&str) -> bool,
     previous: Option<&MapContent>,
 ) -> Result<MapContent, Vec<MapError>> {
-    parse_blocks(&Chunks(chunks), origin, &allowed, previous)
+    load_map_chunks(chunks, origin, allowed, previous, MapPolicy::STRICT).map(|l| l.content)
+}
+
+/// [`load_map_text`] over the chunks of a body as they were received.
+pub fn load_map_chunks(
+    chunks: &[Bytes],
+    origin: &str,
+    allowed: impl Fn(&str) -> bool,
+    previous: Option<&MapContent>,
+    policy: MapPolicy,
+) -> Result<Loaded, Vec<MapError>> {
+    parse_blocks(&Chunks(chunks), origin, &allowed, previous, policy)
 }
 
 /// Map text as a sequence of blocks of whole lines (every block but the last ends in `\n`).
-trait Blocks {
+pub(super) trait Blocks {
     fn for_each(&self, f: &mut dyn FnMut(&str));
     /// Total bytes and line breaks, to size a fresh build.
     fn size(&self) -> (usize, usize);
@@ -133,16 +158,18 @@ fn parse_blocks(
     origin: &str,
     allowed: &dyn Fn(&str) -> bool,
     previous: Option<&MapContent>,
-) -> Result<MapContent, Vec<MapError>> {
+    policy: MapPolicy,
+) -> Result<Loaded, Vec<MapError>> {
     if let Some(prev) = previous.filter(|p| p.len() >= REUSE_MIN_ENTRIES) {
-        match parse_into(MapBuilder::reusing(prev), src, origin, allowed) {
-            Ok(b) => {
+        match parse_into(MapBuilder::reusing(prev), src, origin, allowed, policy) {
+            Ok((b, warnings)) => {
                 // An error here means fewer keys than before: build anew.
                 if let Ok(content) = b.finish() {
-                    return Ok(content);
+                    return Ok(Loaded { content, warnings });
                 }
             }
             Err(Parsed::NewKey) => {} // a key that was not there before: build anew
+            Err(Parsed::Resolve) => return resolve(src, origin, allowed, policy),
             Err(Parsed::Errors(e)) => return Err(e),
         }
     }
@@ -156,9 +183,13 @@ fn parse_blocks(
             "report a bug",
         )]
     };
-    match parse_into(builder, src, origin, allowed) {
-        Ok(b) => b.finish().map_err(|_| internal("key index")),
+    match parse_into(builder, src, origin, allowed, policy) {
+        Ok((b, warnings)) => b
+            .finish()
+            .map(|content| Loaded { content, warnings })
+            .map_err(|_| internal("key index")),
         Err(Parsed::Errors(e)) => Err(e),
+        Err(Parsed::Resolve) => resolve(src, origin, allowed, policy),
         Err(Parsed::NewKey) => Err(internal("new key in a fresh build")),
     }
 }
@@ -169,6 +200,9 @@ enum Parsed {
     Errors(Vec<MapError>),
     /// A reusing builder met a key the base lacks.
     NewKey,
+    /// The policy tolerates what was found but the one-pass build cannot apply it (a later
+    /// duplicate wins, or entries are to be left out): resolve line by line.
+    Resolve,
 }
 
 /// State of one pass over the lines.
@@ -179,6 +213,8 @@ struct LineParser<'a> {
     value_ok: Vec<bool>,
     errors: Vec<MapError>,
     duplicates: Vec<(usize, String)>,
+    /// (line, key, value) of entries whose value `allowed` rejects.
+    unknown: Vec<(usize, String, String)>,
     line: usize,
     new_key: bool,
     too_large: bool,
@@ -210,8 +246,8 @@ impl LineParser<'_> {
                         self.value_ok.push((self.allowed)(value));
                     }
                     if !self.value_ok[vi as usize] {
-                        self.errors
-                            .push(bad_value(self.origin, Some(lineno), key, value));
+                        self.unknown
+                            .push((lineno, key.to_string(), value.to_string()));
                     }
                 }
                 Err(InsertError::Duplicate) => self.duplicates.push((lineno, key.to_string())),
@@ -235,7 +271,8 @@ fn parse_into(
     src: &dyn Blocks,
     origin: &str,
     allowed: &dyn Fn(&str) -> bool,
-) -> Result<MapBuilder, Parsed> {
+    policy: MapPolicy,
+) -> Result<(MapBuilder, Vec<MapError>), Parsed> {
     let mut p = LineParser {
         builder,
         origin,
@@ -243,6 +280,7 @@ fn parse_into(
         value_ok: Vec::new(),
         errors: Vec::new(),
         duplicates: Vec::new(),
+        unknown: Vec::new(),
         line: 0,
         new_key: false,
         too_large: false,
@@ -252,6 +290,13 @@ fn parse_into(
         return Err(Parsed::NewKey);
     }
     let mut errors = p.errors;
+    let mut warnings = Vec::new();
+    let strict_unknown = policy.on_unknown_value == OnUnknownValue::Error;
+    if strict_unknown {
+        for (line, key, value) in &p.unknown {
+            errors.push(bad_value(origin, Some(*line), key, value));
+        }
+    }
     if !p.duplicates.is_empty() {
         // Rare path: rescan once to find where each duplicated key first appears,
         // instead of keeping a key→line index for every entry.
@@ -272,25 +317,39 @@ fn parse_into(
         });
         for (lineno, key) in &p.duplicates {
             let earlier = first.get(key.as_str()).copied().unwrap_or(0);
-            errors.push(MapError::new(
-                origin,
-                Some(*lineno),
-                format!("duplicate key {key:?} (first defined on line {earlier})"),
-                "keep one of the two lines",
-            ));
+            if policy.on_duplicate == OnDuplicate::Error {
+                errors.push(MapError::new(
+                    origin,
+                    Some(*lineno),
+                    format!("duplicate key {key:?} (first defined on line {earlier})"),
+                    "keep one of the two lines, or set on_duplicate: first or last",
+                ));
+            } else {
+                warnings.push(duplicate_warning(
+                    origin,
+                    *lineno,
+                    key,
+                    earlier,
+                    policy.on_duplicate,
+                ));
+            }
         }
+    }
+    if !errors.is_empty() {
         errors.sort_by_key(|e| e.line);
+        return Err(Parsed::Errors(errors));
     }
-    if errors.is_empty() {
-        Ok(p.builder)
-    } else {
-        Err(Parsed::Errors(errors))
+    let later_wins = policy.on_duplicate == OnDuplicate::Last && !p.duplicates.is_empty();
+    if later_wins || !p.unknown.is_empty() {
+        return Err(Parsed::Resolve);
     }
+    // First wins: the one-pass build already kept each key's first line.
+    Ok((p.builder, warnings))
 }
 
 /// Splits one map line into (key, value); None for blank and comment lines.
 /// The value is "" when the line holds only a key.
-fn split_map_line(raw: &str) -> Option<(&str, &str)> {
+pub(super) fn split_map_line(raw: &str) -> Option<(&str, &str)> {
     // Byte scanning: every delimiter is ASCII, so each cut is on a char boundary.
     let b = raw.as_bytes();
     let blank = |c: u8| c == b' ' || c == b'\t' || c == b'\r';

@@ -324,7 +324,7 @@ fn every_shipped_config_in_conf_passes_check_with_its_maps() {
     }
 }
 
-fn floodgate_cmd() -> Command {
+pub(crate) fn floodgate_cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_floodgate"));
     c.current_dir(manifest_dir()).env("RUST_LOG", "error");
     c

@@ -9,6 +9,7 @@ mod cache;
 mod cache_rules;
 mod common;
 mod config;
+mod convert;
 mod core;
 mod frontdoor;
 mod health;

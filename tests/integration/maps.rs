@@ -249,7 +249,7 @@ access_log: { enabled: false }
 upstreams:
   puppet: { servers: [{SERVERS}] }
 maps:
-  nodes: { file: "{MAP}" }
+  nodes: { file: "{MAP}"{POLICY} }
 routes:
   - { name: puppet, match: { path_prefix: / }, upstream: puppet, pick_server: { map: nodes, key: "header:X-Node-Name", on_miss: {ON_MISS} } }
 "#;
@@ -259,12 +259,26 @@ pub(crate) async fn one_route_gateway(
     map: &str,
     on_miss: &str,
 ) -> TestGateway {
+    one_route_gateway_with(ms, map, on_miss, "").await
+}
+
+/// The map policy keys that make every tolerated line an error.
+const STRICT: &str = ", on_duplicate: error, on_unknown_value: error";
+
+/// [`one_route_gateway`] with extra keys for the map (`policy` starts with a comma).
+pub(crate) async fn one_route_gateway_with(
+    ms: &[OriginHandle],
+    map: &str,
+    on_miss: &str,
+    policy: &str,
+) -> TestGateway {
     TestGateway::start(&fill(
         ONE_ROUTE,
         &[
             ("SERVERS", servers(ms)),
             ("MAP", map.to_string()),
             ("ON_MISS", on_miss.to_string()),
+            ("POLICY", policy.to_string()),
         ],
     ))
     .await
@@ -610,7 +624,7 @@ access_log: { enabled: false }
 upstreams:
   puppet: { servers: [{SERVERS}] }
 maps:
-  nodes: { source: { url: "{TEXT}", every: 200ms, timeout: 1s } }
+  nodes: { source: { url: "{TEXT}", every: 200ms, timeout: 1s }, on_unknown_value: error }
   pdb: { source: { url: "{JSON}", every: 200ms, timeout: 1s, format: json } }
 routes:
   - { name: pdb, match: { header: { name: X-Route, value: pdb } }, upstream: puppet, pick_server: { map: pdb, key: "header:X-Node-Name", on_miss: reject } }
@@ -839,7 +853,7 @@ async fn bad_map_file_keeps_the_old_routing_and_is_logged_and_counted() {
     let ms = masters().await;
     let dir = Scratch::new("maps-badfile");
     let map = dir.write("nodes.map", "node1 master1\nnode2 master2\n");
-    let gw = one_route_gateway(&ms, &map, "reject").await;
+    let gw = one_route_gateway_with(&ms, &map, "reject", STRICT).await;
     let c = client();
     let path = dir.path("nodes.map");
 
@@ -908,7 +922,7 @@ async fn bad_put_body_answers_400_with_the_line_number_and_keeps_the_map() {
     let ms = masters().await;
     let dir = Scratch::new("maps-badput");
     let map = dir.write("nodes.map", "node1 master1\n");
-    let gw = one_route_gateway(&ms, &map, "reject").await;
+    let gw = one_route_gateway_with(&ms, &map, "reject", STRICT).await;
     let c = client();
     let url = gw.admin("/maps/nodes");
     let (before, _) = admin_entries(&c, &gw, "nodes").await;
@@ -1647,4 +1661,196 @@ async fn an_oversized_map_body_gets_413_and_the_map_stays() {
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert_eq!(node(&client(), &gw, "node1").await, "master1");
+}
+
+/// A map as HAProxy takes it: node1 twice (HAProxy uses the first line), node2 naming a server
+/// the upstream lacks (HAProxy's `use-server` falls back to load balancing), a comment.
+const HAPROXY_STYLE_MAP: &str =
+    "# node -> master\nnode1 master1\nnode2 master9\nnode1 master2\nnode3 master3\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_haproxy_map_with_duplicates_and_unknown_values_loads_with_warnings_as_haproxy_reads_it()
+{
+    let logs = logcap::install();
+    let ms = masters().await;
+    let dir = Scratch::new("maps-policy");
+    let map = dir.write("nodes.map", HAPROXY_STYLE_MAP);
+    let c = client();
+
+    let gw = one_route_gateway(&ms, &map, "reject").await;
+    assert_eq!(
+        node(&c, &gw, "node1").await,
+        "master1",
+        "the first line of node1 wins"
+    );
+    assert_eq!(
+        node(&c, &gw, "node2").await,
+        "404",
+        "node2's entry is skipped, so it is a miss (on_miss: reject)"
+    );
+    assert_eq!(node(&c, &gw, "node3").await, "master3");
+    if logs {
+        assert!(
+            !logcap::matching(&[
+                &map,
+                ":4:",
+                "duplicate key \"node1\"",
+                "line 2's value is used"
+            ])
+            .is_empty(),
+            "the duplicate is a warning with both lines"
+        );
+        assert!(
+            !logcap::matching(&[&map, ":3:", "master9", "skipped"]).is_empty(),
+            "the skipped entry is a warning with its line"
+        );
+    }
+    // A file change follows the same policy (and is applied, not refused).
+    rename_over(
+        &dir.path("nodes.map"),
+        "node1 master3\nnode1 master1\nnode2 master9\n",
+    );
+    assert!(
+        routes_within(&c, &gw, "node1", "master3", FILE_CHANGE_BOUND)
+            .await
+            .is_some(),
+        "a rewritten file with a duplicate and an unknown value still applies"
+    );
+    drop(gw);
+
+    let last = one_route_gateway_with(&ms, &map, "balance", ", on_duplicate: last").await;
+    assert_eq!(
+        node(&c, &last, "node1").await,
+        "master1",
+        "on_duplicate: last takes line 2"
+    );
+    let other = node(&c, &last, "node2").await;
+    assert!(
+        other.starts_with("master"),
+        "a skipped key with on_miss: balance is load-balanced, as HAProxy does: {other}"
+    );
+    drop(last);
+
+    // Either case can be made an error: `check` (and start) refuse with the line.
+    let strict = dir.write(
+        "strict.yaml",
+        &format!(
+            "listeners: [{{ bind: \"127.0.0.1:18080\" }}]\nupstreams:\n  puppet: {{ servers: [{}] }}\nmaps:\n  nodes: {{ file: \"{map}\", on_duplicate: error, on_unknown_value: error }}\nroutes:\n  - {{ name: p, match: {{ path_prefix: / }}, upstream: puppet, pick_server: {{ map: nodes, key: \"header:X-Node-Name\" }} }}\n",
+            servers(&ms)
+        ),
+    );
+    let errs = floodgate::app::check(Path::new(&strict)).unwrap_err();
+    let shown = errs.to_string();
+    assert!(
+        shown.contains(":3:") && shown.contains("master9"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("duplicate key \"node1\" (first defined on line 1)"),
+        "{shown}"
+    );
+    let bad_word = dir.write(
+        "word.yaml",
+        &format!(
+            "upstreams:\n  puppet: {{ servers: [{}] }}\nmaps:\n  nodes: {{ file: \"{map}\", on_duplicate: newest }}\n",
+            servers(&ms)
+        ),
+    );
+    let errs = floodgate::app::check(Path::new(&bad_word)).unwrap_err();
+    assert!(errs.mentions("maps.nodes.on_duplicate"), "{errs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_api_commit_of_a_whole_map_skips_unknown_values_but_a_set_map_is_refused() {
+    // The Sasori updater: prepare, clear, add every PuppetDB row, commit. A row naming a master
+    // the gateway lacks must not stop every other node's update.
+    let ms = masters().await;
+    let dir = Scratch::new("maps-policy-rt");
+    let map = dir.write("nodes.map", "node1 master1\n");
+    let sock = dir.path("rt.sock");
+    let gw = TestGateway::start(&fill(
+        r#"
+listeners: [{ bind: "127.0.0.1:{PORT}" }]
+admin: { bind: "127.0.0.1:{ADMIN}", runtime_socket: "{SOCK}" }
+access_log: { enabled: false }
+upstreams:
+  puppet: { servers: [{SERVERS}] }
+maps:
+  nodes: { file: "{MAP}" }
+routes:
+  - { name: puppet, match: { path_prefix: / }, upstream: puppet, pick_server: { map: nodes, key: "header:X-Node-Name", on_miss: reject } }
+"#,
+        &[
+            ("SERVERS", servers(&ms)),
+            ("MAP", map.clone()),
+            ("SOCK", sock.display().to_string()),
+        ],
+    ))
+    .await;
+    let c = client();
+    let out = runtime(&sock, "prepare map nodes\n").await;
+    let ver = out.trim().rsplit(' ').next().unwrap().to_string();
+    let out = runtime(
+        &sock,
+        &format!("clear map @{ver} nodes; add map @{ver} nodes node1 master2; add map @{ver} nodes node2 master9; add map @{ver} nodes node3 master3; commit map @{ver} nodes\n"),
+    )
+    .await;
+    assert!(!out.contains("master9"), "the commit is not refused: {out}");
+    assert_eq!(
+        node(&c, &gw, "node1").await,
+        "master2",
+        "the commit applied"
+    );
+    assert_eq!(node(&c, &gw, "node3").await, "master3");
+    assert_eq!(
+        node(&c, &gw, "node2").await,
+        "404",
+        "the unknown row was skipped"
+    );
+    let out = runtime(&sock, "set map nodes node1 master9\n").await;
+    assert!(
+        out.contains("master9"),
+        "a single-entry edit stays strict: {out}"
+    );
+    assert_eq!(
+        node(&c, &gw, "node1").await,
+        "master2",
+        "the refused set changed nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_api_edit_keeps_the_files_comments_layout_and_untouched_lines() {
+    let ms = masters().await;
+    let dir = Scratch::new("maps-persist-comments");
+    let original = "# Puppet nodes -> masters (owner: ops)\n\n# rack A\nnode1   master1\nnode2\tmaster2\nghost master9\n# rack B\nnode3 master3\nnode3 master1\n";
+    let map = dir.write("nodes.map", original);
+    let path = dir.path("nodes.map");
+    let gw = one_route_gateway_with(&ms, &map, "reject", ", persist: true").await;
+    let c = client();
+    let r = c
+        .post(gw.admin("/maps/nodes/entries"))
+        .body("node1 master3\nnode4 master2\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "POST");
+    let r = c
+        .delete(gw.admin("/maps/nodes/entries/node2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "DELETE");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "# Puppet nodes -> masters (owner: ops)\n\n# rack A\nnode1   master3\nghost master9\n# rack B\nnode3 master3\nnode3 master1\nnode4 master2\n",
+        "comments, blank lines, spacing, the skipped line and the shadowed duplicate stay; only touched lines change"
+    );
+    assert_eq!(node(&c, &gw, "node1").await, "master3");
+    assert_eq!(node(&c, &gw, "node4").await, "master2");
+    assert_eq!(
+        node(&c, &gw, "node3").await,
+        "master3",
+        "the first node3 line is still in effect"
+    );
 }

@@ -18,7 +18,7 @@ fn sh(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, a server certificate for localhost, and a client certificate, all signed by the CA.
-fn make_pki(dir: &Path) {
+pub(crate) fn make_pki(dir: &Path) {
     sh(
         dir,
         &[
