@@ -196,12 +196,12 @@ pub async fn serve(
     hdrs.push(("x-cache", x_cache));
     hdrs.push(("age", &age_s));
     hdrs.push(("x-request-id", &ctx.request_id));
-    write_local(session, resp.status, &hdrs, resp.body.clone()).await?;
+    write_local(session, ctx, resp.status, &hdrs, resp.body.clone()).await?;
     Ok(CacheAnswer::Answered)
 }
 
 async fn answer_failure(session: &mut Session, ctx: &mut Ctx, f: Failure) -> Result<CacheAnswer> {
-    super::respond::write_failure(session, &f, &ctx.request_id).await?;
+    super::respond::write_failure(session, ctx, &f).await?;
     ctx.served = Served::Local;
     ctx.failure = Some(f);
     Ok(CacheAnswer::Answered)

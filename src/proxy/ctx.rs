@@ -72,6 +72,8 @@ pub struct Ctx {
     pub fill: Option<super::fill::FillSink>,
     /// The target as received, when normalisation changed it (for routes with `raw_path`).
     pub raw_target: Option<http::Uri>,
+    /// Index of the listener the request came in on (in the snapshot's config).
+    pub listener: usize,
     guard: InflightGuard,
 }
 
@@ -103,6 +105,7 @@ impl Ctx {
             host: String::new(),
             fill: None,
             raw_target: None,
+            listener: 0,
             guard: InflightGuard::new(state),
         }
     }

@@ -4,7 +4,7 @@ use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn sh(dir: &Path, args: &[&str]) {
+pub(crate) fn sh(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -18,7 +18,7 @@ fn sh(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, a server certificate for localhost, and a client certificate, all signed by the CA.
-fn make_pki(dir: &Path) {
+pub(crate) fn make_pki(dir: &Path) {
     sh(
         dir,
         &[
