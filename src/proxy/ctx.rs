@@ -74,6 +74,8 @@ pub struct Ctx {
     pub raw_target: Option<http::Uri>,
     /// Index of the listener the request came in on (in the snapshot's config).
     pub listener: usize,
+    /// The client certificate as policies see it (`req.tls`), filled when a policy is loaded.
+    pub tls: Option<crate::policy::TlsInfo>,
     guard: InflightGuard,
 }
 
@@ -106,6 +108,7 @@ impl Ctx {
             fill: None,
             raw_target: None,
             listener: 0,
+            tls: None,
             guard: InflightGuard::new(state),
         }
     }

@@ -90,3 +90,21 @@ pub fn response_rules(session: &Session, ctx: &Ctx, resp: &mut ResponseHeader) {
         rules.apply(&f, resp);
     }
 }
+
+/// `req.tls` for policies: the presented client certificate (subject and issuer in RFC 2253),
+/// or `None` without one (or on a plain-HTTP listener).
+pub fn policy_tls(session: &Session) -> Option<crate::policy::TlsInfo> {
+    let c = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_deref())
+        .and_then(|d| d.extension.get::<ClientCert>())?;
+    if c.subject_dn.is_empty() && c.pem.is_empty() {
+        return None;
+    }
+    Some(crate::policy::TlsInfo {
+        subject: Some(c.subject_dn.clone()),
+        issuer: Some(c.issuer_dn.clone()),
+        serial: Some(c.serial.clone()),
+        verified: c.verified(),
+    })
+}

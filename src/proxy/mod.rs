@@ -237,6 +237,9 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map(|p| p.on_error.clone())
             .unwrap_or(crate::config::OnPolicyError::Continue);
+        if ctx.snap.config.policy.is_some() {
+            ctx.tls = headers::policy_tls(session);
+        }
         let engine = self.state.policy.clone();
         if let policy::Verdict::Reject(f) =
             policy::run(&engine, Hook::Admit, session, ctx, &on_error)

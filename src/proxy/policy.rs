@@ -66,7 +66,7 @@ impl RequestSource for SessionRequest<'_> {
         self.ctx.route.as_deref().map(|r| r.name.as_str())
     }
     fn tls(&self) -> Option<&TlsInfo> {
-        None
+        self.ctx.tls.as_ref()
     }
     fn for_each_header(&self, f: &mut dyn FnMut(&str, &str)) {
         for (n, v) in &self.req.headers {

@@ -11,6 +11,7 @@ mod common;
 mod config;
 mod core;
 mod frontdoor;
+mod header_rules;
 mod health;
 mod lifecycle;
 mod maps;
