@@ -32,9 +32,31 @@ pub struct ClientCert {
     pub pem_flat: String,
     /// `SUCCESS`, `NONE` or `FAILED:reason` (as Apache's `SSL_CLIENT_VERIFY`).
     pub verify: String,
+    /// Header values made once per connection (see [`ClientCert::with_values`]).
+    pub values: CertValues,
+}
+
+/// The largest certificate facts as ready header values, so header rules copy a reference
+/// per request instead of re-validating a 2 KB PEM.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CertValues {
+    pub pem_flat: Option<http::HeaderValue>,
+    pub subject_dn: Option<http::HeaderValue>,
+    pub verify: Option<http::HeaderValue>,
 }
 
 impl ClientCert {
+    /// Fills [`ClientCert::values`] from the text fields.
+    pub fn with_values(mut self) -> Self {
+        let v = |s: &str| http::HeaderValue::from_str(s).ok();
+        self.values = CertValues {
+            pem_flat: v(&self.pem_flat),
+            subject_dn: v(&self.subject_dn),
+            verify: v(&self.verify),
+        };
+        self
+    }
+
     /// The client presented a certificate and it verified.
     pub fn verified(&self) -> bool {
         self.verify == "SUCCESS"
@@ -138,10 +160,11 @@ impl TlsAccept for CaptureClientCert {
                     pem_flat: pem.trim().replace('\n', " "),
                     pem,
                     verify,
+                    values: CertValues::default(),
                 }
             }
         };
-        Some(Arc::new(info))
+        Some(Arc::new(info.with_values()))
     }
 }
 

@@ -44,7 +44,12 @@ fn rule(p: &str, s: &HeaderRuleSpec, out: &mut Problems) -> Option<Rule> {
                 "remove takes no value; drop `value:` (or use `set:`)".into(),
             ));
         }
-        Action::Remove(remove_name(&format!("{p}.remove"), r, out)?)
+        let m = remove_name(&format!("{p}.remove"), r, out)?;
+        let exact = match &m {
+            NameMatch::Exact(folded) => HeaderName::from_bytes(folded.as_bytes()).ok(),
+            NameMatch::Prefix(_) => None,
+        };
+        Action::Remove(m, exact)
     } else {
         let (key, n) = match (&s.set, &s.add) {
             (Some(n), _) => ("set", n),
@@ -73,7 +78,10 @@ fn rule(p: &str, s: &HeaderRuleSpec, out: &mut Problems) -> Option<Rule> {
                     ));
                     return None;
                 }
-                None => Value::Template(t),
+                None => match t.single_var() {
+                    Some(v) => Value::Var(v),
+                    None => Value::Template(t),
+                },
             },
         };
         if key == "set" {

@@ -84,6 +84,8 @@ pub struct WriteName {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Fixed(HeaderValue),
+    /// Exactly one variable (the common case: no string is built).
+    Var(template::Var),
     Template(Template),
 }
 
@@ -91,7 +93,8 @@ pub enum Value {
 pub enum Action {
     Set(WriteName, Value),
     Add(WriteName, Value),
-    Remove(NameMatch),
+    /// The name to remove, and for an exact name the header name to drop in one lookup.
+    Remove(NameMatch, Option<HeaderName>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,7 +180,7 @@ impl HeaderRules {
                         h.add(n, v);
                     }
                 }
-                Action::Remove(m) => remove_matching(m, h),
+                Action::Remove(m, exact) => remove_matching(m, exact.as_ref(), h),
             }
         }
     }
@@ -186,16 +189,20 @@ impl HeaderRules {
 fn value(v: &Value, f: &Facts) -> Option<HeaderValue> {
     match v {
         Value::Fixed(v) => Some(v.clone()),
+        Value::Var(v) => template::var_value(*v, f),
         Value::Template(t) => HeaderValue::from_str(&t.render(f)).ok(),
     }
 }
 
-fn remove_matching(m: &NameMatch, h: &mut impl HeaderTarget) {
-    if let NameMatch::Exact(s) = m {
-        // why: the common case (a name without `_`) is one hashed lookup, no scan
-        if let Ok(n) = HeaderName::from_bytes(s.as_bytes()) {
-            h.remove(&n);
+fn remove_matching(m: &NameMatch, exact: Option<&HeaderName>, h: &mut impl HeaderTarget) {
+    if let Some(n) = exact {
+        // why: the folded spelling itself is one hashed lookup
+        if h.map().contains_key(n) {
+            h.remove(n);
         }
+    }
+    if !h.map().keys().any(|k| m.matches(k.as_str())) {
+        return;
     }
     // why: collect first; the map cannot change while its keys are borrowed
     let doomed: Vec<HeaderName> = h

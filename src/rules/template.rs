@@ -116,6 +116,14 @@ impl Template {
         }
     }
 
+    /// The variable when the template is exactly one variable.
+    pub fn single_var(&self) -> Option<Var> {
+        match self.parts.as_slice() {
+            [Part::Var(v)] => Some(*v),
+            _ => None,
+        }
+    }
+
     /// The text when the template has no variable.
     pub fn literal(&self) -> Option<&str> {
         match self.parts.as_slice() {
@@ -180,4 +188,23 @@ pub fn url_encode(s: &str, out: &mut String) {
             out.push(HEX[(b & 15) as usize] as char);
         }
     }
+}
+
+/// The value of one variable as a header value; the certificate's largest facts come ready
+/// made from the connection (no per-request validation of the PEM).
+pub fn var_value(v: Var, f: &Facts) -> Option<http::HeaderValue> {
+    if let Some(c) = f.cert {
+        let ready = match v {
+            Var::Cert => c.values.pem_flat.as_ref(),
+            Var::SubjectDn => c.values.subject_dn.as_ref(),
+            Var::Verify => c.values.verify.as_ref(),
+            _ => None,
+        };
+        if let Some(r) = ready {
+            return Some(r.clone());
+        }
+    }
+    let mut s = String::new();
+    push_var(v, f, &mut s);
+    http::HeaderValue::from_str(&s).ok()
 }

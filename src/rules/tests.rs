@@ -27,7 +27,9 @@ fn cert(cn: &str) -> ClientCert {
         pem: "-----BEGIN CERTIFICATE-----\nAB+/=\n-----END CERTIFICATE-----\n".into(),
         pem_flat: "-----BEGIN CERTIFICATE----- AB+/= -----END CERTIFICATE-----".into(),
         verify: "SUCCESS".into(),
+        values: Default::default(),
     }
+    .with_values()
 }
 
 fn facts<'a>(c: Option<&'a ClientCert>) -> Facts<'a> {
