@@ -740,3 +740,41 @@ async fn shipped_foreman_config_reproduces_the_foreman_vhost() {
     assert_eq!(o.count(), before, "/pub never reaches the app");
     let _ = std::fs::remove_dir_all(&pki);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_rules_apply_to_cache_hits_and_are_not_stored_with_the_entry() {
+    let o = RawOrigin::start().await;
+    let gw = TestGateway::start(&format!(
+        r#"
+listeners:
+  - {{ bind: "127.0.0.1:{{PORT}}", response_headers: [ {{ set: X-Served-By, value: "%{{server_name}}" }} ], server_name: gw1 }}
+access_log: {{ enabled: false }}
+upstreams:
+  o: {{ servers: [{{ addr: "{}" }}] }}
+routes:
+  - name: cached
+    match: {{ path_prefix: /register }}
+    upstream: o
+    cache: {{ ttl: 60s }}
+    response_headers:
+      - {{ add: X-Route-Rule, value: "once" }}
+      - {{ remove: X-Internal }}
+"#,
+        o.addr
+    ))
+    .await;
+    for (i, want) in ["MISS", "HIT"].into_iter().enumerate() {
+        let r = get(&gw.url("/register?org=1"), &[]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-cache"], want, "request {i}");
+        assert_eq!(r.headers()["x-served-by"], "gw1", "{want}: listener rule");
+        let added: Vec<_> = r.headers().get_all("x-route-rule").iter().collect();
+        assert_eq!(
+            added.len(),
+            1,
+            "{want}: added once, not stored and added again: {added:?}"
+        );
+        assert!(r.headers().get("x-internal").is_none(), "{want}");
+    }
+    assert_eq!(o.count(), 1, "the hit came from the cache");
+}
