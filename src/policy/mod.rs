@@ -96,16 +96,19 @@ pub const DEFAULT_LOAD_BUDGET: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyDecision {
     Pass,
-    /// Change admission priority and/or add request headers.
+    /// Change admission priority and/or set or remove request headers.
     Adjust {
         priority: Option<i32>,
         set_headers: Vec<(String, String)>,
+        /// Removed in every `-`/`_` spelling and case; `NAME*` by prefix.
+        remove_headers: Vec<String>,
     },
-    /// Send to this upstream (optionally pinned to one server), adding request headers.
+    /// Send to this upstream (optionally pinned to one server), changing request headers.
     Route {
         upstream: String,
         server: Option<String>,
         set_headers: Vec<(String, String)>,
+        remove_headers: Vec<String>,
     },
     /// Answer with `status` (400..=599) without proxying.
     Deny {

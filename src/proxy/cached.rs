@@ -102,6 +102,7 @@ pub async fn serve(
     let downstream = session.as_downstream();
     let (priority, pinned, redispatch) = (ctx.priority, ctx.pinned, ctx.redispatch);
     let (hash_value, set_headers) = (ctx.hash_value.clone(), ctx.set_headers.clone());
+    let remove_headers = ctx.remove_headers.clone();
     let (request_id, client_request_id) = (ctx.request_id.clone(), ctx.client_request_id);
     let (fill_route, secret_owned) = (route.clone(), secret.to_vec());
     let fetch = move || {
@@ -114,6 +115,7 @@ pub async fn serve(
             redispatch,
             hash_value,
             set_headers,
+            remove_headers,
             request_id,
             client_request_id,
             secret: secret_owned,

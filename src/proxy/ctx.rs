@@ -66,6 +66,8 @@ pub struct Ctx {
     pub body_received: u64,
     pub served: Served,
     pub set_headers: Vec<(String, String)>,
+    /// Request headers a policy removes (`NAME` in every spelling, `NAME*` by prefix).
+    pub remove_headers: Vec<String>,
     pub client_ip: Option<String>,
     pub host: String,
     /// Set in a cache fill subrequest: collects the answer for the cache.
@@ -103,6 +105,7 @@ impl Ctx {
             body_received: 0,
             served: Served::Upstream,
             set_headers: Vec::new(),
+            remove_headers: Vec::new(),
             client_ip: None,
             host: String::new(),
             fill: None,

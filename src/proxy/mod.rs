@@ -128,6 +128,7 @@ impl Gateway {
         ctx.redispatch = plan.redispatch;
         ctx.hash_value = plan.hash_value;
         ctx.set_headers = plan.set_headers;
+        ctx.remove_headers = plan.remove_headers;
         ctx.served = Served::Fill;
         ctx.fill = Some(fill::FillSink::new(&plan.route, plan.secret, plan.reply));
         ctx.upstream = Some(plan.upstream);
@@ -459,6 +460,9 @@ impl ProxyHttp for Gateway {
             req.insert_header("x-request-id", ctx.request_id_value())?;
         }
         headers::request_rules(session, ctx, req);
+        for name in &ctx.remove_headers {
+            crate::rules::remove_by_name(name, req);
+        }
         for (k, v) in &ctx.set_headers {
             req.insert_header(k.clone(), v.as_str())?;
         }

@@ -194,6 +194,20 @@ fn value(v: &Value, f: &Facts) -> Option<HeaderValue> {
     }
 }
 
+/// Removes `name` as a `remove:` rule would (every `-`/`_` spelling and case; `NAME*` by
+/// prefix), for names that come at run time (Lua `remove_headers`). An empty name or a lone
+/// `*` removes nothing.
+pub fn remove_by_name(name: &str, h: &mut impl HeaderTarget) {
+    if name.is_empty() || name == "*" {
+        return;
+    }
+    let m = match name.strip_suffix('*') {
+        Some(p) => NameMatch::Prefix(fold(p)),
+        None => NameMatch::Exact(fold(name)),
+    };
+    remove_matching(&m, None, h);
+}
+
 fn remove_matching(m: &NameMatch, exact: Option<&HeaderName>, h: &mut impl HeaderTarget) {
     if let Some(n) = exact {
         // why: the folded spelling itself is one hashed lookup

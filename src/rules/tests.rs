@@ -290,3 +290,19 @@ fn forwarding_append_replace_off_and_rfc7239() {
     fw(ForwardMode::Off, true).apply(&f, Some("h"), &mut m);
     assert_eq!(m, map(&client), "off: the client's values pass as sent");
 }
+
+#[test]
+fn run_time_removal_folds_spellings_and_takes_prefixes() {
+    let mut m = map(&[
+        ("x_debug", "1"),
+        ("X-DEBUG", "2"),
+        ("remote-user_email", "x"),
+        ("accept", "*/*"),
+    ]);
+    remove_by_name("X-Debug", &mut m);
+    remove_by_name("REMOTE_USER*", &mut m);
+    remove_by_name("*", &mut m);
+    remove_by_name("", &mut m);
+    let names: Vec<&str> = m.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["accept"]);
+}

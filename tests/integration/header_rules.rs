@@ -542,7 +542,7 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lua_policies_see_req_tls_of_the_client_certificate() {
+async fn lua_policies_see_req_tls_and_remove_headers_in_every_spelling() {
     let o = RawOrigin::start().await;
     let pki = temp_dir("pki-lua");
     crate::tls::make_pki(&pki);
@@ -555,7 +555,8 @@ async fn lua_policies_see_req_tls_of_the_client_certificate() {
 function admit(req)
   if req.tls == nil then return { deny = 403, body = "no certificate" } end
   return { set_headers = { ["X-Lua-Subject"] = req.tls.subject, ["X-Lua-Issuer"] = req.tls.issuer,
-    ["X-Lua-Verified"] = tostring(req.tls.verified), ["X-Lua-Serial"] = req.tls.serial } }
+    ["X-Lua-Verified"] = tostring(req.tls.verified), ["X-Lua-Serial"] = req.tls.serial },
+    remove_headers = { "X-Debug*", "x_trace" } }
 end
 "#,
     )
@@ -582,7 +583,23 @@ policy: {{ scripts: ["{}"] }}
     assert_eq!(body, "no certificate");
     assert_eq!(o.count(), 0);
     let (c, k) = (format!("{p}/host1.pem"), format!("{p}/host1.key"));
-    let (head, _) = curl(&["--cacert", &ca, "--cert", &c, "--key", &k, &url]);
+    let (head, _) = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &c,
+        "--key",
+        &k,
+        "-H",
+        "X_Debug_Token: 1",
+        "-H",
+        "X-Debug: 2",
+        "-H",
+        "X-Trace: 3",
+        "-H",
+        "X-Kept: 4",
+        &url,
+    ]);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let h = o.last();
     assert_eq!(
@@ -597,6 +614,13 @@ policy: {{ scripts: ["{}"] }}
     );
     assert_eq!(values(&h, "x-lua-verified"), ["true"], "{h:?}");
     assert!(!values(&h, "x-lua-serial")[0].is_empty());
+    for gone in ["x_debug_token", "x-debug", "x-trace"] {
+        assert!(
+            !names(&h).contains(&gone.to_string()),
+            "Lua removed {gone}: {h:?}"
+        );
+    }
+    assert_eq!(values(&h, "x-kept"), ["4"], "{h:?}");
     let _ = std::fs::remove_dir_all(&pki);
 }
 
