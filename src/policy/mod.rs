@@ -5,8 +5,9 @@
 //! A script may define any of these global functions (hooks); absent hooks cost nothing:
 //! - `admit(req)` and `route(req)` return a decision table or `nil` (no opinion):
 //!   `{ deny = 429, retry_after = 30, body = "..." }`, `{ upstream = "puppet", server = "m2" }`,
-//!   `{ priority = 2 }`, `{ set_headers = { ["X-A"] = "b" } }`. `priority` and `set_headers`
-//!   combine, as do `upstream`, `server` and `set_headers`; `deny` stands alone. Unknown
+//!   `{ priority = 2 }`, `{ set_headers = { ["X-A"] = "b" } }`, `{ remove_headers = { "X-B*" } }`.
+//!   `priority`, `set_headers` and `remove_headers` combine, as do `upstream`, `server` and the
+//!   header fields; `deny` stands alone. Unknown
 //!   fields, wrong types and other combinations are errors. Both hooks accept every form; the
 //!   caller decides what each phase honours (see [`PolicyDecision`]).
 //! - `response(req, resp)` returns `nil` or `{ set_headers = {...}, remove_headers = {...} }`.
