@@ -23,6 +23,7 @@ pub mod policysync;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod rules;
 pub mod sdnotify;
 pub mod shutdown;
 pub mod state;

@@ -109,6 +109,86 @@ pub struct ListenerSpec {
     pub tls: Option<TlsSpec>,
     /// How strictly request heads are read (see README "Front door").
     pub front_door: Option<FrontDoorSpec>,
+    /// Header rules on requests to upstreams, before the route's (README "Header rules").
+    pub request_headers: Option<Vec<HeaderRuleSpec>>,
+    /// Header rules on every answer: proxied, cached and local (Apache `Header always`).
+    pub response_headers: Option<Vec<HeaderRuleSpec>>,
+    /// `append` (default, Apache `ProxyAddHeaders On`), `replace` or `off`.
+    pub forwarded_headers: Option<String>,
+    /// Also send RFC 7239 `Forwarded` (same mode as `forwarded_headers`; default false).
+    pub forwarded_rfc7239: Option<bool>,
+    /// `X-Forwarded-Server` value (Apache's `ServerName`; default: the host name).
+    pub server_name: Option<String>,
+}
+
+/// One header rule: exactly one of `set`, `add`, `remove`, naming the header.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRuleSpec {
+    /// Replace every value of the header with `value`.
+    pub set: Option<String>,
+    /// Append `value` as another line of the header.
+    pub add: Option<String>,
+    /// Remove the header in every `-`/`_` spelling; `NAME*` removes by prefix.
+    pub remove: Option<String>,
+    /// A template: literal text and `%{variable}` (README "Header rules").
+    pub value: Option<String>,
+    /// Apply the rule only when this holds.
+    #[serde(rename = "if")]
+    pub when: Option<ConditionSpec>,
+}
+
+/// A rule condition; every key given must hold.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSpec {
+    /// The verified client certificate's CN is this (or one of these).
+    pub cert_cn: Option<OneOrMany<String>>,
+    /// The client certificate verified (`true`) or not/none (`false`).
+    pub cert_verified: Option<bool>,
+    pub header: Option<HeaderConditionSpec>,
+    pub method: Option<OneOrMany<String>>,
+    pub path_prefix: Option<OneOrMany<String>>,
+    pub not: Option<Box<ConditionSpec>>,
+}
+
+/// `if: { header: { name: X } }` (present), `matches: REGEX`, `prefix: TEXT` or `equals: TEXT`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderConditionSpec {
+    pub name: String,
+    pub matches: Option<String>,
+    pub prefix: Option<String>,
+    pub equals: Option<String>,
+}
+
+/// `respond:` on a route: `upstream_health`, or a fixed local answer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RespondSpec {
+    Named(String),
+    Answer(LocalAnswerSpec),
+}
+
+/// A local answer (HAProxy `http-request return`, Apache `ProxyPass /pub !`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalAnswerSpec {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: String,
+}
+
+/// `redirect:` on a route (HAProxy `http-request redirect location`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// A template, e.g. `"https://%{host}%{request_uri}"`.
+    pub location: String,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status: Option<u16>,
 }
 
 /// `listeners[].front_door`: limits and strictness of the HTTP/1.x request head reader.
@@ -293,8 +373,15 @@ pub struct RouteSpec {
     pub matcher: MatchSpec,
     /// The upstream that serves this route. Not needed with `respond`.
     pub upstream: Option<String>,
-    /// Answer locally: `upstream_health` (200/503 with a JSON list of healthy servers).
-    pub respond: Option<String>,
+    /// Answer locally: `upstream_health` (200/503 with a JSON list of healthy servers), or
+    /// `{ status, headers, body }`.
+    pub respond: Option<RespondSpec>,
+    /// Answer locally with a redirect.
+    pub redirect: Option<RedirectSpec>,
+    /// Header rules on requests to the upstream, after the listener's.
+    pub request_headers: Option<Vec<HeaderRuleSpec>>,
+    /// Header rules on this route's answers, after the listener's.
+    pub response_headers: Option<Vec<HeaderRuleSpec>>,
     /// With `respond: upstream_health`: which upstream to report on (default `upstream`).
     pub health_of: Option<String>,
     pub priority: Option<i32>,

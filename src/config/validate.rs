@@ -86,6 +86,13 @@ pub struct ListenerConfig {
     pub h2c: bool,
     pub tls: Option<TlsConfig>,
     pub front_door: FrontDoorConfig,
+    /// Rules on requests to upstreams (before the route's).
+    pub request_headers: crate::rules::HeaderRules,
+    /// Rules on every answer (before the route's).
+    pub response_headers: crate::rules::HeaderRules,
+    pub forwarding: crate::rules::forwarding::Forwarding,
+    /// `X-Forwarded-Server` and `%{server_name}`.
+    pub server_name: String,
 }
 
 /// How strictly a listener reads HTTP/1.x request heads (`listeners[].front_door`).
@@ -271,6 +278,8 @@ pub enum RouteTarget {
     Upstream(String),
     /// Answer 200/503 with the named upstream's health.
     UpstreamHealth(String),
+    /// Answer with a fixed answer or a redirect; no upstream.
+    Local(crate::rules::local::LocalAnswer),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -316,6 +325,10 @@ pub struct RouteConfig {
     pub pick_server: Option<PickServer>,
     /// Upstream requests carry the target as received, not the normalised one.
     pub raw_path: bool,
+    /// Rules on requests to the upstream (after the listener's).
+    pub request_headers: crate::rules::HeaderRules,
+    /// Rules on this route's answers (after the listener's).
+    pub response_headers: crate::rules::HeaderRules,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -378,6 +391,15 @@ pub struct ShutdownConfig {
 }
 
 /// Reads, parses and validates a configuration file.
+/// Apache's default `ServerName`: this machine's host name (`localhost` if unknown).
+fn default_server_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -730,12 +752,53 @@ impl Validator {
                 }
             });
             let front_door = self.front_door(&format!("{p}.front_door"), l.front_door.as_ref());
+            let mut problems = Vec::new();
+            let request_headers = crate::rules::compile::rules(
+                &format!("{p}.request_headers"),
+                l.request_headers.as_deref().unwrap_or_default(),
+                &mut problems,
+            );
+            let response_headers = crate::rules::compile::rules(
+                &format!("{p}.response_headers"),
+                l.response_headers.as_deref().unwrap_or_default(),
+                &mut problems,
+            );
+            for (path, m) in problems {
+                self.err(path, m);
+            }
+            use crate::rules::forwarding::{ForwardMode, Forwarding};
+            let mode = match l.forwarded_headers.as_deref() {
+                None | Some("append") => ForwardMode::Append,
+                Some("replace") => ForwardMode::Replace,
+                Some("off") => ForwardMode::Off,
+                Some(o) => {
+                    self.err(
+                        format!("{p}.forwarded_headers"),
+                        format!("{o:?} is not a choice; use append (Apache ProxyAddHeaders On, the default), replace or off"),
+                    );
+                    ForwardMode::Append
+                }
+            };
+            let server_name = l.server_name.clone().unwrap_or_else(default_server_name);
+            if http::HeaderValue::from_str(&server_name).is_err() {
+                self.err(
+                    format!("{p}.server_name"),
+                    format!("{server_name:?} is not a valid header value; use a host name"),
+                );
+            }
             listeners.push(ListenerConfig {
                 name,
                 bind: l.bind.clone(),
                 h2c: l.h2c,
                 tls,
                 front_door,
+                request_headers,
+                response_headers,
+                forwarding: Forwarding {
+                    mode,
+                    rfc7239: l.forwarded_rfc7239.unwrap_or(false),
+                },
+                server_name,
             });
         }
 
@@ -1238,7 +1301,54 @@ impl Validator {
                 false
             }
         };
-        let target = match (r.respond.as_deref(), r.upstream.as_deref()) {
+        let mut problems = Vec::new();
+        let named = match &r.respond {
+            Some(RespondSpec::Named(n)) => Some(n.as_str()),
+            _ => None,
+        };
+        let local = match (&r.respond, &r.redirect) {
+            (Some(RespondSpec::Answer(a)), None) => Some(crate::rules::local::fixed(
+                &format!("{p}.respond"),
+                a,
+                &mut problems,
+            )),
+            (None, Some(rd)) => Some(crate::rules::local::redirect(
+                &format!("{p}.redirect"),
+                rd,
+                &mut problems,
+            )),
+            (Some(_), Some(_)) => {
+                self.err(
+                    format!("{p}.redirect"),
+                    "a route answers with respond: or redirect:, not both; keep one",
+                );
+                return None;
+            }
+            _ => None,
+        };
+        let target = match (named, r.upstream.as_deref()) {
+            _ if local.is_some() => {
+                if let Some(up) = &r.upstream {
+                    self.err(
+                        format!("{p}.upstream"),
+                        format!("{up:?}: a route that answers locally has no upstream; remove upstream: (or respond:/redirect:)"),
+                    );
+                }
+                for key in ["admission", "cache", "pick_server"] {
+                    let given = match key {
+                        "admission" => r.admission.is_some(),
+                        "cache" => r.cache.is_some(),
+                        _ => r.pick_server.is_some(),
+                    };
+                    if given {
+                        self.err(
+                            format!("{p}.{key}"),
+                            format!("a route that answers locally never reaches an upstream, so {key}: has no effect; remove it"),
+                        );
+                    }
+                }
+                RouteTarget::Local(local.clone()?)
+            }
             (Some("upstream_health"), up) => {
                 let of = r.health_of.as_deref().or(up);
                 match of {
@@ -1255,7 +1365,7 @@ impl Validator {
             (Some(o), _) => {
                 self.err(
                     format!("{p}.respond"),
-                    format!("{o:?} is not a choice; use upstream_health"),
+                    format!("{o:?} is not a choice; use upstream_health, or a local answer such as `{{ status: 404, body: \"Not found\" }}`"),
                 );
                 return None;
             }
@@ -1408,7 +1518,22 @@ impl Validator {
             };
             Some(PickServer { map: ps.map.clone(), header, on_miss, redispatch: ps.redispatch.unwrap_or(true) })
         });
+        let request_headers = crate::rules::compile::rules(
+            &format!("{p}.request_headers"),
+            r.request_headers.as_deref().unwrap_or_default(),
+            &mut problems,
+        );
+        let response_headers = crate::rules::compile::rules(
+            &format!("{p}.response_headers"),
+            r.response_headers.as_deref().unwrap_or_default(),
+            &mut problems,
+        );
+        for (path, m) in problems {
+            self.err(path, m);
+        }
         Some(RouteConfig {
+            request_headers,
+            response_headers,
             name: r.name.clone(),
             matcher,
             target,

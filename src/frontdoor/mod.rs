@@ -307,6 +307,10 @@ mod tests {
             h2c: false,
             tls: None,
             front_door: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            forwarding: Default::default(),
+            server_name: String::new(),
         };
         let ls = vec![l("a", "127.0.0.1:8080"), l("b", "0.0.0.0:8443")];
         assert_eq!(listener_name(&ls, "127.0.0.1:8080".parse().ok()), "a");

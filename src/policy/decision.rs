@@ -7,7 +7,8 @@ use mlua::{Table, Value};
 use super::{PolicyDecision, ResponseEdit};
 
 /// Fields accepted in an `admit`/`route` decision table.
-const DECISION_FIELDS: &str = "deny, retry_after, body, upstream, server, priority, set_headers";
+const DECISION_FIELDS: &str =
+    "deny, retry_after, body, upstream, server, priority, set_headers, remove_headers";
 /// Fields accepted in a `response` edit table.
 const EDIT_FIELDS: &str = "set_headers, remove_headers";
 /// Longest accepted deny body, in bytes.
@@ -22,6 +23,7 @@ struct Fields {
     server: Option<String>,
     priority: Option<i32>,
     set_headers: Option<Vec<(String, String)>>,
+    remove_headers: Option<Vec<String>>,
 }
 
 /// `nil` means no opinion (`Ok(None)`); a table becomes a decision; anything else is an error.
@@ -69,6 +71,7 @@ pub(crate) fn parse_decision(value: &Value) -> Result<Option<PolicyDecision>, St
                     Some(i32::try_from(p).map_err(|_| format!("priority out of range: {p}"))?);
             }
             "set_headers" => f.set_headers = Some(header_map(&v)?),
+            "remove_headers" => f.remove_headers = Some(header_list(&v)?),
             other => {
                 return Err(format!(
                     "unknown field `{other}` in decision (allowed: {DECISION_FIELDS})"
@@ -85,9 +88,10 @@ fn combine(f: Fields) -> Result<Option<PolicyDecision>, String> {
             || f.server.is_some()
             || f.priority.is_some()
             || f.set_headers.is_some()
+            || f.remove_headers.is_some()
         {
             return Err(
-                "deny cannot be combined with upstream, server, priority or set_headers".to_owned(),
+                "deny cannot be combined with upstream, server, priority, set_headers or remove_headers".to_owned(),
             );
         }
         return Ok(Some(PolicyDecision::Deny {
@@ -100,6 +104,7 @@ fn combine(f: Fields) -> Result<Option<PolicyDecision>, String> {
         return Err("retry_after and body are only allowed with deny".to_owned());
     }
     let set_headers = f.set_headers.unwrap_or_default();
+    let remove_headers = f.remove_headers.unwrap_or_default();
     if let Some(upstream) = f.upstream {
         if f.priority.is_some() {
             return Err(
@@ -110,18 +115,20 @@ fn combine(f: Fields) -> Result<Option<PolicyDecision>, String> {
             upstream,
             server: f.server,
             set_headers,
+            remove_headers,
         }));
     }
     if f.server.is_some() {
         return Err("server requires upstream".to_owned());
     }
-    if f.priority.is_none() && set_headers.is_empty() {
+    if f.priority.is_none() && set_headers.is_empty() && remove_headers.is_empty() {
         // why: `{}` carries no opinion; treat it like nil rather than as an error.
         return Ok(None);
     }
     Ok(Some(PolicyDecision::Adjust {
         priority: f.priority,
         set_headers,
+        remove_headers,
     }))
 }
 
@@ -264,15 +271,26 @@ mod tests {
             Ok(Some(PolicyDecision::Route {
                 upstream: "puppet".into(),
                 server: Some("master2".into()),
-                set_headers: vec![("X-A".into(), "b".into()), ("X-B".into(), "1".into())]
+                set_headers: vec![("X-A".into(), "b".into()), ("X-B".into(), "1".into())],
+                remove_headers: vec![]
             }))
         );
         assert_eq!(
             decide("return { priority = 2.0 }"),
             Ok(Some(PolicyDecision::Adjust {
                 priority: Some(2),
-                set_headers: vec![]
+                set_headers: vec![],
+                remove_headers: vec![]
             }))
+        );
+        assert_eq!(
+            decide("return { remove_headers = { 'REMOTE-USER*', 'X_Debug' } }"),
+            Ok(Some(PolicyDecision::Adjust {
+                priority: None,
+                set_headers: vec![],
+                remove_headers: vec!["REMOTE-USER*".into(), "X_Debug".into()]
+            })),
+            "removal alone is a decision"
         );
     }
 

@@ -5,8 +5,9 @@
 //! A script may define any of these global functions (hooks); absent hooks cost nothing:
 //! - `admit(req)` and `route(req)` return a decision table or `nil` (no opinion):
 //!   `{ deny = 429, retry_after = 30, body = "..." }`, `{ upstream = "puppet", server = "m2" }`,
-//!   `{ priority = 2 }`, `{ set_headers = { ["X-A"] = "b" } }`. `priority` and `set_headers`
-//!   combine, as do `upstream`, `server` and `set_headers`; `deny` stands alone. Unknown
+//!   `{ priority = 2 }`, `{ set_headers = { ["X-A"] = "b" } }`, `{ remove_headers = { "X-B*" } }`.
+//!   `priority`, `set_headers` and `remove_headers` combine, as do `upstream`, `server` and the
+//!   header fields; `deny` stands alone. Unknown
 //!   fields, wrong types and other combinations are errors. Both hooks accept every form; the
 //!   caller decides what each phase honours (see [`PolicyDecision`]).
 //! - `response(req, resp)` returns `nil` or `{ set_headers = {...}, remove_headers = {...} }`.
@@ -107,16 +108,19 @@ pub const DEFAULT_LOAD_BUDGET: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyDecision {
     Pass,
-    /// Change admission priority and/or add request headers.
+    /// Change admission priority and/or set or remove request headers.
     Adjust {
         priority: Option<i32>,
         set_headers: Vec<(String, String)>,
+        /// Removed in every `-`/`_` spelling and case; `NAME*` by prefix.
+        remove_headers: Vec<String>,
     },
-    /// Send to this upstream (optionally pinned to one server), adding request headers.
+    /// Send to this upstream (optionally pinned to one server), changing request headers.
     Route {
         upstream: String,
         server: Option<String>,
         set_headers: Vec<(String, String)>,
+        remove_headers: Vec<String>,
     },
     /// Answer with `status` (400..=599) without proxying.
     Deny {

@@ -53,6 +53,7 @@ fn adjust(priority: i32) -> PolicyDecision {
     PolicyDecision::Adjust {
         priority: Some(priority),
         set_headers: vec![],
+        remove_headers: vec![],
     }
 }
 
@@ -96,6 +97,7 @@ fn puppet_routing_pins_nodes_to_their_master_via_the_host_map() {
         upstream: "puppet".into(),
         server: Some("master2".into()),
         set_headers: vec![],
+        remove_headers: vec![],
     };
     assert_eq!(
         e.route(&r, h.clone()),
@@ -270,6 +272,7 @@ fn request_view_exposes_fields_case_insensitive_headers_and_is_read_only() {
     let expected = PolicyDecision::Adjust {
         priority: Some(3),
         set_headers: vec![("X-Seen".into(), "yes".into())],
+        remove_headers: vec![],
     };
     assert_eq!(e.admit(&r, h.clone()), (expected, Outcome::Ok));
     let resp = PolicyResponse {

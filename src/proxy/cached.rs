@@ -102,6 +102,7 @@ pub async fn serve(
     let downstream = session.as_downstream();
     let (priority, pinned, redispatch) = (ctx.priority, ctx.pinned, ctx.redispatch);
     let (hash_value, set_headers) = (ctx.hash_value.clone(), ctx.set_headers.clone());
+    let remove_headers = ctx.remove_headers.clone();
     let (request_id, client_request_id) = (ctx.request_id.clone(), ctx.client_request_id);
     let (fill_route, secret_owned) = (route.clone(), secret.to_vec());
     let fetch = move || {
@@ -114,6 +115,7 @@ pub async fn serve(
             redispatch,
             hash_value,
             set_headers,
+            remove_headers,
             request_id,
             client_request_id,
             secret: secret_owned,
@@ -196,12 +198,12 @@ pub async fn serve(
     hdrs.push(("x-cache", x_cache));
     hdrs.push(("age", &age_s));
     hdrs.push(("x-request-id", &ctx.request_id));
-    write_local(session, resp.status, &hdrs, resp.body.clone()).await?;
+    write_local(session, ctx, resp.status, &hdrs, resp.body.clone()).await?;
     Ok(CacheAnswer::Answered)
 }
 
 async fn answer_failure(session: &mut Session, ctx: &mut Ctx, f: Failure) -> Result<CacheAnswer> {
-    super::respond::write_failure(session, &f, &ctx.request_id).await?;
+    super::respond::write_failure(session, ctx, &f).await?;
     ctx.served = Served::Local;
     ctx.failure = Some(f);
     Ok(CacheAnswer::Answered)

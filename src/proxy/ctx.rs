@@ -66,12 +66,18 @@ pub struct Ctx {
     pub body_received: u64,
     pub served: Served,
     pub set_headers: Vec<(String, String)>,
+    /// Request headers a policy removes (`NAME` in every spelling, `NAME*` by prefix).
+    pub remove_headers: Vec<String>,
     pub client_ip: Option<String>,
     pub host: String,
     /// Set in a cache fill subrequest: collects the answer for the cache.
     pub fill: Option<super::fill::FillSink>,
     /// The target as received, when normalisation changed it (for routes with `raw_path`).
     pub raw_target: Option<http::Uri>,
+    /// Index of the listener the request came in on (in the snapshot's config).
+    pub listener: usize,
+    /// The client certificate as policies see it (`req.tls`), filled when a policy is loaded.
+    pub tls: Option<crate::policy::TlsInfo>,
     guard: InflightGuard,
 }
 
@@ -99,10 +105,13 @@ impl Ctx {
             body_received: 0,
             served: Served::Upstream,
             set_headers: Vec::new(),
+            remove_headers: Vec::new(),
             client_ip: None,
             host: String::new(),
             fill: None,
             raw_target: None,
+            listener: 0,
+            tls: None,
             guard: InflightGuard::new(state),
         }
     }

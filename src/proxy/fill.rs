@@ -89,6 +89,7 @@ pub struct FillPlan {
     pub redispatch: bool,
     pub hash_value: Option<Vec<u8>>,
     pub set_headers: Vec<(String, String)>,
+    pub remove_headers: Vec<String>,
     pub request_id: String,
     pub client_request_id: bool,
     /// Key for hashing the values of the origin's `Vary` headers.

@@ -5,6 +5,7 @@ pub mod admit;
 pub mod cached;
 pub mod ctx;
 pub mod fill;
+pub mod headers;
 pub mod log;
 pub mod owned;
 pub mod policy;
@@ -116,6 +117,7 @@ impl Gateway {
     ) -> Result<bool> {
         fill::prepare_request(session.req_header_mut());
         ctx.request_id = plan.request_id;
+        ctx.listener = headers::listener_index(session, &ctx.snap.config.listeners);
         ctx.client_request_id = plan.client_request_id;
         ctx.client_ip = session
             .client_addr()
@@ -126,6 +128,7 @@ impl Gateway {
         ctx.redispatch = plan.redispatch;
         ctx.hash_value = plan.hash_value;
         ctx.set_headers = plan.set_headers;
+        ctx.remove_headers = plan.remove_headers;
         ctx.served = Served::Fill;
         ctx.fill = Some(fill::FillSink::new(&plan.route, plan.secret, plan.reply));
         ctx.upstream = Some(plan.upstream);
@@ -137,7 +140,7 @@ impl Gateway {
 /// Ends the request with a local failure answer; `Ok(true)` tells Pingora the response is sent.
 async fn reject(session: &mut Session, ctx: &mut Ctx, f: Failure) -> Result<bool> {
     ctx.served = Served::Local;
-    respond::write_failure(session, &f, &ctx.request_id).await?;
+    respond::write_failure(session, ctx, &f).await?;
     ctx.failure = Some(f);
     Ok(true)
 }
@@ -168,7 +171,7 @@ async fn upstream_health(session: &mut Session, ctx: &mut Ctx, name: &str) -> Re
     if !ok {
         headers.push(("retry-after", "5"));
     }
-    respond::write_local(session, status, &headers, Bytes::from(body)).await?;
+    respond::write_local(session, ctx, status, &headers, Bytes::from(body)).await?;
     Ok(true)
 }
 
@@ -218,6 +221,7 @@ impl ProxyHttp for Gateway {
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
         ctx.host = normalize_host(host_raw);
+        ctx.listener = headers::listener_index(session, &ctx.snap.config.listeners);
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -234,6 +238,9 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map(|p| p.on_error.clone())
             .unwrap_or(crate::config::OnPolicyError::Continue);
+        if ctx.snap.config.policy.is_some() {
+            ctx.tls = headers::policy_tls(session);
+        }
         let engine = self.state.policy.clone();
         if let policy::Verdict::Reject(f) =
             policy::run(&engine, Hook::Admit, session, ctx, &on_error)
@@ -264,6 +271,12 @@ impl ProxyHttp for Gateway {
                 return upstream_health(session, ctx, &name.clone()).await
             }
             RouteTarget::Upstream(name) => name.clone(),
+            RouteTarget::Local(answer) => {
+                // never admitted, queued or sent upstream
+                ctx.served = Served::Local;
+                respond::write_answer(session, ctx, answer).await?;
+                return Ok(true);
+            }
         };
         let Some(up) = ctx.snap.upstream(&up_name).cloned() else {
             return reject(session, ctx, Failure::NoRoute).await;
@@ -433,22 +446,8 @@ impl ProxyHttp for Gateway {
                 req.remove_header(h);
             }
         }
-        if let Some(ip) = &ctx.client_ip {
-            let xff = match req
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip.clone(),
-            };
-            req.insert_header("x-forwarded-for", xff)?;
-        }
+        headers::forwarding(session, ctx, req);
         let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
-        req.insert_header(
-            "x-forwarded-proto",
-            http::HeaderValue::from_static(if ssl.is_some() { "https" } else { "http" }),
-        )?;
         if let Some(cc) = ssl.and_then(|d| d.extension.get::<crate::tlsinfo::ClientCert>()) {
             req.insert_header("ssl-client-verify", cc.verify.as_str())?;
             if !cc.subject_dn.is_empty() {
@@ -456,19 +455,13 @@ impl ProxyHttp for Gateway {
                 req.insert_header("ssl-client-cert", cc.pem_flat.as_str())?;
             }
         }
-        if req.headers.get("x-forwarded-host").is_none() {
-            if let Some(h) = session
-                .req_header()
-                .headers
-                .get(http::header::HOST)
-                .cloned()
-            {
-                req.insert_header("x-forwarded-host", h)?;
-            }
-        }
         if !ctx.client_request_id {
             // (a client's own id is already in the copied request)
             req.insert_header("x-request-id", ctx.request_id_value())?;
+        }
+        headers::request_rules(session, ctx, req);
+        for name in &ctx.remove_headers {
+            crate::rules::remove_by_name(name, req);
         }
         for (k, v) in &ctx.set_headers {
             req.insert_header(k.clone(), v.as_str())?;
@@ -506,6 +499,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id_value())?;
+        headers::response_rules(session, ctx, resp);
         if ctx.fill.is_none() {
             policy::response(&self.state.policy, session, ctx, resp);
         }
@@ -548,7 +542,7 @@ impl ProxyHttp for Gateway {
         let code = match &failure {
             Some(f) => {
                 ctx.served = Served::Local;
-                respond::write_failure(session, f, &ctx.request_id)
+                respond::write_failure(session, ctx, f)
                     .await
                     .unwrap_or_else(|err| {
                         ::log::debug!("could not write the error answer: {err}");

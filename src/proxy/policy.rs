@@ -66,7 +66,7 @@ impl RequestSource for SessionRequest<'_> {
         self.ctx.route.as_deref().map(|r| r.name.as_str())
     }
     fn tls(&self) -> Option<&TlsInfo> {
-        None
+        self.ctx.tls.as_ref()
     }
     fn for_each_header(&self, f: &mut dyn FnMut(&str, &str)) {
         for (n, v) in &self.req.headers {
@@ -233,19 +233,23 @@ pub fn run(
         PolicyDecision::Adjust {
             priority,
             set_headers,
+            remove_headers,
         } => {
             if let Some(p) = priority {
                 ctx.priority = p;
             }
             ctx.set_headers.extend(set_headers);
+            ctx.remove_headers.extend(remove_headers);
             Verdict::Continue
         }
         PolicyDecision::Route {
             upstream,
             server,
             set_headers,
+            remove_headers,
         } => {
             ctx.set_headers.extend(set_headers);
+            ctx.remove_headers.extend(remove_headers);
             match ctx.snap.upstream(&upstream).cloned() {
                 Some(up) => {
                     ctx.pinned = server.as_deref().and_then(|s| up.server_index(s));

@@ -12,6 +12,7 @@ mod config;
 mod convert;
 mod core;
 mod frontdoor;
+mod header_rules;
 mod health;
 mod lifecycle;
 mod maps;

@@ -4,7 +4,7 @@ use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn sh(dir: &Path, args: &[&str]) {
+pub(crate) fn sh(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)

@@ -1,0 +1,91 @@
+//! Forwarding headers per listener (`forwarded_headers:`): `X-Forwarded-For`, `-Host`,
+//! `-Server` (and `-Proto`), optionally RFC 7239 `Forwarded`.
+//!
+//! `append` is Apache's `ProxyAddHeaders On` (and HAProxy's `option forwardfor`): each value is
+//! appended to what the client sent, as `client value, ours`; `replace` drops the client's and
+//! sets ours; `off` adds nothing (a client's values pass as sent). `X-Forwarded-Proto` is
+//! always set (not appended) in `append` and `replace`: Apache leaves it to `RequestHeader
+//! set`, and a client's claim of https must never reach an app that trusts it.
+
+use super::{Facts, HeaderTarget, WriteName};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardMode {
+    #[default]
+    Append,
+    Replace,
+    Off,
+}
+
+/// A listener's forwarding settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forwarding {
+    pub mode: ForwardMode,
+    /// Also write RFC 7239 `Forwarded: for=...;host=...;proto=...`.
+    pub rfc7239: bool,
+}
+
+fn name(s: &'static str) -> WriteName {
+    WriteName {
+        name: HeaderName::from_static(s),
+        spelled: Bytes::from_static(s.as_bytes()),
+    }
+}
+
+impl Forwarding {
+    /// Writes the forwarding headers into the upstream request `h`; `host` is the `Host` the
+    /// client sent.
+    pub fn apply(&self, f: &Facts, host: Option<&str>, h: &mut impl HeaderTarget) {
+        if self.mode == ForwardMode::Off {
+            return;
+        }
+        if let Some(ip) = f.client_ip {
+            self.put(h, name("x-forwarded-for"), ip);
+        }
+        if let Some(host) = host {
+            self.put(h, name("x-forwarded-host"), host);
+        }
+        if !f.server_name.is_empty() {
+            self.put(h, name("x-forwarded-server"), f.server_name);
+        }
+        let proto = if f.https { "https" } else { "http" };
+        h.set(&name("x-forwarded-proto"), HeaderValue::from_static(proto));
+        if self.rfc7239 {
+            let mut el = String::new();
+            if let Some(ip) = f.client_ip {
+                if ip.contains(':') {
+                    el.push_str(&format!("for=\"[{ip}]\";"));
+                } else {
+                    el.push_str(&format!("for={ip};"));
+                }
+            }
+            if let Some(host) = host {
+                el.push_str(&format!("host=\"{}\";", host.replace(['"', '\\'], "")));
+            }
+            el.push_str("proto=");
+            el.push_str(proto);
+            self.put(h, name("forwarded"), &el);
+        }
+    }
+
+    /// `append`: the client's lines joined, then ours; `replace`: ours alone.
+    fn put(&self, h: &mut impl HeaderTarget, n: WriteName, ours: &str) {
+        let mut v = String::new();
+        if self.mode == ForwardMode::Append {
+            for prev in h.map().get_all(&n.name) {
+                if let Ok(p) = prev.to_str() {
+                    if !p.trim().is_empty() {
+                        v.push_str(p.trim());
+                        v.push_str(", ");
+                    }
+                }
+            }
+        }
+        v.push_str(ours);
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.set(&n, v);
+        }
+    }
+}
