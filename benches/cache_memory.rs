@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use floodgate::cache::memory::heap_cost;
 use floodgate::cache::{canonical_key, CachedResponse, MemoryCache};
 
 struct Counting;
 
+/// Live bytes as the allocator uses them ([`heap_cost`]: chunk header and rounding).
+static LIVE_REAL: AtomicUsize = AtomicUsize::new(0);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
@@ -24,16 +27,20 @@ static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        LIVE_REAL.fetch_add(heap_cost(l.size()), Ordering::Relaxed);
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         System.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        LIVE_REAL.fetch_sub(heap_cost(l.size()), Ordering::Relaxed);
         System.dealloc(p, l)
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new, Ordering::Relaxed);
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        LIVE_REAL.fetch_add(heap_cost(new), Ordering::Relaxed);
+        LIVE_REAL.fetch_sub(heap_cost(l.size()), Ordering::Relaxed);
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         System.realloc(p, l, new)
     }
@@ -97,9 +104,11 @@ fn run(n: usize, body_len: usize) {
     // everything live now beyond what was live before `run` is held by the store.
     let per = |a: usize, b: usize| b.saturating_sub(a) as f64 / n as f64;
     let held = live1 - BASE.load(Ordering::Relaxed);
+    let held_real = LIVE_REAL.load(Ordering::Relaxed) - BASE_REAL.load(Ordering::Relaxed);
     println!(
-        "entries {n:>7} body {body_len:>7} B | heap held/entry {:>9.0} B | allocs/insert {:>5.1} | charged/entry {:>9.0} B | RSS growth/entry {:>9.0} B",
+        "entries {n:>7} body {body_len:>7} B | heap held/entry {:>9.0} B (allocator-rounded {:>9.0} B) | allocs/insert {:>5.1} | charged/entry {:>9.0} B | RSS growth/entry {:>9.0} B",
         held as f64 / n as f64,
+        held_real as f64 / n as f64,
         per(allocs0, allocs1),
         cache.bytes() as f64 / n as f64,
         per(rss0, rss1),
@@ -108,6 +117,7 @@ fn run(n: usize, body_len: usize) {
 }
 
 static BASE: AtomicUsize = AtomicUsize::new(0);
+static BASE_REAL: AtomicUsize = AtomicUsize::new(0);
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -120,6 +130,7 @@ fn main() {
     };
     for (n, body) in cases {
         BASE.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+        BASE_REAL.store(LIVE_REAL.load(Ordering::Relaxed), Ordering::Relaxed);
         run(n, body);
     }
 }
