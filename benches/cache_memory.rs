@@ -128,6 +128,10 @@ fn main() {
         (Some(n), Some(b)) => vec![(n.parse().unwrap_or(100_000), b.parse().unwrap_or(30))],
         _ => vec![(100_000, 30), (100_000, 1024), (2_000, 256 * 1024)],
     };
+    println!(
+        "ENTRY_OVERHEAD_BYTES = {} (fixed part of every charge)",
+        floodgate::cache::memory::ENTRY_OVERHEAD_BYTES
+    );
     for (n, body) in cases {
         BASE.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
         BASE_REAL.store(LIVE_REAL.load(Ordering::Relaxed), Ordering::Relaxed);
