@@ -146,6 +146,9 @@ impl BackgroundService for Background {
             shutdown.clone(),
         )));
         tasks.extend(crate::mapsync::spawn_pollers(&st, &shutdown));
+        tasks.push(tokio::spawn(
+            st.cache.clone().sweep_expired(shutdown.clone()),
+        ));
         if self.handle_sighup {
             tasks.push(tokio::spawn(crate::reload::sighup_loop(
                 st.clone(),

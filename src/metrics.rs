@@ -77,6 +77,13 @@ impl Metrics {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         let r = Registry::new();
+        // The standard process_* series (resident and virtual memory, open and max fds,
+        // threads, CPU seconds, start time) read from /proc at scrape time.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .unwrap_or_else(|e| panic!("register process collector: {e}"));
         let single = |name: &str, help: &str| -> IntGauge {
             let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
             r.register(Box::new(g.clone()))

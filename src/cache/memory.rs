@@ -1,10 +1,12 @@
 //! The in-memory tier: a byte-bounded LRU of [`CachedResponse`]s, plus the response type
 //! itself and its compact binary encoding (used by the Redis tier).
 //!
-//! Eviction is least-recently-used by bytes: every entry is charged
-//! `body + header names/values + key + ENTRY_OVERHEAD_BYTES`, and inserting evicts the
-//! least recently read/written entries until the total fits `max_bytes`. Expired entries are
-//! removed when read. One `parking_lot::Mutex` guards a `HashMap` (key -> entry) and a
+//! Eviction is least-recently-used by bytes: every entry is charged what it holds on the heap
+//! ([`MemoryCache::charge`]: each allocation of the key, header names and values, body and
+//! variant as the allocator rounds it, plus [`ENTRY_OVERHEAD_BYTES`] for the fixed-size parts),
+//! and inserting evicts the least recently read/written entries until the total fits
+//! `max_bytes`. Expired entries are removed when read and by [`MemoryCache::purge_expired`],
+//! which the gateway runs every second. One `parking_lot::Mutex` guards a `HashMap` (key -> entry) and a
 //! `BTreeMap` (use tick -> key) that orders entries by last use: O(log n) per operation.
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,8 +18,28 @@ use parking_lot::Mutex;
 
 use super::key::CacheKey;
 
-/// Fixed bytes charged per entry on top of its payload (map nodes, Arc, bookkeeping).
-pub const ENTRY_OVERHEAD_BYTES: usize = 256;
+/// What the allocator really uses for an `n`-byte allocation: an 8-byte chunk header,
+/// 16-byte rounding and a 32-byte minimum (glibc; mimalloc's size classes are no larger).
+pub const fn heap_cost(n: usize) -> usize {
+    let rounded = (n + 8 + 15) & !15;
+    if n == 0 {
+        0
+    } else if rounded < 32 {
+        32
+    } else {
+        rounded
+    }
+}
+
+/// Fixed bytes charged per entry on top of its variable-size allocations (418 B on x86-64):
+/// its `Arc<CachedResponse>`, its slot in the key map (counted twice: a hash map is between
+/// half and fully loaded), its node share in the use order (`u64` + `String` per key, B-tree
+/// nodes about 2/3 full) and the body's shared header. `benches/cache_memory.rs` checks the
+/// total charge against the heap an entry really holds (allocator-rounded).
+pub const ENTRY_OVERHEAD_BYTES: usize = heap_cost(std::mem::size_of::<CachedResponse>() + 16)
+    + 2 * (std::mem::size_of::<(String, Entry)>() + 1)
+    + 3 * (std::mem::size_of::<(u64, String)>()) / 2
+    + 32;
 
 /// A stored response: what the client receives on a hit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,9 +296,19 @@ impl MemoryCache {
         }
     }
 
-    /// Bytes charged for storing `resp` under `key`.
+    /// Bytes charged for storing `resp` under `key`: what the entry holds on the heap. The
+    /// key text is stored three times (map key, the entry's key, the use order) plus its path;
+    /// every header name and value, the body and the variant are one allocation each.
     pub fn charge(key: &CacheKey, resp: &CachedResponse) -> usize {
-        resp.payload_len() + key.full.len() + ENTRY_OVERHEAD_BYTES
+        let key_bytes = 3 * heap_cost(key.full.len()) + heap_cost(key.path().len());
+        let headers = heap_cost(resp.headers.capacity() * std::mem::size_of::<(String, Vec<u8>)>())
+            + resp
+                .headers
+                .iter()
+                .map(|(n, v)| heap_cost(n.capacity()) + heap_cost(v.capacity()))
+                .sum::<usize>();
+        let variant = resp.variant.as_ref().map_or(0, |v| heap_cost(v.capacity()));
+        key_bytes + headers + heap_cost(resp.body.len()) + variant + ENTRY_OVERHEAD_BYTES
     }
 
     /// The live entry for `key`, marking it most recently used. An expired entry is
@@ -484,6 +516,40 @@ mod tests {
         assert!(cache.get(&key(0)).is_none(), "expired is a miss");
         assert_eq!(cache.entries(), 0, "expired entry removed on read");
         assert_eq!(cache.bytes(), 0, "bytes released");
+    }
+
+    #[test]
+    fn purge_expired_frees_entries_nobody_reads_again() {
+        let cache = MemoryCache::new(1 << 20);
+        cache.put(key(0), resp(10, Duration::from_secs(60)));
+        cache.put(key(1), resp(10, Duration::from_secs(60)));
+        let mut r = (*resp(10, Duration::from_secs(60))).clone();
+        r.expires_at = SystemTime::now() - Duration::from_millis(1);
+        cache.inner.lock().map.get_mut(&key(0).full).unwrap().resp = Arc::new(r);
+        let live = MemoryCache::charge(&key(1), &resp(10, Duration::from_secs(60)));
+        assert_eq!(cache.purge_expired(), 1, "the expired entry is swept");
+        assert_eq!(cache.entries(), 1, "the live entry stays");
+        assert_eq!(cache.bytes(), live, "its charge is released");
+    }
+
+    #[test]
+    fn charge_counts_every_allocation_of_the_entry() {
+        let k = key(7);
+        let r = resp(1000, Duration::from_secs(60));
+        let headers: usize = r
+            .headers
+            .iter()
+            .map(|(n, v)| heap_cost(n.len()) + heap_cost(v.len()))
+            .sum();
+        let at_least = 3 * k.full.len() + 1000 + headers + ENTRY_OVERHEAD_BYTES;
+        assert!(
+            MemoryCache::charge(&k, &r) >= at_least,
+            "charge {} covers the key three times, headers, body and the fixed part ({at_least})",
+            MemoryCache::charge(&k, &r)
+        );
+        assert_eq!(heap_cost(0), 0, "no allocation");
+        assert_eq!(heap_cost(1), 32, "minimum chunk");
+        assert_eq!(heap_cost(100), 112, "header + rounding");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub use single_flight::{Flight, SingleFlight};
 
 /// Default in-memory bound: 64 MiB.
 pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// How often expired memory entries are freed ([`ResponseCache::sweep_expired`]).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Default bound on how long a caller waits for a flight's result.
 pub const DEFAULT_FOLLOWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -412,6 +414,24 @@ impl ResponseCache {
             coalesced: c.coalesced.load(Ordering::Relaxed),
             shared_errors: self.inner.shared.as_ref().map_or(0, SharedTier::errors),
             stores: c.stores.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Frees expired memory entries every [`SWEEP_INTERVAL`] until `shutdown` changes, so an
+    /// expired entry that is never read again does not hold memory until it is evicted.
+    pub async fn sweep_expired(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let n = self.inner.memory.purge_expired();
+                    if n > 0 {
+                        log::debug!("cache: swept {n} expired entries");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
         }
     }
 

@@ -680,6 +680,16 @@ routes: [{ name: all, upstream: a }]
         text.contains("# TYPE floodgate_cache_shared_errors_total counter"),
         "a _total is a counter"
     );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_threads",
+    ] {
+        assert!(
+            metric_in(&text, name, &[]) > 0.0,
+            "{name} is exposed and positive"
+        );
+    }
     for (name, labels) in [
         ("floodgate_reloads_total", vec![("result", "error")]),
         ("floodgate_policy_reloads_total", vec![("result", "error")]),
