@@ -26,6 +26,10 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+mod drain;
+mod failfast;
+use drain::DrainRate;
+
 /// Default bound on the number of queued requests per [`Admission`].
 pub const DEFAULT_QUEUE_MAX: usize = 1000;
 /// Default longest time a request waits in the queue before it is rejected.
@@ -43,9 +47,6 @@ pub const AUTO_RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 const EWMA_ALPHA: f64 = 0.125;
 /// Marks "no service time observed yet" in the lock-free EWMA mirror.
 const NO_SAMPLE: u64 = u64::MAX;
-/// Completions of a class (at most this many, at least one per slot) before fail-fast trusts
-/// its service time.
-const FAIL_FAST_MIN_SAMPLES: usize = 8;
 
 /// How the `Retry-After` advice of a rejection is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,28 +162,20 @@ pub struct AdmissionStats {
 enum Grant {
     /// The slot of this group is handed over (already counted in flight).
     Slot(usize),
-    /// The queue was full and a request of a higher class took this one's place: it is
-    /// answered at once (already counted as `QueueFull`).
-    Displaced,
+    /// Answered from the queue, already counted: `QueueFull` when a request of a higher
+    /// class took this one's place, `FailFast` when the drain showed it cannot be served
+    /// within its queue timeout.
+    Refused(RejectReason),
 }
 
 /// One queued request.
 struct Waiter {
     id: u64,
+    arrived: Instant,
+    /// Queued without drain evidence (so before fail-fast could judge it).
+    unjudged: bool,
     eligible: Box<[usize]>,
     tx: oneshot::Sender<Grant>,
-}
-
-/// How fast a class leaves the queue while it has waiters: the measured interval between
-/// grants from the queue, which includes the work of higher classes served in between and
-/// any slowdown of the app, so it predicts the wait better than service times alone.
-#[derive(Debug, Default)]
-struct Drain {
-    /// The last grant to this class while it still had waiters; `None` when it emptied.
-    last: Option<Instant>,
-    /// EWMA of the seconds between grants while backlogged.
-    interval: f64,
-    samples: u64,
 }
 
 /// Everything the lock guards.
@@ -196,7 +189,7 @@ struct State {
     /// 100 ms `/register` render vs a 20 ms `/rhsm` call), so fail-fast estimates use them.
     class_service: BTreeMap<i32, (f64, u64)>,
     /// Per priority class: how fast it drains while backlogged (fail-fast estimates).
-    drain: BTreeMap<i32, Drain>,
+    drain: BTreeMap<i32, DrainRate>,
     /// Reused buffer of free eligible groups for the balancer callback.
     free: Vec<usize>,
 }
@@ -414,11 +407,14 @@ impl Admission {
                 return Start::Done(Err(self.reject(reason, Duration::ZERO)));
             }
         }
+        let unjudged = self.settings.fail_fast && !self.has_drain_evidence(&st, priority, eligible);
         let id = st.next_id;
         st.next_id += 1;
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             id,
+            arrived,
+            unjudged,
             eligible: eligible.into(),
             tx,
         };
@@ -426,6 +422,7 @@ impl Admission {
             .entry(Reverse(priority))
             .or_default()
             .push_back(waiter);
+        st.drain.entry(priority).or_default().backlogged(arrived);
         st.depth += 1;
         self.depth.store(st.depth, Ordering::Relaxed);
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -477,124 +474,6 @@ impl Admission {
         }
     }
 
-    /// Whether a request with no free slot may enter the queue.
-    fn check_queue(
-        &self,
-        st: &State,
-        priority: i32,
-        eligible: &[usize],
-    ) -> Result<(), RejectReason> {
-        let slots: usize = eligible
-            .iter()
-            .filter_map(|&g| self.capacities.get(g).copied().flatten())
-            .sum();
-        if slots == 0 {
-            // Only unknown groups or groups of capacity 0: waiting cannot help.
-            return Err(RejectReason::NoEligibleGroup);
-        }
-        let s = &self.settings;
-        let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
-        if in_class >= s.max_per_class.unwrap_or(s.max) || s.max == 0 {
-            return Err(RejectReason::QueueFull);
-        }
-        if s.fail_fast {
-            if let Some(estimate) = self.drain_estimate(st, priority, in_class, slots) {
-                if estimate > s.timeout.as_secs_f64() {
-                    return Err(RejectReason::FailFast);
-                }
-                return self.total_bound(st);
-            }
-            // Act only on evidence: this class must have seen enough completions (one per
-            // slot, up to 8) for its service time to mean something; otherwise queue.
-            let needed = slots.clamp(1, FAIL_FAST_MIN_SAMPLES);
-            let own = st
-                .class_service
-                .get(&priority)
-                .filter(|(_, n)| *n >= needed as u64);
-            if let (Some(&(own_secs, _)), Some(global)) = (own, st.ewma_secs) {
-                // Everyone of this or a higher class is ahead (whatever groups they wait
-                // for), each costing its class's service time; the eligible slots serve the
-                // queue in parallel.
-                let ahead: f64 = st
-                    .classes
-                    .range(..=Reverse(priority))
-                    .map(|(Reverse(c), q)| {
-                        q.len() as f64 * st.class_service.get(c).map_or(global, |e| e.0)
-                    })
-                    .sum();
-                let estimate = (ahead + own_secs) / slots as f64;
-                if estimate > s.timeout.as_secs_f64() {
-                    return Err(RejectReason::FailFast);
-                }
-            }
-        }
-        self.total_bound(st)
-    }
-
-    /// Whether a request refused as `QueueFull` was refused only by the total bound (not by
-    /// its class's own cap or shed mode), so displacing a lower class makes room for it.
-    fn room_by_displacing(&self, st: &State, priority: i32) -> bool {
-        let s = &self.settings;
-        let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
-        s.max > 0 && st.depth >= s.max && in_class < s.max_per_class.unwrap_or(s.max)
-    }
-
-    /// The queue's total bound: full means `QueueFull`, which a request may still pass by
-    /// displacing a lower class (see [`Self::displace_lower`]).
-    fn total_bound(&self, st: &State) -> Result<(), RejectReason> {
-        if st.depth >= self.settings.max {
-            Err(RejectReason::QueueFull)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The expected wait of a new request of class `priority` from how fast that class has
-    /// been leaving the queue (see [`Drain`]), or `None` when there is no such evidence yet
-    /// (the class is not backlogged, or has seen fewer grants than min(slots, 8)).
-    fn drain_estimate(
-        &self,
-        st: &State,
-        priority: i32,
-        in_class: usize,
-        slots: usize,
-    ) -> Option<f64> {
-        let d = st.drain.get(&priority)?;
-        let last = d.last?;
-        let needed = slots.clamp(1, FAIL_FAST_MIN_SAMPLES) as u64;
-        if in_class == 0 || d.samples < needed {
-            return None;
-        }
-        // why: no grant for longer than the usual interval is evidence of a slower drain now
-        let interval = d.interval.max(last.elapsed().as_secs_f64());
-        Some((in_class + 1) as f64 * interval)
-    }
-
-    /// A full queue makes room for a higher class: the newest waiter of the lowest class
-    /// below `priority` is answered 503 at once. New registrations wait below hosts already
-    /// under way, so a host that started is never turned away because new ones filled the
-    /// queue. Returns false when no lower class waits.
-    fn displace_lower(&self, st: &mut State, priority: i32) -> bool {
-        let Some((&Reverse(lowest), _)) = st.classes.iter().next_back() else {
-            return false;
-        };
-        if lowest >= priority {
-            return false;
-        }
-        let class = Reverse(lowest);
-        let last = st
-            .classes
-            .get(&class)
-            .map_or(0, |q| q.len().saturating_sub(1));
-        let Some(victim) = self.remove_at(st, class, last) else {
-            return false;
-        };
-        self.rejected_full.fetch_add(1, Ordering::Relaxed);
-        // A waiter that is already gone needs no answer.
-        let _ = victim.tx.send(Grant::Displaced);
-        true
-    }
-
     /// Counts a rejection and attaches the current advice.
     fn reject(&self, reason: RejectReason, waited: Duration) -> Rejection {
         let counter = match reason {
@@ -620,14 +499,16 @@ impl Admission {
     /// or frees it. Never constructs or drops a `Permit`, so it is safe under the lock.
     fn release_locked(&self, st: &mut State, group: usize) {
         loop {
-            let Some((class, waiter)) = self.pop_waiter_for(st, group) else {
+            let Some(waiter) = self.pop_waiter_for(st, group) else {
                 self.inflight[group].fetch_sub(1, Ordering::Relaxed);
                 return;
             };
             // The slot moves to the waiter: the in-flight count stays as it is.
             if waiter.tx.send(Grant::Slot(group)).is_ok() {
                 self.granted.fetch_add(1, Ordering::Relaxed);
-                Self::note_drain(st, class);
+                if self.settings.fail_fast {
+                    self.trim_tails(st);
+                }
                 return;
             }
             // why: unreachable in practice (a waiter's receiver outlives its queue entry),
@@ -638,36 +519,16 @@ impl Admission {
     /// Removes and returns the first waiter (highest class, oldest) eligible for `group`.
     // why: linear in the queue length when many waiters are pinned elsewhere; the queue is
     // bounded (`max`) so the worst case is bounded too.
-    fn pop_waiter_for(&self, st: &mut State, group: usize) -> Option<(i32, Waiter)> {
+    fn pop_waiter_for(&self, st: &mut State, group: usize) -> Option<Waiter> {
         let (class, pos) = st.classes.iter().find_map(|(class, queue)| {
             let pos = queue.iter().position(|w| w.eligible.contains(&group))?;
             Some((*class, pos))
         })?;
-        let last = st.drain.get(&class.0).and_then(|d| d.last);
-        let waiter = self.remove_at(st, class, pos)?;
-        // remove_at forgot `last` if the class emptied; note_drain needs the previous one
+        // why: before remove_at, which tells the drain when this grant empties the class
         if let Some(d) = st.drain.get_mut(&class.0) {
-            d.last = last;
+            d.granted(Instant::now());
         }
-        Some((class.0, waiter))
-    }
-
-    /// A grant to `class` from the queue: one more drain interval sample while it stays
-    /// backlogged.
-    fn note_drain(st: &mut State, class: i32) {
-        let now = Instant::now();
-        let backlogged = st.classes.contains_key(&Reverse(class));
-        let d = st.drain.entry(class).or_default();
-        if let Some(last) = d.last {
-            let sample = (now - last).as_secs_f64();
-            d.interval = if d.samples == 0 {
-                sample
-            } else {
-                d.interval + EWMA_ALPHA * (sample - d.interval)
-            };
-            d.samples += 1;
-        }
-        d.last = backlogged.then_some(now);
+        self.remove_at(st, class, pos)
     }
 
     /// Removes the waiter `id` if it is still queued.
@@ -690,7 +551,7 @@ impl Admission {
         if queue.is_empty() {
             st.classes.remove(&class);
             if let Some(d) = st.drain.get_mut(&class.0) {
-                d.last = None;
+                d.emptied();
             }
         }
         st.depth -= 1;
@@ -737,11 +598,9 @@ impl Waiting {
                 self.settled = true;
                 return Ok(self.permit(group));
             }
-            Ok(Ok(Grant::Displaced)) => {
+            Ok(Ok(Grant::Refused(reason))) => {
                 self.settled = true;
-                return Err(self
-                    .admission
-                    .rejection(RejectReason::QueueFull, self.arrived.elapsed()));
+                return Err(self.admission.rejection(reason, self.arrived.elapsed()));
             }
             _ => {}
         }
@@ -758,9 +617,9 @@ impl Waiting {
         };
         match granted {
             Some(Grant::Slot(group)) => Ok(self.permit(group)),
-            Some(Grant::Displaced) => Err(self
-                .admission
-                .rejection(RejectReason::QueueFull, self.arrived.elapsed())),
+            Some(Grant::Refused(reason)) => {
+                Err(self.admission.rejection(reason, self.arrived.elapsed()))
+            }
             None => Err(self
                 .admission
                 .reject(RejectReason::QueueTimeout, self.arrived.elapsed())),
@@ -791,7 +650,7 @@ impl Drop for Waiting {
             // removed us, so it is in the channel. Pass it on.
             match self.rx.try_recv() {
                 Ok(Grant::Slot(group)) => admission.release_locked(&mut st, group),
-                Ok(Grant::Displaced) | Err(_) => return,
+                Ok(Grant::Refused(_)) | Err(_) => return,
             }
         }
         admission.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -857,5 +716,7 @@ impl Drop for Permit {
     }
 }
 
+#[cfg(test)]
+mod storm_model;
 #[cfg(test)]
 mod tests;

@@ -242,17 +242,25 @@ async fn fail_fast_uses_how_fast_a_backlogged_class_drains() {
         drop(p);
         held = waiters.remove(0).await.unwrap().unwrap();
     }
-    // 2 class-0 waiters left. Fill the class to 15 waiting: the drain predicts
-    // (15 + 1) x 2 s = 32 s > 30 s for the next one, which is told at once. (Service
-    // times alone would say 15 x 1 s + 1 s = 16 s and queue it to time out.)
+    // 2 class-0 waiters left; 6 grants (t = 10, 12, ..., 20 s) inside the 10 s window,
+    // over 12 s of backlog. Fill the class to 21 waiting: the drain predicts (21 + 1) x 2 s,
+    // one standard error optimistic, 44 s / (1 + 1/sqrt(6)) = 31.2 s > 30 s for the next
+    // one, which is told at once. (Service times alone would say 21 x 1 s + 1 s = 22 s and
+    // queue it to time out.)
     let mut more = Vec::new();
-    for _ in 0..13 {
+    for _ in 0..19 {
         more.push(adm.acquire(0, &[0], &mut first));
     }
-    assert_eq!(adm.queue_depth(), 15);
+    assert_eq!(adm.queue_depth(), 21);
     let told = adm.acquire(0, &[0], &mut first).await.unwrap_err();
     assert_eq!(told.reason, RejectReason::FailFast, "{told}");
-    assert_eq!(adm.queue_depth(), 15, "nothing queued for it");
+    assert_eq!(adm.queue_depth(), 21, "nothing queued for it");
+    // One fewer waiting: 42 s / 1.408 = 29.8 s < 30 s, queued.
+    drop(more.pop());
+    assert_eq!(adm.queue_depth(), 20);
+    let queued = adm.acquire(0, &[0], &mut first);
+    assert_eq!(adm.queue_depth(), 21, "29.8 s < 30 s: queued");
+    drop(queued);
     drop((more, held, waiters));
 }
 

@@ -1,0 +1,199 @@
+//! How fast one priority class leaves the queue while it is backlogged: the evidence behind
+//! fail-fast.
+//!
+//! The wait of a new request of class `c` is `(waiting in c + 1) / (rate at which c is
+//! granted slots)`. That rate is not the class's service time: higher classes are served
+//! first, so a class drains at whatever the slots have left over. It is measured directly:
+//! grants to the class are counted against the time the class spent backlogged (waiting
+//! requests present) over the last [`WINDOW`]. The gap still open since the last grant counts
+//! as exposure too, so a stalled class is seen as slow without waiting for its next grant.
+//! This is the maximum-likelihood rate of a Poisson process observed for that time (events /
+//! exposure), and unlike an average of the last few intervals it does not jump with each
+//! one: a 10 % overestimate turns away 10 % of the hosts that would have made it.
+//!
+//! A turned-away host is lost for good while an admitted one that cannot make it only waits
+//! until the queue timeout, so the estimate used is optimistic by one standard error
+//! (`rate x (1 + 1/sqrt(n))`): with little evidence fail-fast leans to queueing.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Grants older than this no longer count.
+// why: a registration storm changes pace over tens of seconds; 10 s of grants (about 600 at
+// 16 slots and 270 ms per host) keeps the rate within a few percent without hiding a
+// slowdown for longer than a fraction of a typical queue timeout.
+pub(super) const WINDOW: Duration = Duration::from_secs(10);
+/// Most grants remembered per class (a fast class shortens its own window).
+const MAX_GRANTS: usize = 4096;
+
+/// Drain evidence of one priority class.
+#[derive(Debug, Default)]
+pub(super) struct DrainRate {
+    /// (instant of a grant, backlogged seconds since the previous grant or the backlog's
+    /// start), oldest first.
+    grants: VecDeque<(Instant, f64)>,
+    /// Sum of the seconds in `grants`.
+    exposure: f64,
+    /// Start of the gap still open: the last grant or the backlog's start; `None` while the
+    /// class has no waiter.
+    open_since: Option<Instant>,
+}
+
+impl DrainRate {
+    /// The class has waiters from `now` (no effect when it already had).
+    pub(super) fn backlogged(&mut self, now: Instant) {
+        self.open_since.get_or_insert(now);
+    }
+
+    /// The class has no waiter any more: the time until it has one again is not exposure.
+    pub(super) fn emptied(&mut self) {
+        self.open_since = None;
+    }
+
+    /// A slot was granted to a waiter of the class at `now` (call before [`emptied`] when
+    /// that grant emptied the class).
+    ///
+    /// [`emptied`]: Self::emptied
+    pub(super) fn granted(&mut self, now: Instant) {
+        let Some(since) = self.open_since else {
+            return;
+        };
+        let gap = now.saturating_duration_since(since).as_secs_f64();
+        self.grants.push_back((now, gap));
+        self.exposure += gap;
+        self.open_since = Some(now);
+        while self.grants.len() > MAX_GRANTS
+            || self
+                .grants
+                .front()
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) > WINDOW)
+        {
+            if let Some((_, old)) = self.grants.pop_front() {
+                self.exposure -= old;
+            }
+        }
+        if self.grants.is_empty() {
+            self.exposure = 0.0;
+        }
+    }
+
+    /// Seconds a request joining the class behind `ahead` waiters can expect to wait, or
+    /// `None` without enough evidence: fewer than `needed` grants in the window, or the class
+    /// is not backlogged now.
+    pub(super) fn expected_wait(&self, now: Instant, ahead: usize, needed: usize) -> Option<f64> {
+        self.expected_wait_within(now, ahead, needed, 1.0)
+    }
+
+    /// [`expected_wait`](Self::expected_wait) optimistic by `errors` standard errors.
+    pub(super) fn expected_wait_within(
+        &self,
+        now: Instant,
+        ahead: usize,
+        needed: usize,
+        errors: f64,
+    ) -> Option<f64> {
+        let since = self.open_since?;
+        let n = self.grants.len();
+        if n < needed.max(1) {
+            return None;
+        }
+        let open = now.saturating_duration_since(since).as_secs_f64();
+        let exposure = self.exposure + open;
+        if exposure <= 0.0 {
+            return None;
+        }
+        let rate = n as f64 / exposure;
+        let optimistic = rate * (1.0 + errors / (n as f64).sqrt());
+        Some((ahead + 1) as f64 / optimistic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, ms: u64) -> Instant {
+        base + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn no_estimate_without_enough_grants_or_backlog() {
+        let t0 = Instant::now();
+        let mut d = DrainRate::default();
+        assert_eq!(d.expected_wait(t0, 10, 8), None, "never backlogged");
+        d.backlogged(t0);
+        for i in 1..=7 {
+            d.granted(at(t0, i * 100));
+        }
+        assert_eq!(d.expected_wait(at(t0, 700), 10, 8), None, "7 < 8 grants");
+        d.granted(at(t0, 800));
+        assert!(d.expected_wait(at(t0, 800), 10, 8).is_some());
+        d.emptied();
+        assert_eq!(d.expected_wait(at(t0, 800), 10, 8), None, "not backlogged");
+    }
+
+    #[test]
+    fn steady_grants_give_the_rate_with_a_small_optimism() {
+        let t0 = Instant::now();
+        let mut d = DrainRate::default();
+        d.backlogged(t0);
+        // 400 grants, one every 25 ms: 40 per second.
+        for i in 1..=400 {
+            d.granted(at(t0, i * 25));
+        }
+        let wait = d.expected_wait(at(t0, 10_000), 399, 8).expect("evidence");
+        // 400 ahead-and-self at 40/s is 10 s; one standard error (5 %) optimistic.
+        assert!((9.4..=10.0).contains(&wait), "{wait}");
+    }
+
+    #[test]
+    fn a_stall_counts_as_exposure_before_the_next_grant() {
+        let t0 = Instant::now();
+        let mut d = DrainRate::default();
+        d.backlogged(t0);
+        for i in 1..=100 {
+            d.granted(at(t0, i * 10));
+        }
+        let before = d.expected_wait(at(t0, 1_000), 99, 8).expect("evidence");
+        let stalled = d.expected_wait(at(t0, 4_000), 99, 8).expect("evidence");
+        assert!(stalled > 3.0 * before, "{before} -> {stalled}");
+    }
+
+    #[test]
+    fn time_without_waiters_is_not_counted_as_slow_draining() {
+        let t0 = Instant::now();
+        let mut d = DrainRate::default();
+        d.backlogged(t0);
+        for i in 1..=50 {
+            d.granted(at(t0, i * 20));
+        }
+        d.emptied();
+        // 3 s with nobody waiting, then a new backlog drained at the same pace.
+        d.backlogged(at(t0, 4_000));
+        for i in 1..=50 {
+            d.granted(at(t0, 4_000 + i * 20));
+        }
+        let wait = d.expected_wait(at(t0, 5_000), 49, 8).expect("evidence");
+        // 50 requests at 50/s: 1 s, minus the optimism of 100 grants (10 %).
+        assert!((0.85..=1.0).contains(&wait), "{wait}");
+    }
+
+    #[test]
+    fn old_grants_leave_the_window() {
+        let t0 = Instant::now();
+        let mut d = DrainRate::default();
+        d.backlogged(t0);
+        // Fast at first (100/s for 5 s), then slow (10/s for 11 s): only the slow pace is
+        // left in the window.
+        for i in 1..=500 {
+            d.granted(at(t0, i * 10));
+        }
+        for i in 1..=110 {
+            d.granted(at(t0, 5_000 + i * 100));
+        }
+        let wait = d.expected_wait(at(t0, 16_000), 9, 8).expect("evidence");
+        assert!((0.85..=1.0).contains(&wait), "10 at 10/s: {wait}");
+    }
+}

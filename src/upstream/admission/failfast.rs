@@ -1,0 +1,211 @@
+//! Who may wait: the queue bounds, displacement of a lower class, and fail-fast (on arrival
+//! and, for requests queued before there was evidence, while they wait), all from the
+//! class's measured drain ([`DrainRate`](super::drain::DrainRate)).
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+
+use super::{Admission, Grant, RejectReason, State};
+
+/// Completions of a class (at most this many, at least one per slot) before fail-fast trusts
+/// its service time.
+pub(super) const FAIL_FAST_MIN_SAMPLES: usize = 8;
+/// Trimming a waiter that already queued needs this many times the evidence of the arrival
+/// check...
+pub(super) const TRIM_EVIDENCE: usize = 4;
+/// ...and is optimistic by this many standard errors: it is checked at every grant, so it
+/// must not act on the low points of a noisy estimate.
+pub(super) const TRIM_ERRORS: f64 = 2.0;
+
+impl Admission {
+    /// Whether a request with no free slot may enter the queue.
+    pub(super) fn check_queue(
+        &self,
+        st: &State,
+        priority: i32,
+        eligible: &[usize],
+    ) -> Result<(), RejectReason> {
+        let slots: usize = eligible
+            .iter()
+            .filter_map(|&g| self.capacities.get(g).copied().flatten())
+            .sum();
+        if slots == 0 {
+            // Only unknown groups or groups of capacity 0: waiting cannot help.
+            return Err(RejectReason::NoEligibleGroup);
+        }
+        let s = &self.settings;
+        let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
+        if in_class >= s.max_per_class.unwrap_or(s.max) || s.max == 0 {
+            return Err(RejectReason::QueueFull);
+        }
+        if s.fail_fast {
+            if let Some(estimate) = self.drain_estimate(st, priority, in_class, slots) {
+                if estimate > s.timeout.as_secs_f64() {
+                    return Err(RejectReason::FailFast);
+                }
+                return self.total_bound(st);
+            }
+            // Act only on evidence: this class must have seen enough completions (one per
+            // slot, up to 8) for its service time to mean something; otherwise queue.
+            let needed = slots.clamp(1, FAIL_FAST_MIN_SAMPLES);
+            let own = st
+                .class_service
+                .get(&priority)
+                .filter(|(_, n)| *n >= needed as u64);
+            if let (Some(&(own_secs, _)), Some(global)) = (own, st.ewma_secs) {
+                // Everyone of this or a higher class is ahead (whatever groups they wait
+                // for), each costing its class's service time; the eligible slots serve the
+                // queue in parallel.
+                let ahead: f64 = st
+                    .classes
+                    .range(..=Reverse(priority))
+                    .map(|(Reverse(c), q)| {
+                        q.len() as f64 * st.class_service.get(c).map_or(global, |e| e.0)
+                    })
+                    .sum();
+                let estimate = (ahead + own_secs) / slots as f64;
+                if estimate > s.timeout.as_secs_f64() {
+                    return Err(RejectReason::FailFast);
+                }
+            }
+        }
+        self.total_bound(st)
+    }
+
+    /// Whether fail-fast had the drain evidence to judge a request of `priority` now.
+    pub(super) fn has_drain_evidence(&self, st: &State, priority: i32, eligible: &[usize]) -> bool {
+        let slots: usize = eligible
+            .iter()
+            .filter_map(|&g| self.capacities.get(g).copied().flatten())
+            .sum();
+        let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
+        self.drain_estimate(st, priority, in_class, slots).is_some()
+    }
+
+    /// Whether a request refused as `QueueFull` was refused only by the total bound (not by
+    /// its class's own cap or shed mode), so displacing a lower class makes room for it.
+    pub(super) fn room_by_displacing(&self, st: &State, priority: i32) -> bool {
+        let s = &self.settings;
+        let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
+        s.max > 0 && st.depth >= s.max && in_class < s.max_per_class.unwrap_or(s.max)
+    }
+
+    /// The queue's total bound: full means `QueueFull`, which a request may still pass by
+    /// displacing a lower class (see [`Self::displace_lower`]).
+    pub(super) fn total_bound(&self, st: &State) -> Result<(), RejectReason> {
+        if st.depth >= self.settings.max {
+            Err(RejectReason::QueueFull)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The expected wait of a new request of class `priority` from how fast that class has
+    /// been leaving the queue (see [`DrainRate`]), or `None` when there is no such evidence
+    /// yet (the class is not backlogged, or has seen fewer grants than min(slots, 8)).
+    pub(super) fn drain_estimate(
+        &self,
+        st: &State,
+        priority: i32,
+        in_class: usize,
+        slots: usize,
+    ) -> Option<f64> {
+        let needed = slots.clamp(1, FAIL_FAST_MIN_SAMPLES);
+        if in_class == 0 {
+            return None;
+        }
+        st.drain
+            .get(&priority)?
+            .expected_wait(Instant::now(), in_class, needed)
+    }
+
+    /// A full queue makes room for a higher class: the newest waiter of the lowest class
+    /// below `priority` is answered 503 at once. New registrations wait below hosts already
+    /// under way, so a host that started is never turned away because new ones filled the
+    /// queue. Returns false when no lower class waits.
+    pub(super) fn displace_lower(&self, st: &mut State, priority: i32) -> bool {
+        let Some((&Reverse(lowest), _)) = st.classes.iter().next_back() else {
+            return false;
+        };
+        if lowest >= priority {
+            return false;
+        }
+        let class = Reverse(lowest);
+        let last = st
+            .classes
+            .get(&class)
+            .map_or(0, |q| q.len().saturating_sub(1));
+        let Some(victim) = self.remove_at(st, class, last) else {
+            return false;
+        };
+        self.rejected_full.fetch_add(1, Ordering::Relaxed);
+        // A waiter that is already gone needs no answer.
+        let _ = victim.tx.send(Grant::Refused(RejectReason::QueueFull));
+        true
+    }
+
+    /// Fail-fast for requests already waiting: while the newest waiter of a class cannot be
+    /// served within what is left of its queue timeout at the class's measured drain rate,
+    /// it is answered 503 now instead of at its timeout. The arrival check decides on the
+    /// evidence of its moment, thin at the start of a burst; this one revisits the decision
+    /// as evidence grows, from the back of the queue, so no request ahead is ever passed over.
+    pub(super) fn trim_tails(&self, st: &mut State) {
+        let now = Instant::now();
+        let slots: usize = self.capacities.iter().map(|c| c.unwrap_or(0)).sum();
+        let needed = slots.clamp(1, FAIL_FAST_MIN_SAMPLES) * TRIM_EVIDENCE;
+        let mut next = st.classes.keys().next().copied();
+        while let Some(class) = next {
+            while self.trim_tail(st, class, now, needed) {}
+            next = st
+                .classes
+                .range((Bound::Excluded(class), Bound::Unbounded))
+                .next()
+                .map(|(c, _)| *c);
+        }
+    }
+
+    /// Answers the newest waiter of `class` 503 if it cannot make it (see
+    /// [`Self::trim_tails`]); returns whether it did.
+    pub(super) fn trim_tail(
+        &self,
+        st: &mut State,
+        class: Reverse<i32>,
+        now: Instant,
+        needed: usize,
+    ) -> bool {
+        let Some(tail) = st.classes.get(&class).and_then(VecDeque::back) else {
+            return false;
+        };
+        // why: a waiter judged on arrival stays: the arrival check already used the drain,
+        // and waiters ahead of it that time out make it faster than the drain says.
+        if !tail.unjudged {
+            return false;
+        }
+        let ahead = st.classes.get(&class).map_or(0, VecDeque::len) - 1;
+        let left = self
+            .settings
+            .timeout
+            .saturating_sub(now.saturating_duration_since(tail.arrived));
+        let Some(wait) = st
+            .drain
+            .get(&class.0)
+            .and_then(|d| d.expected_wait_within(now, ahead, needed, TRIM_ERRORS))
+        else {
+            return false;
+        };
+        if wait <= left.as_secs_f64() {
+            return false;
+        }
+        let Some(victim) = self.remove_at(st, class, ahead) else {
+            return false;
+        };
+        self.rejected_fail_fast.fetch_add(1, Ordering::Relaxed);
+        // A waiter that is already gone needs no answer.
+        let _ = victim.tx.send(Grant::Refused(RejectReason::FailFast));
+        true
+    }
+}
