@@ -3,9 +3,10 @@
 
 use crate::admin::AdminApp;
 use crate::config::{load_config, ClientAuth, Config, ConfigErrors};
-use crate::handoff::{Draining, Gated, Intake};
+use crate::lifecycle::handoff::{Draining, Gated, Intake};
+use crate::lifecycle::shutdown::PhasedShutdown;
+use crate::lifecycle::Phase;
 use crate::proxy::Gateway;
-use crate::shutdown::{Phase, PhasedShutdown};
 use crate::state::{AppState, Snapshot};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
@@ -224,7 +225,7 @@ async fn serve_runtime_socket(
 ) {
     use crate::maps::runtime_api::{bind_unix, serve, MapStore, RuntimeApi};
     let patience = if upgrade {
-        crate::shutdown::UPGRADE_OVERLAP + st.snapshot().config.shutdown.drain
+        crate::lifecycle::shutdown::UPGRADE_OVERLAP + st.snapshot().config.shutdown.drain
     } else {
         std::time::Duration::ZERO
     };
@@ -293,10 +294,11 @@ pub fn build_server(
     conf.threads = cfg.server.threads;
     conf.work_stealing = cfg.server.work_stealing;
     conf.upstream_keepalive_pool_size = cfg.server.upstream_keepalive_pool;
-    // why: shutdown.rs drains before handing control back, so Pingora's own unconditional
+    // why: lifecycle/shutdown.rs drains before handing control back, so Pingora's own unconditional
     // grace sleep (300 s by default) must not run again
     conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(crate::shutdown::RUNTIME_EXIT.as_secs());
+    conf.graceful_shutdown_timeout_seconds =
+        Some(crate::lifecycle::shutdown::RUNTIME_EXIT.as_secs());
     if let Some(p) = &cfg.server.pid_file {
         conf.pid_file = p.clone();
     }

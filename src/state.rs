@@ -6,10 +6,10 @@
 //! it in while holding [`AppState::writer`], so there is one writer at a time.
 
 use crate::config::{Config, ConfigError, ConfigErrors, RouteTarget};
+use crate::lifecycle::Phase;
 use crate::maps::{load_map_text, MapSource, MapTable};
 use crate::metrics::Metrics;
 use crate::routing::RouteTable;
-use crate::shutdown::Phase;
 use crate::upstream::admission::Admission;
 use crate::upstream::{queue_settings, Upstream};
 use arc_swap::ArcSwap;
