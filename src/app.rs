@@ -3,11 +3,12 @@
 
 use crate::admin::AdminApp;
 use crate::config::{load_config, ClientAuth, Config, ConfigErrors};
+use crate::control::writer::first_snapshot;
 use crate::lifecycle::handoff::{Draining, Gated, Intake};
 use crate::lifecycle::shutdown::PhasedShutdown;
 use crate::lifecycle::Phase;
 use crate::proxy::Gateway;
-use crate::state::{AppState, Snapshot};
+use crate::state::AppState;
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::ListenerConfig;
@@ -32,7 +33,7 @@ pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
     let cfg = load_config(path)?;
     environment_errors(&cfg)?;
     let file = path.display().to_string();
-    let policy = crate::policysync::load(cfg.policy.as_ref(), &file)?;
+    let (engine, policy) = crate::control::policy::load(cfg.policy.as_ref(), &file)?;
     let cache = build_cache(&cfg).map_err(|m| {
         ConfigErrors(vec![crate::config::ConfigError {
             file: file.clone(),
@@ -40,8 +41,8 @@ pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
             message: m,
         }])
     })?;
-    let snap = Snapshot::build(cfg, None, 1)?;
-    Ok(AppState::new(snap, path.to_path_buf(), policy, cache))
+    let snap = first_snapshot(cfg, policy)?;
+    Ok(AppState::new(snap, path.to_path_buf(), engine, cache))
 }
 
 /// Security settings that depend on the environment must take effect, or the start fails
@@ -110,8 +111,9 @@ pub fn build_cache(cfg: &Config) -> Result<crate::cache::ResponseCache, String> 
 pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
     let cfg = load_config(path)?;
     environment_errors(&cfg)?;
-    crate::policysync::load(cfg.policy.as_ref(), &path.display().to_string())?;
-    let snap = Snapshot::build(cfg, None, 1)?;
+    let (_, policy) =
+        crate::control::policy::load(cfg.policy.as_ref(), &path.display().to_string())?;
+    let snap = first_snapshot(cfg, policy)?;
     Ok((*snap.config).clone())
 }
 
@@ -138,20 +140,20 @@ impl BackgroundService for Background {
             st.clone(),
             shutdown.clone(),
         )));
-        tasks.push(tokio::spawn(crate::mapsync::watch_files(
+        tasks.push(tokio::spawn(crate::control::maps::watch_files(
             st.clone(),
             shutdown.clone(),
         )));
-        tasks.push(tokio::spawn(crate::policysync::watch_scripts(
+        tasks.push(tokio::spawn(crate::control::policy::watch_scripts(
             st.clone(),
             shutdown.clone(),
         )));
-        tasks.extend(crate::mapsync::spawn_pollers(&st, &shutdown));
+        tasks.extend(crate::control::maps::spawn_pollers(&st, &shutdown));
         tasks.push(tokio::spawn(
             st.cache.clone().sweep_expired(shutdown.clone()),
         ));
         if self.handle_sighup {
-            tasks.push(tokio::spawn(crate::reload::sighup_loop(
+            tasks.push(tokio::spawn(crate::control::reload::sighup_loop(
                 st.clone(),
                 shutdown.clone(),
             )));
@@ -243,7 +245,7 @@ async fn serve_runtime_socket(
         }
     };
     let api = Arc::new(RuntimeApi::new());
-    let store: Arc<dyn MapStore> = Arc::new(crate::mapsync::LiveMaps(st));
+    let store: Arc<dyn MapStore> = Arc::new(crate::control::maps::LiveMaps(st));
     serve(sock, api, store, stop).await;
 }
 

@@ -20,7 +20,6 @@ pub use json::parse_map_json;
 pub use persist::{rewrite_map_file, write_atomic};
 pub use policy::{Loaded, MapPolicy, OnDuplicate, OnUnknownValue};
 pub use table::{idle_priority, reap, run_idle, InsertError, MapBuilder, MapContent};
-use text::Blocks;
 pub use text::{
     load_map_chunks, load_map_text, parse_map_chunks_after, parse_map_text, parse_map_text_after,
     parse_map_text_with,
