@@ -1,7 +1,8 @@
 //! floodgate: a programmable edge gateway on Pingora.
 //!
 //! See `README.md` for the operator's view and `../shared/ARCHITECTURE.md` for the module map.
-//! In short: [`config`] parses and validates, [`state`] holds the one hot [`state::Snapshot`],
+//! In short: [`config`] parses and validates, [`state`] holds the one hot [`state::Snapshot`]
+//! (which only [`control`]'s writer replaces), [`lifecycle`] owns the phase and the stop sequence,
 //! [`proxy`] is the thin `ProxyHttp` glue over [`routing`], [`upstream`] (balancing,
 //! admission, health) and [`error`] (the one failure-to-status mapping).
 #![forbid(unsafe_code)]
