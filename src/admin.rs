@@ -2,9 +2,9 @@
 //! maps. Everything but `/healthz`, `/readyz` and `/metrics` needs the bearer token when one
 //! is configured.
 
+use crate::control::maps as mapsync;
 use crate::maps::runtime_api::Change;
 use crate::maps::MapSource;
-use crate::mapsync;
 use crate::state::AppState;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -149,8 +149,8 @@ impl AdminApp {
             "inflight": state.inflight.load(std::sync::atomic::Ordering::Relaxed),
             "upstreams": upstreams,
             "maps": maps,
-            "last_reload": *state.last_reload.lock(),
-            "policy": { "generation": state.policy.generation(), "last_error": state.policy.last_error() },
+            "last_reload": state.last_reload(),
+            "policy": { "generation": snap.policy.generation, "last_error": state.policy.last_error() },
             "cache": { "entries": state.cache.stats().entries, "bytes": state.cache.stats().bytes, "shared_up": state.cache.shared_is_up() },
         })
     }
@@ -425,7 +425,7 @@ impl ServeHttp for AdminApp {
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/status") => json(200, Self::status_json(&self.state)),
-            ("POST", "/reload") => match crate::reload::reload(&self.state).await {
+            ("POST", "/reload") => match crate::control::reload::reload(&self.state).await {
                 Ok(r) => json(
                     200,
                     serde_json::json!({
@@ -456,11 +456,12 @@ impl ServeHttp for AdminApp {
             }
             ("POST", "/policy/reload") => {
                 let st = self.state.clone();
-                match tokio::task::spawn_blocking(move || crate::policysync::reload(&st)).await {
+                match tokio::task::spawn_blocking(move || crate::control::policy::reload(&st)).await
+                {
                     Ok(Ok(g)) => json(200, serde_json::json!({ "result": "ok", "generation": g })),
                     Ok(Err(e)) => json(
                         400,
-                        serde_json::json!({ "result": "error", "generation": self.state.policy.generation(), "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>() }),
+                        serde_json::json!({ "result": "error", "generation": self.state.snapshot().policy.generation, "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>() }),
                     ),
                     Err(e) => json(500, serde_json::json!({ "error": e.to_string() })),
                 }

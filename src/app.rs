@@ -3,10 +3,12 @@
 
 use crate::admin::AdminApp;
 use crate::config::{load_config, ClientAuth, Config, ConfigErrors};
-use crate::handoff::{Draining, Gated, Intake};
+use crate::control::writer::first_snapshot;
+use crate::lifecycle::handoff::{Draining, Gated, Intake};
+use crate::lifecycle::shutdown::PhasedShutdown;
+use crate::lifecycle::Phase;
 use crate::proxy::Gateway;
-use crate::shutdown::{Phase, PhasedShutdown};
-use crate::state::{AppState, Snapshot};
+use crate::state::AppState;
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::ListenerConfig;
@@ -31,7 +33,7 @@ pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
     let cfg = load_config(path)?;
     environment_errors(&cfg)?;
     let file = path.display().to_string();
-    let policy = crate::policysync::load(cfg.policy.as_ref(), &file)?;
+    let (engine, policy) = crate::control::policy::load(cfg.policy.as_ref(), &file)?;
     let cache = build_cache(&cfg).map_err(|m| {
         ConfigErrors(vec![crate::config::ConfigError {
             file: file.clone(),
@@ -39,8 +41,8 @@ pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
             message: m,
         }])
     })?;
-    let snap = Snapshot::build(cfg, None, 1)?;
-    Ok(AppState::new(snap, path.to_path_buf(), policy, cache))
+    let snap = first_snapshot(cfg, policy)?;
+    Ok(AppState::new(snap, path.to_path_buf(), engine, cache))
 }
 
 /// Security settings that depend on the environment must take effect, or the start fails
@@ -109,8 +111,9 @@ pub fn build_cache(cfg: &Config) -> Result<crate::cache::ResponseCache, String> 
 pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
     let cfg = load_config(path)?;
     environment_errors(&cfg)?;
-    crate::policysync::load(cfg.policy.as_ref(), &path.display().to_string())?;
-    let snap = Snapshot::build(cfg, None, 1)?;
+    let (_, policy) =
+        crate::control::policy::load(cfg.policy.as_ref(), &path.display().to_string())?;
+    let snap = first_snapshot(cfg, policy)?;
     Ok((*snap.config).clone())
 }
 
@@ -137,20 +140,20 @@ impl BackgroundService for Background {
             st.clone(),
             shutdown.clone(),
         )));
-        tasks.push(tokio::spawn(crate::mapsync::watch_files(
+        tasks.push(tokio::spawn(crate::control::maps::watch_files(
             st.clone(),
             shutdown.clone(),
         )));
-        tasks.push(tokio::spawn(crate::policysync::watch_scripts(
+        tasks.push(tokio::spawn(crate::control::policy::watch_scripts(
             st.clone(),
             shutdown.clone(),
         )));
-        tasks.extend(crate::mapsync::spawn_pollers(&st, &shutdown));
+        tasks.extend(crate::control::maps::spawn_pollers(&st, &shutdown));
         tasks.push(tokio::spawn(
             st.cache.clone().sweep_expired(shutdown.clone()),
         ));
         if self.handle_sighup {
-            tasks.push(tokio::spawn(crate::reload::sighup_loop(
+            tasks.push(tokio::spawn(crate::control::reload::sighup_loop(
                 st.clone(),
                 shutdown.clone(),
             )));
@@ -224,7 +227,7 @@ async fn serve_runtime_socket(
 ) {
     use crate::maps::runtime_api::{bind_unix, serve, MapStore, RuntimeApi};
     let patience = if upgrade {
-        crate::shutdown::UPGRADE_OVERLAP + st.snapshot().config.shutdown.drain
+        crate::lifecycle::shutdown::UPGRADE_OVERLAP + st.snapshot().config.shutdown.drain
     } else {
         std::time::Duration::ZERO
     };
@@ -242,7 +245,7 @@ async fn serve_runtime_socket(
         }
     };
     let api = Arc::new(RuntimeApi::new());
-    let store: Arc<dyn MapStore> = Arc::new(crate::mapsync::LiveMaps(st));
+    let store: Arc<dyn MapStore> = Arc::new(crate::control::maps::LiveMaps(st));
     serve(sock, api, store, stop).await;
 }
 
@@ -293,10 +296,11 @@ pub fn build_server(
     conf.threads = cfg.server.threads;
     conf.work_stealing = cfg.server.work_stealing;
     conf.upstream_keepalive_pool_size = cfg.server.upstream_keepalive_pool;
-    // why: shutdown.rs drains before handing control back, so Pingora's own unconditional
+    // why: lifecycle/shutdown.rs drains before handing control back, so Pingora's own unconditional
     // grace sleep (300 s by default) must not run again
     conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(crate::shutdown::RUNTIME_EXIT.as_secs());
+    conf.graceful_shutdown_timeout_seconds =
+        Some(crate::lifecycle::shutdown::RUNTIME_EXIT.as_secs());
     if let Some(p) = &cfg.server.pid_file {
         conf.pid_file = p.clone();
     }

@@ -48,7 +48,7 @@ pub enum Failure {
     ClientBodyTimeout,
     /// The request itself is malformed, ambiguous or over a listener limit (see
     /// [`crate::frontdoor`]).
-    Refused(crate::frontdoor::Refusal),
+    Refused(crate::frontdoor::refusal::Refusal),
     /// The gateway is shutting down and does not take new work.
     ShuttingDown,
 }
@@ -146,7 +146,7 @@ pub fn failure_response(f: &Failure, request_id: &str) -> ErrorResponse {
         Failure::BadRequest => text(400, "bad request"),
         Failure::ClientBodyTimeout => text(408, "the request body did not arrive in time"),
         Failure::Refused(r) => {
-            use crate::frontdoor::Refusal::*;
+            use crate::frontdoor::refusal::Refusal::*;
             let status = match r {
                 HeaderTimeout => 408,
                 RequestLineTooLong => 414,
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn refusals_map_to_their_rfc_statuses() {
-        use crate::frontdoor::Refusal;
+        use crate::frontdoor::refusal::Refusal;
         let s = |r| failure_response(&Failure::Refused(r), "-").status;
         assert_eq!(s(Refusal::LengthAndChunked), 400);
         assert_eq!(s(Refusal::HeaderTimeout), 408);

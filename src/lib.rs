@@ -1,7 +1,8 @@
 //! floodgate: a programmable edge gateway on Pingora.
 //!
 //! See `README.md` for the operator's view and `../shared/ARCHITECTURE.md` for the module map.
-//! In short: [`config`] parses and validates, [`state`] holds the one hot [`state::Snapshot`],
+//! In short: [`config`] parses and validates, [`state`] holds the one hot [`state::Snapshot`]
+//! (which only [`control`]'s writer replaces), [`lifecycle`] owns the phase and the stop sequence,
 //! [`proxy`] is the thin `ProxyHttp` glue over [`routing`], [`upstream`] (balancing,
 //! admission, health) and [`error`] (the one failure-to-status mapping).
 #![forbid(unsafe_code)]
@@ -11,21 +12,18 @@ pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod convert;
 pub mod error;
 pub mod frontdoor;
-pub mod handoff;
+pub mod lifecycle;
 pub mod maps;
-pub mod mapsync;
 pub mod metrics;
 pub mod policy;
-pub mod policysync;
 pub mod proxy;
-pub mod reload;
 pub mod routing;
 pub mod rules;
 pub mod sdnotify;
-pub mod shutdown;
 pub mod state;
 pub mod tlsinfo;
 pub mod upstream;

@@ -1,11 +1,14 @@
-//! Configuration: the YAML file (`spec`), its validation into runtime types (`validate`), and
+//! Configuration: the YAML file (`spec`), its validation (`validate`, a file per section) into
+//! the runtime types (`types`), and
 //! the small parsers for durations and sizes that error messages refer to.
 
 mod locate;
 pub mod spec;
-pub mod validate;
+pub mod types;
+mod validate;
 
-pub use validate::*;
+pub use types::*;
+pub use validate::{load_config, parse_config};
 
 use std::fmt;
 use std::time::Duration;

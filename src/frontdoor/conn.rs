@@ -137,12 +137,12 @@ async fn read_request(
                 // why: an idle kept-alive connection stays open through the drain (its next
                 // request is answered with `Connection: close`) and closes when the process
                 // stops; closing it at the shutdown broadcast races a client that is just
-                // sending its next request, which then sees a reset (src/handoff.rs).
+                // sending its next request, which then sees a reset (src/lifecycle/handoff.rs).
                 let mut phase = shared.state.phase.subscribe();
                 let read = tokio::select! {
                     biased;
                     r = stream.read_buf(&mut buf) => r,
-                    _ = phase.wait_for(|p| *p == crate::shutdown::Phase::Stopping) => {
+                    _ = phase.wait_for(|p| *p == crate::lifecycle::Phase::Stopping) => {
                         return Next::Closed
                     }
                     _ = tokio::time::sleep_until(idle_until) => return Next::Closed,

@@ -22,7 +22,8 @@ pub mod head;
 pub mod refusal;
 pub mod target;
 
-pub use refusal::Refusal;
+pub use refusal::{listener_name, report_session, Refusal};
+pub use target::{normalize_target, restore_raw_target};
 
 use crate::config::ListenerConfig;
 use crate::proxy::Gateway;
@@ -32,7 +33,6 @@ use head::Limits;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
-use pingora_http::RequestHeader;
 use pingora_proxy::HttpProxy;
 use refusal::RefusalRecord;
 use std::net::SocketAddr;
@@ -190,85 +190,10 @@ impl ServerApp for FrontDoor {
     }
 }
 
-/// Normalises the request target before routing (dot segments removed, `%2e` counted as a
-/// dot, `%2F` kept): routing, cache keys, map lookups and Lua all see the result. Returns the
-/// target as received when it changed (for routes with `raw_path`). Refuses a path that climbs
-/// above the root or holds bytes a target may not (HTTP/2 requests were not seen by the door).
-pub fn normalize_target(req: &mut RequestHeader) -> Result<Option<http::Uri>, Refusal> {
-    let path = req.uri.path().as_bytes();
-    target::check_bytes(path)?;
-    let Some(mut pq) = target::remove_dot_segments(path)? else {
-        return Ok(None);
-    };
-    if let Some(q) = req.uri.query() {
-        pq.push(b'?');
-        pq.extend_from_slice(q.as_bytes());
-    }
-    let mut parts = req.uri.clone().into_parts();
-    parts.path_and_query =
-        Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| Refusal::TargetInvalid)?);
-    let uri = http::Uri::from_parts(parts).map_err(|_| Refusal::TargetInvalid)?;
-    let raw = req.uri.clone();
-    req.set_uri(uri);
-    Ok(Some(raw))
-}
-
-/// For a route with `raw_path: true`: puts the target as received back into the upstream
-/// request (only there; everything else keeps the normalised one).
-pub fn restore_raw_target(upstream: &mut RequestHeader, raw_path: bool, raw: Option<&http::Uri>) {
-    if let (true, Some(u)) = (raw_path, raw) {
-        upstream.set_uri(u.clone());
-    }
-}
-
-/// The name of the listener whose address is `local` (the first listener if none matches).
-pub fn listener_name(listeners: &[ListenerConfig], local: Option<SocketAddr>) -> &str {
-    let matches = |l: &&ListenerConfig| {
-        let (Some(local), Ok(b)) = (local, l.bind.parse::<SocketAddr>()) else {
-            return false;
-        };
-        b.port() == local.port() && (b.ip().is_unspecified() || b.ip() == local.ip())
-    };
-    listeners
-        .iter()
-        .find(matches)
-        .or(listeners.first())
-        .map_or("-", |l| l.name.as_str())
-}
-
-/// Counts and logs a refusal decided inside the proxy (after Pingora parsed the request).
-pub fn report_session(
-    state: &AppState,
-    session: &pingora_proxy::Session,
-    reason: Refusal,
-    status: u16,
-) {
-    let sock = session.digest().and_then(|d| d.socket_digest.clone());
-    let local = sock
-        .as_ref()
-        .and_then(|s| s.local_addr().and_then(|a| a.as_inet()).copied());
-    let client = sock
-        .as_ref()
-        .and_then(|s| s.peer_addr().and_then(|a| a.as_inet()).copied());
-    let snap = state.snapshot();
-    let req = session.req_header();
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let line = format!("{} {target} {:?}", req.method, req.version);
-    refusal::report(
-        state,
-        &RefusalRecord {
-            listener: listener_name(&snap.config.listeners, local),
-            client,
-            reason,
-            status,
-            request_line: line.as_bytes(),
-        },
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_http::RequestHeader;
 
     fn req(target: &str) -> RequestHeader {
         RequestHeader::build("GET", target.as_bytes(), None).unwrap()

@@ -4,6 +4,7 @@
 //! The HTTP status of each reason is chosen in [`crate::error::failure_response`] (the one
 //! failure-to-status mapping); this module only names the reasons and renders the log line.
 
+use crate::config::ListenerConfig;
 use crate::config::LogFormat;
 use crate::state::AppState;
 use std::net::SocketAddr;
@@ -225,6 +226,51 @@ pub fn report(state: &AppState, rec: &RefusalRecord<'_>) {
     if cfg.enabled && log::log_enabled!(target: "access", log::Level::Info) {
         log::info!(target: "access", "{}", render(cfg.format, rec, SystemTime::now()));
     }
+}
+
+/// The name of the listener whose address is `local` (the first listener if none matches).
+pub fn listener_name(listeners: &[ListenerConfig], local: Option<SocketAddr>) -> &str {
+    let matches = |l: &&ListenerConfig| {
+        let (Some(local), Ok(b)) = (local, l.bind.parse::<SocketAddr>()) else {
+            return false;
+        };
+        b.port() == local.port() && (b.ip().is_unspecified() || b.ip() == local.ip())
+    };
+    listeners
+        .iter()
+        .find(matches)
+        .or(listeners.first())
+        .map_or("-", |l| l.name.as_str())
+}
+
+/// Counts and logs a refusal decided inside the proxy (after Pingora parsed the request).
+pub fn report_session(
+    state: &AppState,
+    session: &pingora_proxy::Session,
+    reason: Refusal,
+    status: u16,
+) {
+    let sock = session.digest().and_then(|d| d.socket_digest.clone());
+    let local = sock
+        .as_ref()
+        .and_then(|s| s.local_addr().and_then(|a| a.as_inet()).copied());
+    let client = sock
+        .as_ref()
+        .and_then(|s| s.peer_addr().and_then(|a| a.as_inet()).copied());
+    let snap = state.snapshot();
+    let req = session.req_header();
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let line = format!("{} {target} {:?}", req.method, req.version);
+    report(
+        state,
+        &RefusalRecord {
+            listener: listener_name(&snap.config.listeners, local),
+            client,
+            reason,
+            status,
+            request_line: line.as_bytes(),
+        },
+    );
 }
 
 #[cfg(test)]

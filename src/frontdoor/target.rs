@@ -6,6 +6,7 @@
 //! segment is not a separator), and the query is never touched.
 
 use super::refusal::Refusal;
+use pingora_http::RequestHeader;
 use std::net::Ipv6Addr;
 
 /// The form of a request target that passed [`check`].
@@ -226,6 +227,37 @@ pub fn remove_dot_segments(path: &[u8]) -> Result<Option<Vec<u8>>, Refusal> {
         p.push(b'/');
     }
     Ok(Some(p))
+}
+
+/// Normalises the request target before routing (dot segments removed, `%2e` counted as a
+/// dot, `%2F` kept): routing, cache keys, map lookups and Lua all see the result. Returns the
+/// target as received when it changed (for routes with `raw_path`). Refuses a path that climbs
+/// above the root or holds bytes a target may not (HTTP/2 requests were not seen by the door).
+pub fn normalize_target(req: &mut RequestHeader) -> Result<Option<http::Uri>, Refusal> {
+    let path = req.uri.path().as_bytes();
+    check_bytes(path)?;
+    let Some(mut pq) = remove_dot_segments(path)? else {
+        return Ok(None);
+    };
+    if let Some(q) = req.uri.query() {
+        pq.push(b'?');
+        pq.extend_from_slice(q.as_bytes());
+    }
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| Refusal::TargetInvalid)?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| Refusal::TargetInvalid)?;
+    let raw = req.uri.clone();
+    req.set_uri(uri);
+    Ok(Some(raw))
+}
+
+/// For a route with `raw_path: true`: puts the target as received back into the upstream
+/// request (only there; everything else keeps the normalised one).
+pub fn restore_raw_target(upstream: &mut RequestHeader, raw_path: bool, raw: Option<&http::Uri>) {
+    if let (true, Some(u)) = (raw_path, raw) {
+        upstream.set_uri(u.clone());
+    }
 }
 
 #[cfg(test)]

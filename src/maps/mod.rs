@@ -7,33 +7,30 @@
 //! The live snapshot and its swap belong to the caller; [`runtime_api`] (HAProxy
 //! Runtime API on a UNIX socket) and [`poller`] (periodic HTTP fetch) feed it.
 
+mod json;
 mod persist;
 mod policy;
 pub mod poller;
 pub mod runtime_api;
 mod table;
 mod text;
+mod watch;
 
-pub use persist::rewrite_map_file;
+pub use json::parse_map_json;
+pub use persist::{rewrite_map_file, write_atomic};
 pub use policy::{Loaded, MapPolicy, OnDuplicate, OnUnknownValue};
 pub use table::{idle_priority, reap, run_idle, InsertError, MapBuilder, MapContent};
-use text::Blocks;
 pub use text::{
     load_map_chunks, load_map_text, parse_map_chunks_after, parse_map_text, parse_map_text_after,
     parse_map_text_with,
 };
 
+pub use watch::{watch_file, FileWatch, DEFAULT_WATCH_INTERVAL};
+
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
-
-use sha2::{Digest, Sha256};
-use tokio::sync::watch;
-
-/// Default interval of [`watch_file`] polling.
-pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+use std::path::PathBuf;
+use std::time::SystemTime;
 
 /// Where the current content of a map came from (shown by the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,116 +203,6 @@ pub fn check_entry(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a JSON map body. Accepted shapes:
-/// - an object of strings: `{"node1.example.com": "master1", ...}`;
-/// - an array of objects, each with a string `"value"` and a string key in
-///   `"key"` or, failing that, `"certname"`; other fields are ignored. This
-///   takes PuppetDB fact answers directly, e.g.
-///   `/pdb/query/v4/facts/puppet_master` →
-///   `[{"certname":"node1","name":"puppet_master","value":"master1",...}]`.
-///
-/// Errors (all collected): not JSON, another shape, a non-string value, a key
-/// or value [`check_entry`] rejects, a duplicate key in an array (naming both
-/// indexes).
-pub fn parse_map_json(text: &str, origin: &str) -> Result<HashMap<String, String>, Vec<MapError>> {
-    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        vec![MapError::new(
-            origin,
-            None,
-            format!("body is not valid JSON: {e}"),
-            "send a JSON object {\"key\":\"value\"} or an array of {\"key\":..,\"value\":..}",
-        )]
-    })?;
-    let mut errors = Vec::new();
-    let mut entries = HashMap::new();
-    match doc {
-        serde_json::Value::Object(obj) => {
-            entries.reserve(obj.len());
-            for (key, value) in obj {
-                let serde_json::Value::String(value) = value else {
-                    errors.push(MapError::new(
-                        origin,
-                        None,
-                        format!("value of {key:?} is {value}, not a string"),
-                        "quote the server name",
-                    ));
-                    continue;
-                };
-                match check_entry(&key, &value) {
-                    Ok(()) => {
-                        entries.insert(key, value);
-                    }
-                    Err(m) => errors.push(MapError::new(origin, None, m, "fix the entry")),
-                }
-            }
-        }
-        serde_json::Value::Array(items) => {
-            entries.reserve(items.len());
-            let mut index_of: HashMap<String, usize> = HashMap::with_capacity(items.len());
-            for (i, item) in items.into_iter().enumerate() {
-                let key = item.get("key").or_else(|| item.get("certname"));
-                let value = item.get("value");
-                let (Some(serde_json::Value::String(key)), Some(serde_json::Value::String(value))) =
-                    (key, value)
-                else {
-                    errors.push(MapError::new(
-                        origin,
-                        None,
-                        format!("item [{i}] lacks a string \"key\" (or \"certname\") and a string \"value\""),
-                        "give every item {\"key\": \"...\", \"value\": \"...\"}",
-                    ));
-                    continue;
-                };
-                if let Err(m) = check_entry(key, value) {
-                    errors.push(MapError::new(
-                        origin,
-                        None,
-                        format!("item [{i}]: {m}"),
-                        "fix the item",
-                    ));
-                    continue;
-                }
-                if let Some(first) = index_of.get(key.as_str()) {
-                    errors.push(MapError::new(
-                        origin,
-                        None,
-                        format!("item [{i}] repeats key {key:?} of item [{first}]"),
-                        "keep one of the two items",
-                    ));
-                    continue;
-                }
-                index_of.insert(key.clone(), i);
-                entries.insert(key.clone(), value.clone());
-            }
-        }
-        other => errors.push(MapError::new(
-            origin,
-            None,
-            format!(
-                "body is a JSON {}, not an object or array",
-                json_kind(&other)
-            ),
-            "send a JSON object {\"key\":\"value\"} or an array of {\"key\":..,\"value\":..}",
-        )),
-    }
-    if errors.is_empty() {
-        Ok(entries)
-    } else {
-        Err(errors)
-    }
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "boolean",
-        serde_json::Value::Number(_) => "number",
-        serde_json::Value::String(_) => "string",
-        serde_json::Value::Array(_) => "array",
-        serde_json::Value::Object(_) => "object",
-    }
-}
-
 /// Reports every entry whose value `allowed` rejects, sorted by key. No line
 /// numbers (the map may not come from a file): for files, prefer
 /// [`parse_map_text_with`], which reports lines.
@@ -331,234 +218,11 @@ pub fn validate_values(
         .collect()
 }
 
-/// Writes `text` to `path` atomically: a temp file in the same directory,
-/// fsync, rename over `path`, then fsync of the directory (best effort). On
-/// failure the temp file is removed and `path` is untouched.
-pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{:08x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    // why: the rename is durable only once the directory entry is synced; a
-    // failure here does not undo the write, so it is ignored.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Identity of a file version as seen by `stat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    mtime: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn fingerprint(path: &Path) -> io::Result<Option<Fingerprint>> {
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(Some(Fingerprint {
-            mtime: m.modified().ok(),
-            len: m.len(),
-            inode: inode(&m),
-        })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(unix)]
-fn inode(m: &std::fs::Metadata) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    m.ino()
-}
-
-#[cfg(not(unix))]
-fn inode(_m: &std::fs::Metadata) -> u64 {
-    0
-}
-
-/// Detects changes of one file by polling its metadata (mtime, length, inode),
-/// so both in-place edits and rename-over (editors, `mv`, [`write_atomic`])
-/// are seen. A missing file is "no change" (writers may briefly remove it);
-/// content identical to the last delivered one (by SHA-256) is not reported.
-///
-/// An in-place writer caught mid-write may be delivered a partial file; its
-/// next write changes mtime and the full file follows. Prefer rename-over.
-#[derive(Debug)]
-pub struct FileWatch {
-    path: PathBuf,
-    last: Option<Fingerprint>,
-    last_hash: Option<[u8; 32]>,
-}
-
-impl FileWatch {
-    /// A watch whose first [`FileWatch::changed`] reports the current content.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileWatch {
-            path: path.into(),
-            last: None,
-            last_hash: None,
-        }
-    }
-
-    /// Reads the file now and returns a watch that reports only later changes,
-    /// with the current content. Fails if the file cannot be read.
-    pub fn primed(path: impl Into<PathBuf>) -> io::Result<(Self, String)> {
-        let mut w = Self::new(path);
-        match w.changed()? {
-            Some(text) => Ok((w, text)),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} does not exist", w.path.display()),
-            )),
-        }
-    }
-
-    /// The watched path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// True when the file's metadata (size, mtime, inode) differs from the last content seen:
-    /// a cheap `stat`, to decide whether [`changed`](Self::changed) (read and hash) is needed.
-    pub fn may_have_changed(&self) -> bool {
-        match fingerprint(&self.path) {
-            Ok(Some(fp)) => self.last != Some(fp),
-            Ok(None) => false,
-            Err(_) => true,
-        }
-    }
-
-    /// True when the file's metadata is still that of the content last reported (so nothing
-    /// rewrote it since [`changed`](Self::changed) read it).
-    pub fn is_current(&self) -> bool {
-        matches!(fingerprint(&self.path), Ok(Some(fp)) if Some(fp) == self.last)
-    }
-
-    /// Checks once: `Ok(Some(text))` when the file changed since the last
-    /// report, `Ok(None)` when unchanged, missing or changing under our feet
-    /// (the next call retries). Errors are I/O failures other than NotFound,
-    /// and content that is not UTF-8.
-    pub fn changed(&mut self) -> io::Result<Option<String>> {
-        let Some(before) = fingerprint(&self.path)? else {
-            return Ok(None);
-        };
-        if self.last == Some(before) {
-            return Ok(None);
-        }
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if fingerprint(&self.path)? != Some(before) {
-            return Ok(None);
-        }
-        self.last = Some(before);
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        if self.last_hash == Some(hash) {
-            return Ok(None);
-        }
-        let text = String::from_utf8(bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is not UTF-8: {e}", self.path.display()),
-            )
-        })?;
-        self.last_hash = Some(hash);
-        Ok(Some(text))
-    }
-}
-
-/// Polls `watch` every `interval` (see [`DEFAULT_WATCH_INTERVAL`]) and calls
-/// `on_change` with the new content. Reads run on the blocking pool. I/O
-/// errors are logged once per failure streak and retried. Returns when
-/// `shutdown` becomes true or its sender is dropped.
-pub async fn watch_file(
-    watch: FileWatch,
-    interval: Duration,
-    mut on_change: impl FnMut(String) + Send,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut slot = Some(watch);
-    let mut failing = false;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = ticker.tick() => {}
-            r = shutdown.changed() => {
-                if r.is_err() { return; }
-                continue;
-            }
-        }
-        let Some(mut w) = slot.take() else { return };
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = w.changed();
-            (w, r)
-        })
-        .await;
-        let (w, result) = match joined {
-            Ok(pair) => pair,
-            Err(e) => {
-                log::error!("map file watcher task failed: {e}");
-                return;
-            }
-        };
-        match result {
-            Ok(Some(text)) => {
-                if failing {
-                    log::info!("map file {} readable again", w.path().display());
-                    failing = false;
-                }
-                on_change(text);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                if !failing {
-                    log::warn!(
-                        "cannot read map file {}: {e}; keeping the last map",
-                        w.path().display()
-                    );
-                    failing = true;
-                }
-            }
-        }
-        slot = Some(w);
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn servers(v: &str) -> bool {
         v == "master1" || v == "master2"
@@ -673,142 +337,6 @@ mod tests {
         assert_eq!(t.get("m"), Some("3"));
         assert_eq!(t.get("M"), None, "keys are case-sensitive");
         assert_eq!(t.source.as_str(), "api");
-    }
-
-    #[test]
-    fn json_accepts_object_and_puppetdb_array() {
-        let o = parse_map_json(r#"{"n1":"master1","n2":"master2"}"#, "u").unwrap();
-        assert_eq!(o.len(), 2);
-        let a = parse_map_json(
-            r#"[{"certname":"n1","name":"puppet_master","value":"master1"},{"key":"n2","value":"master2"}]"#,
-            "u",
-        )
-        .unwrap();
-        assert_eq!(a["n1"], "master1", "certname is the key");
-        assert_eq!(a["n2"], "master2");
-    }
-
-    #[test]
-    fn json_rejects_bad_shapes_and_duplicates() {
-        assert!(parse_map_json("[1]", "u").is_err(), "array of numbers");
-        assert!(parse_map_json("\"x\"", "u").is_err(), "string");
-        assert!(
-            parse_map_json("{\"a\": 1}", "u").is_err(),
-            "non-string value"
-        );
-        assert!(
-            parse_map_json("{\"a b\": \"x\"}", "u").is_err(),
-            "key with space"
-        );
-        let errs = parse_map_json(r#"[{"key":"a","value":"x"},{"key":"a","value":"y"}]"#, "u")
-            .unwrap_err();
-        assert!(
-            errs[0]
-                .message
-                .contains("[1] repeats key \"a\" of item [0]"),
-            "{}",
-            errs[0]
-        );
-    }
-
-    #[test]
-    fn write_atomic_replaces_file_and_leaves_no_temp() {
-        let dir = std::env::temp_dir().join(format!("maps-wa-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("n.map");
-        write_atomic(&p, "a 1\n").unwrap();
-        write_atomic(&p, "b 2\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "b 2\n");
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 1, "only the map remains: {names:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn file_watch_ignores_missing_file_and_same_content() {
-        let dir = std::env::temp_dir().join(format!("maps-fw-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("n.map");
-        let mut w = FileWatch::new(&p);
-        assert_eq!(w.changed().unwrap(), None, "missing file is no change");
-        std::fs::write(&p, "a 1\n").unwrap();
-        assert_eq!(
-            w.changed().unwrap().as_deref(),
-            Some("a 1\n"),
-            "first content reported"
-        );
-        assert_eq!(w.changed().unwrap(), None, "unchanged");
-        std::fs::remove_file(&p).unwrap();
-        assert_eq!(w.changed().unwrap(), None, "briefly missing");
-        write_atomic(&p, "a 1\n").unwrap();
-        assert_eq!(w.changed().unwrap(), None, "same content under a new inode");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_read_is_no_longer_current_once_the_file_is_rewritten() {
-        // The watcher applies a read only while it is current: a persisted API edit written
-        // between its read and its apply must win (this raced in the integration suite).
-        let dir = std::env::temp_dir().join(format!("maps-cur-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("n.map");
-        std::fs::write(&p, "a 1\nb 2\n").unwrap();
-        let (w, _) = FileWatch::primed(&p).unwrap();
-        assert!(w.is_current(), "nothing rewrote it yet");
-        write_atomic(&p, "a 1\n").unwrap();
-        assert!(!w.is_current(), "rename-over by a persisted edit");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn watch_file_detects_in_place_rewrite_and_rename_over_within_2s() {
-        let dir = std::env::temp_dir().join(format!("maps-wf-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("n.map");
-        std::fs::write(&p, "a 1\n").unwrap();
-        let (w, first) = FileWatch::primed(&p).unwrap();
-        assert_eq!(first, "a 1\n");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(watch_file(
-            w,
-            Duration::from_millis(100),
-            move |t| {
-                let _ = tx.send(t);
-            },
-            stop_rx,
-        ));
-        let wait = Duration::from_secs(2);
-        // In-place rewrite: same inode, new content.
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&p)
-                .unwrap();
-            f.write_all(b"a 2\n").unwrap();
-        }
-        let got = tokio::time::timeout(wait, rx.recv())
-            .await
-            .expect("in-place edit seen in 2s");
-        assert_eq!(got.as_deref(), Some("a 2\n"));
-        // Rename-over.
-        let tmp = dir.join("n.map.new");
-        std::fs::write(&tmp, "a 3\n").unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-        let got = tokio::time::timeout(wait, rx.recv())
-            .await
-            .expect("rename-over seen in 2s");
-        assert_eq!(got.as_deref(), Some("a 3\n"));
-        stop_tx.send(true).unwrap();
-        tokio::time::timeout(wait, task)
-            .await
-            .expect("watcher stops on shutdown")
-            .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

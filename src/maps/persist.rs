@@ -4,6 +4,8 @@
 //! change touched are rewritten; new keys are appended at the end, sorted.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
 use super::text::split_map_line;
 use super::{MapContent, OnDuplicate};
@@ -75,6 +77,45 @@ pub fn rewrite_map_file(
     out
 }
 
+/// Writes `text` to `path` atomically: a temp file in the same directory,
+/// fsync, rename over `path`, then fsync of the directory (best effort). On
+/// failure the temp file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{:08x}",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // why: the rename is durable only once the directory entry is synced; a
+    // failure here does not undo the write, so it is ignored.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +177,21 @@ mod tests {
             fresh, "a 1\nb 2\n",
             "an empty or missing file gets sorted lines"
         );
+    }
+
+    #[test]
+    fn write_atomic_replaces_file_and_leaves_no_temp() {
+        let dir = std::env::temp_dir().join(format!("maps-wa-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("n.map");
+        write_atomic(&p, "a 1\n").unwrap();
+        write_atomic(&p, "b 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "b 2\n");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "only the map remains: {names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

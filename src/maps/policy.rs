@@ -13,9 +13,7 @@
 //! (`set map`, `POST /maps/NAME/entries`) are always checked strictly: an operator naming a
 //! server that does not exist wants to hear so at once.
 
-use std::collections::HashMap;
-
-use super::{bad_value, Blocks, MapBuilder, MapContent, MapError};
+use super::{bad_value, MapContent, MapError};
 
 /// Which line of a key given more than once is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,78 +126,6 @@ pub(super) fn skipped_warning(origin: &str, line: usize, key: &str, value: &str)
     w.fix = "use a server defined in the config, remove the line, or set on_unknown_value: error"
         .to_string();
     w
-}
-
-/// The slow path, taken only when a load met duplicates it must resolve by the last line, or
-/// values to skip: re-reads every line, keeps the chosen line per key (HAProxy order: the
-/// duplicate is resolved first, then the chosen value is checked), and builds anew.
-pub(super) fn resolve(
-    src: &dyn Blocks,
-    origin: &str,
-    allowed: &dyn Fn(&str) -> bool,
-    policy: MapPolicy,
-) -> Result<Loaded, Vec<MapError>> {
-    // (key, value, line) of the chosen line, in first-seen order.
-    let mut chosen: Vec<(String, String, usize)> = Vec::new();
-    let mut at: HashMap<String, usize> = HashMap::new();
-    let mut warnings = Vec::new();
-    let mut line = 0;
-    src.for_each(&mut |block| {
-        for raw in block.lines() {
-            line += 1;
-            let Some((key, value)) = super::text::split_map_line(raw) else {
-                continue;
-            };
-            match at.get(key) {
-                Some(&i) => {
-                    let earlier = chosen[i].2;
-                    warnings.push(duplicate_warning(
-                        origin,
-                        line,
-                        key,
-                        earlier,
-                        policy.on_duplicate,
-                    ));
-                    if policy.on_duplicate == OnDuplicate::Last {
-                        chosen[i] = (key.to_string(), value.to_string(), line);
-                    }
-                }
-                None => {
-                    at.insert(key.to_string(), chosen.len());
-                    chosen.push((key.to_string(), value.to_string(), line));
-                }
-            }
-        }
-    });
-    let mut builder = MapBuilder::with_capacity(chosen.len(), 0);
-    let mut verdict: HashMap<&str, bool> = HashMap::new();
-    for (key, value, line) in &chosen {
-        let ok = *verdict
-            .entry(value.as_str())
-            .or_insert_with(|| allowed(value));
-        if !ok {
-            warnings.push(skipped_warning(origin, *line, key, value));
-            continue;
-        }
-        if let Err(e) = builder.insert(key, value) {
-            return Err(vec![MapError::new(
-                origin,
-                Some(*line),
-                e.to_string(),
-                "split the map",
-            )]);
-        }
-    }
-    warnings.sort_by_key(|w| w.line);
-    let content = builder.finish().map_err(|e| {
-        vec![MapError::new(
-            origin,
-            None,
-            format!("internal: {e}"),
-            "report a bug",
-        )]
-    })?;
-    Ok(Loaded { content, warnings })
 }
 
 #[cfg(test)]

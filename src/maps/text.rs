@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::policy::{duplicate_warning, resolve, Loaded, MapPolicy, OnDuplicate, OnUnknownValue};
+use super::policy::{
+    duplicate_warning, skipped_warning, Loaded, MapPolicy, OnDuplicate, OnUnknownValue,
+};
 use super::{bad_value, InsertError, MapBuilder, MapContent, MapError};
 
 /// Smallest previous map worth reusing the key index of.
@@ -345,6 +347,78 @@ fn parse_into(
     }
     // First wins: the one-pass build already kept each key's first line.
     Ok((p.builder, warnings))
+}
+
+/// The slow path, taken only when a load met duplicates it must resolve by the last line, or
+/// values to skip: re-reads every line, keeps the chosen line per key (HAProxy order: the
+/// duplicate is resolved first, then the chosen value is checked), and builds anew.
+pub(super) fn resolve(
+    src: &dyn Blocks,
+    origin: &str,
+    allowed: &dyn Fn(&str) -> bool,
+    policy: MapPolicy,
+) -> Result<Loaded, Vec<MapError>> {
+    // (key, value, line) of the chosen line, in first-seen order.
+    let mut chosen: Vec<(String, String, usize)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut warnings = Vec::new();
+    let mut line = 0;
+    src.for_each(&mut |block| {
+        for raw in block.lines() {
+            line += 1;
+            let Some((key, value)) = split_map_line(raw) else {
+                continue;
+            };
+            match at.get(key) {
+                Some(&i) => {
+                    let earlier = chosen[i].2;
+                    warnings.push(duplicate_warning(
+                        origin,
+                        line,
+                        key,
+                        earlier,
+                        policy.on_duplicate,
+                    ));
+                    if policy.on_duplicate == OnDuplicate::Last {
+                        chosen[i] = (key.to_string(), value.to_string(), line);
+                    }
+                }
+                None => {
+                    at.insert(key.to_string(), chosen.len());
+                    chosen.push((key.to_string(), value.to_string(), line));
+                }
+            }
+        }
+    });
+    let mut builder = MapBuilder::with_capacity(chosen.len(), 0);
+    let mut verdict: HashMap<&str, bool> = HashMap::new();
+    for (key, value, line) in &chosen {
+        let ok = *verdict
+            .entry(value.as_str())
+            .or_insert_with(|| allowed(value));
+        if !ok {
+            warnings.push(skipped_warning(origin, *line, key, value));
+            continue;
+        }
+        if let Err(e) = builder.insert(key, value) {
+            return Err(vec![MapError::new(
+                origin,
+                Some(*line),
+                e.to_string(),
+                "split the map",
+            )]);
+        }
+    }
+    warnings.sort_by_key(|w| w.line);
+    let content = builder.finish().map_err(|e| {
+        vec![MapError::new(
+            origin,
+            None,
+            format!("internal: {e}"),
+            "report a bug",
+        )]
+    })?;
+    Ok(Loaded { content, warnings })
 }
 
 /// Splits one map line into (key, value); None for blank and comment lines.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use mlua::{Function, Lua, Table, Value};
 
-use super::sandbox::helper_error;
+use super::helper::helper_error;
 use super::{PolicyHost, RequestSource, ResponseSource, TlsInfo};
 
 /// Host operations, as numbered in the prelude's `OP` table.

@@ -66,13 +66,18 @@
 //! C call on a string near the memory limit (e.g. `upper`) can still overrun by its memcpy time.
 //!
 //! # Reload
-//! [`PolicyEngine::reload`] compiles every script in a scratch VM, runs top-level code and
-//! `selftest()`, and only then publishes a new [`CompiledPolicy`] (new generation) through an
-//! `ArcSwap`. On failure the last good version keeps running. Worker threads notice the new
-//! generation on their next call and rebuild their VM then (lazily, between requests).
+//! [`PolicyEngine::compile`] checks every script in a scratch VM, runs top-level code and
+//! `selftest()`, and only then returns a new [`CompiledPolicy`] (new generation); the control
+//! plane publishes it in the next snapshot (`crate::control`). On failure the last good version
+//! keeps running. Every hook call names the generation it runs (the one in the request's
+//! snapshot), so the hooks of one request never mix generations. A worker thread rebuilds its
+//! VM when a call names another generation than its VM's (lazily, between calls); while
+//! requests of two generations are in flight, a thread alternating between them rebuilds each
+//! time, which lasts only as long as the older requests.
 
 mod deadline;
 mod decision;
+mod helper;
 mod host;
 mod lua;
 mod pattern;
@@ -82,13 +87,14 @@ mod sandbox;
 mod shared;
 mod strlib;
 #[cfg(test)]
+mod test_engine;
+#[cfg(test)]
 mod tests;
 
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use self::decision::{parse_decision, parse_edit};
@@ -350,20 +356,29 @@ pub struct CompiledPolicy {
     hooks: [bool; 4],
 }
 
-/// The policy engine: shared (`Arc`) by all worker threads. See the module docs.
+impl CompiledPolicy {
+    /// Whether any script defines `hook`: when false the call is a no-op and the caller can
+    /// skip preparing the request.
+    pub fn has_hook(&self, hook: Hook) -> bool {
+        self.hooks[hook as usize]
+    }
+}
+
+/// The policy runtime: what outlives every generation of the scripts (the `shared`
+/// dictionary, the last error, one VM per worker thread). Shared (`Arc`) by all worker threads.
+/// It publishes nothing: the generation a request runs is the [`CompiledPolicy`] in the
+/// request's snapshot, so every hook of one request runs the same generation. See the module
+/// docs.
 pub struct PolicyEngine {
-    current: ArcSwap<CompiledPolicy>,
     shared: Arc<SharedDict>,
     shared_max_keys: usize,
-    /// One reload at a time.
-    reload_lock: Mutex<()>,
     last_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyEngine")
-            .field("generation", &self.generation())
+            .field("shared_max_keys", &self.shared_max_keys)
             .finish_non_exhaustive()
     }
 }
@@ -383,51 +398,30 @@ thread_local! {
 }
 
 impl PolicyEngine {
-    /// Checks `scripts` (`(path, source)`, run in this order) and creates the engine at
-    /// generation 1. An empty list is valid: every hook is absent.
-    pub fn load(
-        scripts: Vec<(String, String)>,
-        settings: PolicySettings,
-    ) -> Result<Arc<Self>, Vec<PolicyError>> {
-        let shared_max_keys = settings.shared_max_keys;
-        let compiled = compile(1, scripts, &settings, shared_max_keys)?;
-        Ok(Arc::new(Self {
-            current: ArcSwap::from_pointee(compiled),
+    /// An engine whose `shared` dictionary holds at most `shared_max_keys` keys (fixed for
+    /// its life: the dictionary survives every reload).
+    pub fn new(shared_max_keys: usize) -> Arc<Self> {
+        Arc::new(Self {
             shared: Arc::new(SharedDict::new(shared_max_keys)),
             shared_max_keys,
-            reload_lock: Mutex::new(()),
             last_error: Mutex::new(None),
-        }))
+        })
     }
 
-    /// Checks new scripts (same settings) and publishes them as the next generation. On failure
-    /// the current scripts keep running and the errors are returned (and kept for
-    /// [`Self::last_error`]).
-    pub fn reload(&self, scripts: Vec<(String, String)>) -> Result<u64, Vec<PolicyError>> {
-        let current = self.current.load();
-        let settings = PolicySettings {
-            budget: current.budget,
-            memory_limit: current.memory_limit,
-            load_budget: current.load_budget,
-            shared_max_keys: self.shared_max_keys,
-        };
-        drop(current);
-        self.reload_with(scripts, settings)
-    }
-
-    /// [`Self::reload`] with new settings (`shared_max_keys` is ignored: the dictionary lives on).
-    pub fn reload_with(
+    /// Checks `scripts` (`(path, source)`, run in this order) in a scratch VM, runs their
+    /// `selftest()`, and returns them as generation `generation`. An empty list is valid: every
+    /// hook is absent. On failure the errors are returned and kept for [`Self::last_error`];
+    /// on success the last error is cleared. Publishing is the caller's (the control plane's).
+    pub fn compile(
         &self,
+        generation: u64,
         scripts: Vec<(String, String)>,
-        settings: PolicySettings,
-    ) -> Result<u64, Vec<PolicyError>> {
-        let _one_writer = self.reload_lock.lock();
-        let generation = self.current.load().generation + 1;
-        match compile(generation, scripts, &settings, self.shared_max_keys) {
+        settings: &PolicySettings,
+    ) -> Result<Arc<CompiledPolicy>, Vec<PolicyError>> {
+        match compile(generation, scripts, settings, self.shared_max_keys) {
             Ok(compiled) => {
-                self.current.store(Arc::new(compiled));
                 *self.last_error.lock() = None;
-                Ok(generation)
+                Ok(Arc::new(compiled))
             }
             Err(errors) => {
                 let text = errors
@@ -440,22 +434,6 @@ impl PolicyEngine {
                 Err(errors)
             }
         }
-    }
-
-    /// Generation of the published scripts (1 after `load`, +1 per successful reload).
-    pub fn generation(&self) -> u64 {
-        self.current.load().generation
-    }
-
-    /// The published scripts.
-    pub fn current(&self) -> Arc<CompiledPolicy> {
-        self.current.load_full()
-    }
-
-    /// Whether any loaded script defines `hook`: when false the call is a no-op and the caller
-    /// can skip preparing the request.
-    pub fn has_hook(&self, hook: Hook) -> bool {
-        self.current.load().hooks[hook as usize]
     }
 
     /// The last rejected reload or runtime script error (cleared by a successful reload).
@@ -472,33 +450,36 @@ impl PolicyEngine {
     /// Runs `admit(req)` hooks. Outcome `Deny` when the decision is `Deny`.
     pub fn admit(
         &self,
+        policy: &Arc<CompiledPolicy>,
         req: &dyn RequestSource,
         host: Arc<dyn PolicyHost>,
     ) -> (PolicyDecision, Outcome) {
-        self.decide(Hook::Admit, req, host)
+        self.decide(policy, Hook::Admit, req, host)
     }
 
     /// Runs `route(req)` hooks. Outcome `Deny` when the decision is `Deny`.
     pub fn route(
         &self,
+        policy: &Arc<CompiledPolicy>,
         req: &dyn RequestSource,
         host: Arc<dyn PolicyHost>,
     ) -> (PolicyDecision, Outcome) {
-        self.decide(Hook::Route, req, host)
+        self.decide(policy, Hook::Route, req, host)
     }
 
     /// Runs `response(req, resp)` hooks and merges their edits.
     pub fn response(
         &self,
+        policy: &Arc<CompiledPolicy>,
         req: &dyn RequestSource,
         resp: &dyn ResponseSource,
         host: Arc<dyn PolicyHost>,
     ) -> (ResponseEdit, Outcome) {
         let mut edit = ResponseEdit::default();
-        if !self.has_hook(Hook::Response) {
+        if !policy.has_hook(Hook::Response) {
             return (edit, Outcome::Ok);
         }
-        let outcome = self.run(Hook::Response, req, Some(resp), host, |v| {
+        let outcome = self.run(policy, Hook::Response, req, Some(resp), host, |v| {
             if let Some(e) = parse_edit(v)? {
                 for (name, value) in e.set_headers {
                     edit.set_headers
@@ -515,27 +496,29 @@ impl PolicyEngine {
     /// Runs every `log(req, resp)` hook; return values are ignored.
     pub fn log(
         &self,
+        policy: &Arc<CompiledPolicy>,
         req: &dyn RequestSource,
         resp: &dyn ResponseSource,
         host: Arc<dyn PolicyHost>,
     ) -> Outcome {
-        if !self.has_hook(Hook::Log) {
+        if !policy.has_hook(Hook::Log) {
             return Outcome::Ok;
         }
-        self.run(Hook::Log, req, Some(resp), host, |_| Ok(false))
+        self.run(policy, Hook::Log, req, Some(resp), host, |_| Ok(false))
     }
 
     fn decide(
         &self,
+        policy: &Arc<CompiledPolicy>,
         hook: Hook,
         req: &dyn RequestSource,
         host: Arc<dyn PolicyHost>,
     ) -> (PolicyDecision, Outcome) {
-        if !self.has_hook(hook) {
+        if !policy.has_hook(hook) {
             return (PolicyDecision::Pass, Outcome::Ok);
         }
         let mut decision = None;
-        let outcome = self.run(hook, req, None, host, |v| {
+        let outcome = self.run(policy, hook, req, None, host, |v| {
             decision = parse_decision(v)?;
             Ok(decision.is_some())
         });
@@ -546,30 +529,31 @@ impl PolicyEngine {
         }
     }
 
-    /// Runs `hook` on this thread's VM, (re)building it when the published generation changed.
+    /// Runs `hook` of `policy` on this thread's VM, (re)building the VM when the thread last ran
+    /// another generation.
     fn run(
         &self,
+        policy: &Arc<CompiledPolicy>,
         hook: Hook,
         req: &dyn RequestSource,
         resp: Option<&dyn ResponseSource>,
         host: Arc<dyn PolicyHost>,
         on_result: impl FnMut(&mlua::Value) -> Result<bool, String>,
     ) -> Outcome {
-        let compiled = self.current.load();
         let ran = VM.try_with(|cell| {
             let Ok(mut slot) = cell.try_borrow_mut() else {
                 return Outcome::Error("policy hook called re-entrantly".to_owned());
             };
             let fresh = match &*slot {
-                Slot::Ready(vm) => Arc::ptr_eq(&vm.compiled, &compiled),
-                Slot::Broken(c, _, at) => Arc::ptr_eq(c, &compiled) && at.elapsed() < BROKEN_RETRY,
+                Slot::Ready(vm) => Arc::ptr_eq(&vm.compiled, policy),
+                Slot::Broken(c, _, at) => Arc::ptr_eq(c, policy) && at.elapsed() < BROKEN_RETRY,
                 Slot::Empty => false,
             };
             if !fresh {
                 // why: drop the old VM before building the new one, to not hold two at once.
                 *slot = Slot::Empty;
                 let built =
-                    ThreadVm::build(Arc::clone(&compiled), Arc::clone(&self.shared), Mode::Serve);
+                    ThreadVm::build(Arc::clone(policy), Arc::clone(&self.shared), Mode::Serve);
                 *slot = match built {
                     Ok(vm) => Slot::Ready(Box::new(vm)),
                     Err(errors) => {
@@ -578,7 +562,7 @@ impl PolicyEngine {
                             .map(|e| e.to_string())
                             .collect::<Vec<_>>()
                             .join("; ");
-                        Slot::Broken(Arc::clone(&compiled), text, Instant::now())
+                        Slot::Broken(Arc::clone(policy), text, Instant::now())
                     }
                 };
             }

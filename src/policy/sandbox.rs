@@ -20,6 +20,7 @@ use mlua::{Function, Lua, Table, Value};
 
 use super::deadline::Deadline;
 use super::decision::{parse_decision, parse_edit};
+use super::helper::helper_error;
 use super::shared::{SharedDict, SharedError, SharedValue};
 use super::strlib;
 
@@ -59,26 +60,6 @@ const ALLOWED_GLOBALS: &[&str] = &[
     "fake",
 ];
 const PRELUDE: &str = include_str!("prelude.lua");
-
-/// `path:line: ` of the Lua code calling the current Rust function, for helper errors.
-pub(crate) fn caller(lua: &Lua) -> String {
-    lua.inspect_stack(1, |d| {
-        let src = d
-            .source()
-            .short_src
-            .map(|s| s.into_owned())
-            .unwrap_or_default();
-        match d.current_line() {
-            Some(line) => format!("{src}:{line}: "),
-            None => String::new(),
-        }
-    })
-    .unwrap_or_default()
-}
-
-pub(crate) fn helper_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
-    mlua::Error::runtime(format!("{}{msg}", caller(lua)))
-}
 
 /// Installs the Rust helpers, runs the prelude and strips every global not allowed.
 /// Returns the prelude's exports table.

@@ -51,10 +51,10 @@ use std::sync::Arc;
 use mlua::{Lua, MultiValue, Table, Value};
 
 use super::deadline::{Deadline, BUDGET_EXCEEDED};
+use super::helper::helper_error;
 use super::pattern::{
     expand_replacement, find_plain, no_specials, posrelat_start, Capture, Matcher, PatternError,
 };
-use super::sandbox::helper_error;
 
 /// `string.rep` checks the deadline every this many bytes it copies (about 50 us).
 const REP_CHUNK: usize = 1 << 20;

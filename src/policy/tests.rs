@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::test_engine::Live;
 use super::*;
 
 /// A host over fixed data (the gateway implements it over its live snapshot).
@@ -28,12 +29,12 @@ impl PolicyHost for TestHost {
     }
 }
 
-fn engine(scripts: &[(&str, &str)]) -> Arc<PolicyEngine> {
+fn engine(scripts: &[(&str, &str)]) -> Arc<Live> {
     let scripts = scripts
         .iter()
         .map(|(p, s)| (p.to_string(), s.to_string()))
         .collect();
-    PolicyEngine::load(scripts, PolicySettings::default()).unwrap()
+    Live::load(scripts, PolicySettings::default()).unwrap()
 }
 
 fn req(method: &str, path: &str) -> PolicyRequest {
@@ -459,7 +460,7 @@ fn shared_incr_is_atomic_across_four_threads() {
         "count.lua".to_owned(),
         "function admit(req) shared.incr('n', 1, 0) end".to_owned(),
     );
-    let e = PolicyEngine::load(vec![script], settings).unwrap();
+    let e = Live::load(vec![script], settings).unwrap();
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let e = Arc::clone(&e);

@@ -58,7 +58,7 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
     }
     if let Some(crate::error::Failure::Refused(r)) = &ctx.failure {
         // one refusal line (reason, client, listener) instead of the request line
-        crate::frontdoor::report_session(state, session, *r, status);
+        crate::frontdoor::refusal::report_session(state, session, *r, status);
         return;
     }
     let cfg = &ctx.snap.config.access_log;

@@ -226,7 +226,7 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string());
-        match crate::frontdoor::normalize_target(session.req_header_mut()) {
+        match crate::frontdoor::target::normalize_target(session.req_header_mut()) {
             Ok(raw) => ctx.raw_target = raw,
             Err(r) => return reject(session, ctx, Failure::Refused(r)).await,
         }
@@ -433,7 +433,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let raw_path = ctx.route.as_ref().is_some_and(|r| r.raw_path);
-        crate::frontdoor::restore_raw_target(req, raw_path, ctx.raw_target.as_ref());
+        crate::frontdoor::target::restore_raw_target(req, raw_path, ctx.raw_target.as_ref());
         // Pingora already dropped hop-by-hop headers and those named in `Connection` (its
         // default upstream request policy). Drop headers only floodgate may set, in every
         // spelling (see `owned`); a request rarely carries one, so the common case is one

@@ -196,7 +196,7 @@ pub enum Verdict {
     Reject(Failure),
 }
 
-/// Runs `admit` or `route` and applies the decision to `ctx`.
+/// Runs `admit` or `route` of the request's policy generation and applies the decision to `ctx`.
 pub fn run(
     engine: &PolicyEngine,
     hook: Hook,
@@ -204,14 +204,17 @@ pub fn run(
     ctx: &mut Ctx,
     on_error: &OnPolicyError,
 ) -> Verdict {
-    if !engine.has_hook(hook) {
+    // why: the request's snapshot names the generation, so admit, route, response and log
+    // of one request run the same scripts even when a reload lands in between
+    let policy = &ctx.snap.policy;
+    if !policy.has_hook(hook) {
         return Verdict::Continue;
     }
     let view = SessionRequest::new(session, ctx);
     let t = Instant::now();
     let (decision, outcome) = match hook {
-        Hook::Admit => engine.admit(&view, host(ctx)),
-        _ => engine.route(&view, host(ctx)),
+        Hook::Admit => engine.admit(policy, &view, host(ctx)),
+        _ => engine.route(policy, &view, host(ctx)),
     };
     count(ctx.state(), hook, &outcome, t.elapsed());
     if matches!(outcome, Outcome::Error(_) | Outcome::Budget) {
@@ -275,11 +278,13 @@ pub fn run(
 
 /// Runs the `response` hook and applies its header edits.
 pub fn response(engine: &PolicyEngine, session: &Session, ctx: &Ctx, resp: &mut ResponseHeader) {
-    if !engine.has_hook(Hook::Response) {
+    let policy = &ctx.snap.policy;
+    if !policy.has_hook(Hook::Response) {
         return;
     }
     let t = Instant::now();
     let (edit, outcome) = engine.response(
+        policy,
         &SessionRequest::new(session, ctx),
         &SessionResponse::Header(resp),
         host(ctx),
@@ -295,7 +300,8 @@ pub fn response(engine: &PolicyEngine, session: &Session, ctx: &Ctx, resp: &mut 
 
 /// Runs the `log` hook.
 pub fn log(engine: &PolicyEngine, session: &Session, ctx: &Ctx) {
-    if !engine.has_hook(Hook::Log) {
+    let policy = &ctx.snap.policy;
+    if !policy.has_hook(Hook::Log) {
         return;
     }
     let status = session
@@ -304,6 +310,7 @@ pub fn log(engine: &PolicyEngine, session: &Session, ctx: &Ctx) {
         .unwrap_or(0);
     let t = Instant::now();
     let outcome = engine.log(
+        policy,
         &SessionRequest::new(session, ctx),
         &SessionResponse::Status(status),
         host(ctx),

@@ -9,6 +9,7 @@ mod cache;
 mod cache_rules;
 mod common;
 mod config;
+mod control;
 mod convert;
 mod core;
 mod frontdoor;

@@ -1,7 +1,7 @@
 //! The listening sockets: when they stop accepting, and how they are handed to a new process.
 //!
 //! Pingora stops accepting only when its own shutdown watch flips, which happens after the
-//! shutdown watcher ([`crate::shutdown::PhasedShutdown`]) has returned, so the drain would run
+//! shutdown watcher ([`crate::lifecycle::PhasedShutdown`]) has returned, so the drain would run
 //! while the listeners still accept. [`Intake`] is a second watch that the gateway's services
 //! get instead (through [`Gated`]): the shutdown sequence closes it after `pre_drain`, the
 //! listeners stop, and the process stays up until nothing is in flight. It also keeps the
@@ -12,7 +12,7 @@
 //! arrives on one after the listeners stopped is still answered (with `Connection: close`),
 //! where Pingora would drop the idle connection at once and the client would see a reset.
 
-use crate::shutdown::Phase;
+use crate::lifecycle::Phase;
 use crate::state::AppState;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;

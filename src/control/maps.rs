@@ -1,80 +1,74 @@
-//! Live map updates: every source (file change, admin API, poller, Runtime API) goes through
-//! [`replace_map`], which validates the new content, swaps a snapshot that differs only in
-//! that map, counts the update and, with `persist: true`, writes API changes to the file.
+//! Live map updates: every source (file change, admin API, poller, Runtime API) becomes one
+//! [`Change::MapEdit`] for the writer, which validates the new content, publishes a snapshot
+//! that differs only in that map (one new version), counts the update and, with
+//! `persist: true`, writes API changes to the file.
 //!
 //! Which source wins: the last update wins, whatever its source. A file change is applied
 //! when the file changes (so an API edit persists until the file is edited, or forever with
 //! `persist: true`, which writes it to the file); a poller applies only when its answer
 //! changes. A config reload keeps the live content of maps whose config did not change.
 
-use crate::maps::runtime_api::{Change, MapInfo, MapStore};
+use super::writer::{Applied, Change, MapEdit, Refused, Writer};
+use crate::maps::runtime_api::{self, MapInfo, MapStore};
 use crate::maps::{
-    load_map_text, rewrite_map_file, write_atomic, FileWatch, Loaded, MapContent, MapError,
-    MapSource, MapTable, OnUnknownValue,
+    load_map_text, FileWatch, Loaded, MapContent, MapError, MapSource, MapTable, OnUnknownValue,
 };
 use crate::state::{AppState, Snapshot};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
-/// Counts one map update by source and result.
-fn count(state: &AppState, name: &str, source: &MapSource, result: &str) {
-    state
-        .metrics
-        .map_updates
-        .with_label_values(&[name, source.as_str(), result])
-        .inc();
-}
+pub use super::writer::log_warnings;
 
-/// Most policy warnings logged for one load (the rest are counted in one line).
-const MAX_LOGGED_WARNINGS: usize = 20;
-
-/// Logs what a map's policy tolerated (duplicate keys, skipped entries), one line each.
-pub fn log_warnings(map: &str, warnings: &[MapError]) {
-    for w in warnings.iter().take(MAX_LOGGED_WARNINGS) {
-        log::warn!("map {map}: {w}");
-    }
-    if warnings.len() > MAX_LOGGED_WARNINGS {
-        log::warn!(
-            "map {map}: {} more warning(s) not shown",
-            warnings.len() - MAX_LOGGED_WARNINGS
-        );
+/// Applies one map change through the writer; the map's version or why not.
+fn apply(
+    state: &AppState,
+    map: &str,
+    edit: MapEdit,
+    source: MapSource,
+    still_current: Option<&dyn Fn() -> bool>,
+) -> Result<u64, String> {
+    let change = Change::MapEdit {
+        map: map.to_string(),
+        edit,
+        source,
+        still_current,
+    };
+    match state.apply(change) {
+        Ok(Applied::Map { version }) => Ok(version),
+        Err(Refused::Map(e)) => Err(e),
+        other => Err(format!("unexpected answer of the writer: {other:?}")),
     }
 }
 
 /// Validates and swaps in new content for `name`. Returns the new map version. A
-/// [`Change::Whole`] map follows the map's `on_unknown_value`; a [`Change::Edit`] is strict.
+/// [`runtime_api::Change::Whole`] map follows the map's `on_unknown_value`; a
+/// [`runtime_api::Change::Edit`] is strict.
 pub fn replace_map(
     state: &AppState,
     name: &str,
     entries: HashMap<String, String>,
     source: MapSource,
-    change: Change,
+    change: runtime_api::Change,
 ) -> Result<u64, String> {
     match MapContent::from_entries(entries) {
         Ok(content) => {
-            let _w = state.writer.lock();
             let unknown = match change {
-                Change::Whole => unknown_policy(state, name),
-                Change::Edit => OnUnknownValue::Error,
+                runtime_api::Change::Whole => None,
+                runtime_api::Change::Edit => Some(OnUnknownValue::Error),
             };
-            replace_locked(state, name, content, source, unknown)
+            apply(
+                state,
+                name,
+                MapEdit::Replace { content, unknown },
+                source,
+                None,
+            )
         }
         Err(e) => {
-            count(state, name, &source, "error");
+            Writer::count_map(&state.metrics, name, &source, "error");
             Err(format!("refused: {e}"))
         }
     }
-}
-
-/// The running `on_unknown_value` of a map (strict for a map the config lacks).
-fn unknown_policy(state: &AppState, name: &str) -> OnUnknownValue {
-    state
-        .snapshot()
-        .config
-        .maps
-        .get(name)
-        .map_or(OnUnknownValue::Error, |m| m.policy.on_unknown_value)
 }
 
 /// Validates a whole new `content` against the running config (each distinct value once,
@@ -86,9 +80,11 @@ pub fn replace_content(
     content: MapContent,
     source: MapSource,
 ) -> Result<u64, String> {
-    let _w = state.writer.lock();
-    let unknown = unknown_policy(state, name);
-    replace_locked(state, name, content, source, unknown)
+    let edit = MapEdit::Replace {
+        content,
+        unknown: None,
+    };
+    apply(state, name, edit, source, None)
 }
 
 /// Sets `set` and removes `delete` in the live map, as one new version (the current content
@@ -100,118 +96,11 @@ pub fn edit_entries(
     delete: &[&str],
     source: MapSource,
 ) -> Result<u64, String> {
-    let _w = state.writer.lock();
-    let snap = state.snapshot();
-    let Some(cur) = snap.maps.get(name) else {
-        return Err(format!("no map named {name:?}"));
+    let edit = MapEdit::Entries {
+        set: set.clone(),
+        delete: delete.iter().map(|d| d.to_string()).collect(),
     };
-    let content = cur.content().edited(set, delete).map_err(|e| {
-        count(state, name, &source, "error");
-        format!("refused: {e}")
-    })?;
-    replace_locked(state, name, content, source, OnUnknownValue::Error)
-}
-
-/// [`replace_content`] with the writer lock held by the caller. With `unknown: Skip` entries
-/// whose value names no server are left out (logged); with `Error` the content is refused.
-fn replace_locked(
-    state: &AppState,
-    name: &str,
-    mut content: MapContent,
-    source: MapSource,
-    unknown: OnUnknownValue,
-) -> Result<u64, String> {
-    let snap = state.snapshot();
-    let Some(mc) = snap.config.maps.get(name) else {
-        return Err(format!("no map named {name:?}"));
-    };
-    let allowed = |v: &str| Snapshot::map_value_allowed(&snap.config, &snap.upstreams, name, v);
-    if unknown == OnUnknownValue::Skip && content.distinct_values().any(|v| !allowed(v)) {
-        // Rare path: copy the valid entries; name the skipped ones (sorted, a few).
-        let mut skipped: Vec<String> = Vec::new();
-        let kept: HashMap<String, String> = content
-            .iter()
-            .filter(|(k, v)| {
-                let ok = allowed(v);
-                if !ok {
-                    skipped.push(format!("{k:?} -> {v:?}"));
-                }
-                ok
-            })
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        skipped.sort();
-        log::warn!(
-            "map {name}: {} entr(ies) from {} name no server and are skipped (on_unknown_value: skip): {}",
-            skipped.len(),
-            source.as_str(),
-            skipped.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
-        );
-        content = MapContent::from_entries(kept).map_err(|e| format!("refused: {e}"))?;
-    }
-    if content.distinct_values().any(|v| !allowed(v)) {
-        // Rare path: name the entries (a few, sorted) so the caller can fix them.
-        let mut bad: Vec<String> = content
-            .iter()
-            .filter(|(_, v)| !allowed(v))
-            .map(|(k, v)| format!("{k:?} -> {v:?}"))
-            .collect();
-        bad.sort();
-        bad.truncate(5);
-        count(state, name, &source, "error");
-        return Err(format!(
-            "refused: these values name no server of the routed upstream: {}",
-            bad.join(", ")
-        ));
-    }
-    if let Some(cur) = snap.maps.get(name) {
-        if cur.content().same_as(&content) {
-            return Ok(cur.version);
-        }
-    }
-    let version = state.next_version();
-    let persist_api = mc.persist && !matches!(source, MapSource::File(_) | MapSource::Poller(_));
-    let table = Arc::new(MapTable::from_content(content, version, source.clone()));
-    if persist_api {
-        if let Some(f) = &mc.file {
-            // Rewrite only the lines this change touched: the file's comments and layout stay.
-            let text = match std::fs::read_to_string(f) {
-                Ok(old) => rewrite_map_file(
-                    &old,
-                    snap.maps.get(name).map(|t| t.content()),
-                    table.content(),
-                    mc.policy.on_duplicate,
-                ),
-                Err(_) => table.to_map_text(),
-            };
-            if let Err(e) = write_atomic(f, &text) {
-                count(state, name, &source, "error");
-                return Err(format!(
-                    "could not persist to {}: {e}; the map was not changed",
-                    f.display()
-                ));
-            }
-        }
-    }
-    let next = snap.with_map(name, table.clone(), state.next_version());
-    state.publish(next);
-    count(state, name, &source, "ok");
-    let m = &state.metrics;
-    m.map_entries
-        .with_label_values(&[name])
-        .set(table.len() as i64);
-    let ts = table
-        .updated_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    m.map_last_update.with_label_values(&[name]).set(ts);
-    log::info!(
-        "map {name}: version {version} from {} ({} entries)",
-        source.as_str(),
-        table.len()
-    );
-    Ok(version)
+    apply(state, name, edit, source, None)
 }
 
 /// Parses map text and applies it, with line-numbered errors.
@@ -227,7 +116,7 @@ pub fn replace_map_text(
         name,
         text.len(),
         source,
-        &|| true,
+        None,
         |allowed, previous, policy| load_map_text(text, origin, allowed, previous, policy),
     )
 }
@@ -249,7 +138,7 @@ pub fn replace_map_text_from_file(
         name,
         text.len(),
         source,
-        still_current,
+        Some(still_current),
         |allowed, previous, policy| load_map_text(text, origin, allowed, previous, policy),
     )
 }
@@ -268,7 +157,7 @@ pub fn replace_map_chunks(
         name,
         len,
         source,
-        &|| true,
+        None,
         |allowed, previous, policy| {
             crate::maps::load_map_chunks(chunks, origin, allowed, previous, policy)
         },
@@ -282,7 +171,7 @@ fn replace_parsed(
     name: &str,
     len: usize,
     source: MapSource,
-    still_current: &dyn Fn() -> bool,
+    still_current: Option<&dyn Fn() -> bool>,
     parse: impl FnOnce(
         &dyn Fn(&str) -> bool,
         Option<&MapContent>,
@@ -302,15 +191,12 @@ fn replace_parsed(
         Ok(Loaded { content, warnings }) => {
             log_warnings(name, &warnings);
             let parsed = started.elapsed();
-            let _w = state.writer.lock();
-            if !still_current() {
-                log::debug!(
-                    "map {name}: the file changed while it was read; the next poll reads it"
-                );
-                return Ok(state.snapshot().maps.get(name).map_or(0, |t| t.version));
-            }
             // The parse already applied the policy; what is left would be a race with a reload.
-            let r = replace_locked(state, name, content, source, OnUnknownValue::Error);
+            let edit = MapEdit::Replace {
+                content,
+                unknown: Some(OnUnknownValue::Error),
+            };
+            let r = apply(state, name, edit, source, still_current);
             log::debug!(
                 "map {name}: {len} bytes parsed in {parsed:?}, applied in {:?}",
                 started.elapsed()
@@ -318,7 +204,7 @@ fn replace_parsed(
             r
         }
         Err(errs) => {
-            count(state, name, &source, "error");
+            Writer::count_map(&state.metrics, name, &source, "error");
             Err(errs
                 .iter()
                 .map(|e| e.to_string())
@@ -372,7 +258,7 @@ impl MapStore for LiveMaps {
         map: &str,
         entries: HashMap<String, String>,
         source: MapSource,
-        change: Change,
+        change: runtime_api::Change,
     ) -> Result<u64, String> {
         replace_map(&self.0, map, entries, source, change)
     }

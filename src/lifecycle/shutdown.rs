@@ -17,7 +17,8 @@
 //! whatever is still running. Pingora's own grace period (an unconditional 300 s sleep by
 //! default) is set to zero: the sequence has drained before it hands control back.
 
-use crate::handoff::Intake;
+use super::handoff::Intake;
+use super::phase::Phase;
 use crate::state::AppState;
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
@@ -35,53 +36,6 @@ const QUIET: Duration = Duration::from_millis(50);
 
 /// Left for Pingora to stop its runtimes after the drain (`graceful_shutdown_timeout_seconds`).
 pub const RUNTIME_EXIT: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Config loaded, first health round not finished: not ready.
-    Starting,
-    Running,
-    /// The sockets were handed to a new process; both serve until the overlap ends.
-    Upgrading,
-    /// Readiness answers 503; requests are still served and the listeners still accept.
-    Draining,
-    /// The listeners stopped accepting; in-flight requests finish and their connections close.
-    Closing,
-    /// The process is about to exit.
-    Stopping,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 6] = [
-        Phase::Starting,
-        Phase::Running,
-        Phase::Upgrading,
-        Phase::Draining,
-        Phase::Closing,
-        Phase::Stopping,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Running => "running",
-            Phase::Upgrading => "upgrading",
-            Phase::Draining => "draining",
-            Phase::Closing => "closing",
-            Phase::Stopping => "stopping",
-        }
-    }
-
-    /// `/readyz` answers 200: running, or serving beside the new process during an upgrade.
-    pub fn is_ready(self) -> bool {
-        matches!(self, Phase::Running | Phase::Upgrading)
-    }
-
-    /// Responses ask the client to close the connection (the listeners no longer accept).
-    pub fn closes_connections(self) -> bool {
-        matches!(self, Phase::Closing | Phase::Stopping)
-    }
-}
 
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,26 +290,5 @@ impl ShutdownSignalWatch for PhasedShutdown {
             // the sockets a second time
             return ShutdownSignal::GracefulTerminate;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn readiness_and_connection_closing_follow_the_phase() {
-        let ready: Vec<&str> = Phase::ALL
-            .iter()
-            .filter(|p| p.is_ready())
-            .map(|p| p.as_str())
-            .collect();
-        assert_eq!(ready, ["running", "upgrading"]);
-        let closing: Vec<&str> = Phase::ALL
-            .iter()
-            .filter(|p| p.closes_connections())
-            .map(|p| p.as_str())
-            .collect();
-        assert_eq!(closing, ["closing", "stopping"]);
     }
 }
