@@ -222,7 +222,7 @@ async fn serve_runtime_socket(
     stop: ShutdownWatch,
     upgrade: bool,
 ) {
-    use crate::maps::runtime_api::{bind_unix, serve, MapStore, RuntimeApi};
+    use crate::runtime_api::{bind_unix, serve, RuntimeApi, Stores};
     let patience = if upgrade {
         crate::shutdown::UPGRADE_OVERLAP + st.snapshot().config.shutdown.drain
     } else {
@@ -242,8 +242,11 @@ async fn serve_runtime_socket(
         }
     };
     let api = Arc::new(RuntimeApi::new());
-    let store: Arc<dyn MapStore> = Arc::new(crate::mapsync::LiveMaps(st));
-    serve(sock, api, store, stop).await;
+    let stores = Stores {
+        maps: Arc::new(crate::mapsync::LiveMaps(st.clone())),
+        upstreams: st,
+    };
+    serve(sock, api, stores, stop).await;
 }
 
 fn tls_settings(

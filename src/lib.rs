@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod rules;
+pub mod runtime_api;
 pub mod sdnotify;
 pub mod shutdown;
 pub mod state;

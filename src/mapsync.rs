@@ -7,11 +7,11 @@
 //! `persist: true`, which writes it to the file); a poller applies only when its answer
 //! changes. A config reload keeps the live content of maps whose config did not change.
 
-use crate::maps::runtime_api::{Change, MapInfo, MapStore};
 use crate::maps::{
     load_map_text, rewrite_map_file, write_atomic, FileWatch, Loaded, MapContent, MapError,
     MapSource, MapTable, OnUnknownValue,
 };
+use crate::runtime_api::{Change, MapInfo, MapStore};
 use crate::state::{AppState, Snapshot};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -67,6 +67,11 @@ pub fn reload_blocking(state: &Arc<AppState>) -> Result<ReloadReport, ConfigErro
             let version = snap.version;
             let policy_changed =
                 prev.config.policy != snap.config.policy || snap.config.policy.is_some();
+            // why: as HAProxy without a server-state-file, a reload forgets runtime changes
+            // (disable server, set weight): the file says what the servers are
+            for up in snap.upstreams.values() {
+                up.reset_runtime();
+            }
             state.publish(snap);
             // A broken script keeps the running policy; the config itself is still applied.
             let policy_errors = match policy_changed.then(|| crate::policysync::reload(state)) {

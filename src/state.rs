@@ -38,6 +38,15 @@ impl Snapshot {
         self.upstreams.get(name)
     }
 
+    /// Upstreams in the config's order (by name): position + 1 is the Runtime API's `iid`.
+    pub fn upstreams_in_order(&self) -> Vec<Arc<Upstream>> {
+        self.config
+            .upstreams
+            .keys()
+            .filter_map(|n| self.upstreams.get(n).cloned())
+            .collect()
+    }
+
     /// The values a map may hold: names (or addresses) of servers of every upstream that a
     /// route picks servers from through this map.
     pub fn map_value_allowed(
@@ -271,5 +280,11 @@ impl AppState {
                 .with_label_values(&[ph.as_str()])
                 .set(i64::from(ph == p));
         }
+    }
+}
+
+impl crate::runtime_api::UpstreamStore for AppState {
+    fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.snapshot().upstreams_in_order()
     }
 }

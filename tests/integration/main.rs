@@ -17,6 +17,7 @@ mod health;
 mod lifecycle;
 mod maps;
 mod policy;
+mod runtime_servers;
 mod slow_clients;
 mod startup;
 mod tls;
