@@ -87,6 +87,7 @@ pub fn reload(state: &AppState) -> Result<u64, ConfigErrors> {
                 .metrics
                 .policy_version
                 .set(i64::try_from(*g).unwrap_or(i64::MAX));
+            state.preset_metrics();
             log::info!("policy: generation {g} is live");
         }
         Err(e) => {

@@ -78,6 +78,7 @@ pub fn reload_blocking(state: &Arc<AppState>) -> Result<ReloadReport, ConfigErro
                 Some(Err(e)) => e.0.iter().map(|x| x.to_string()).collect(),
                 _ => Vec::new(),
             };
+            state.preset_metrics();
             state
                 .metrics
                 .reloads

@@ -235,7 +235,7 @@ impl AppState {
             .filter(|t| !t.is_empty());
         let (phase, _) = tokio::sync::watch::channel(Phase::Starting);
         let v = snapshot.version;
-        Arc::new(AppState {
+        let state = Arc::new(AppState {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics: Metrics::new(),
             config_path,
@@ -250,7 +250,9 @@ impl AppState {
             cache_secret: std::env::var("FLOODGATE_CACHE_SECRET")
                 .unwrap_or_else(|_| "floodgate-default-cache-key".into())
                 .into_bytes(),
-        })
+        });
+        state.preset_metrics();
+        state
     }
 
     /// The current snapshot (one atomic load).
@@ -266,6 +268,14 @@ impl AppState {
     /// Swaps in a new snapshot. Callers hold [`AppState::writer`].
     pub fn publish(&self, s: Snapshot) {
         self.snapshot.store(Arc::new(s));
+    }
+
+    /// Creates the counter series the current config and policy imply, at 0
+    /// ([`Metrics::preset`]).
+    pub fn preset_metrics(&self) {
+        let policy = &self.policy;
+        self.metrics
+            .preset(&self.snapshot(), &|h| policy.has_hook(h));
     }
 
     pub fn current_phase(&self) -> Phase {
