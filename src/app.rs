@@ -29,6 +29,7 @@ const L4_READ_BUFFER: usize = 16 * 1024;
 /// Loads the config and everything it references into a first snapshot.
 pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
     let cfg = load_config(path)?;
+    crate::logging::set_format(cfg.server.log_format);
     environment_errors(&cfg)?;
     let file = path.display().to_string();
     let policy = crate::policysync::load(cfg.policy.as_ref(), &file)?;

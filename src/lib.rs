@@ -15,6 +15,7 @@ pub mod convert;
 pub mod error;
 pub mod frontdoor;
 pub mod handoff;
+pub mod logging;
 pub mod maps;
 pub mod mapsync;
 pub mod metrics;

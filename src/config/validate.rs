@@ -77,6 +77,16 @@ pub struct ServerSettings {
     pub pid_file: Option<String>,
     pub upgrade_sock: String,
     pub client_body: crate::config::BodyTimeout,
+    /// How process logs are written (`server.log_format`).
+    pub log_format: ProcessLogFormat,
+}
+
+/// `server.log_format`: process log lines as text (default) or JSON objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessLogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -648,6 +658,17 @@ impl Validator {
                     .server
                     .client_body_min_rate
                     .unwrap_or(DEFAULT_CLIENT_BODY_MIN_RATE),
+            },
+            log_format: match s.server.log_format.as_deref() {
+                None | Some("text") => ProcessLogFormat::Text,
+                Some("json") => ProcessLogFormat::Json,
+                Some(o) => {
+                    self.err(
+                        "server.log_format",
+                        format!("{o:?} is not a log format; use text (the default) or json"),
+                    );
+                    ProcessLogFormat::Text
+                }
             },
         };
         if server.client_body.base.is_zero() {

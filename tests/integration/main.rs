@@ -15,6 +15,7 @@ mod frontdoor;
 mod header_rules;
 mod health;
 mod lifecycle;
+mod logging;
 mod maps;
 mod policy;
 mod runtime_servers;
