@@ -259,6 +259,30 @@ impl AdminApp {
                 }
                 done(i)
             }
+            ("PUT", Some(i), Some("state"), 4) => {
+                let body = match read_body(s).await {
+                    Ok(b) => b,
+                    Err(e) => return body_refused(e),
+                };
+                let text = String::from_utf8_lossy(&body).trim().to_string();
+                match crate::upstream::runtime::AdminState::parse(&text) {
+                    Some(st) => {
+                        if up.set_admin_state(i, st) {
+                            log::info!(
+                                "admin: upstream {} server {} is now {}",
+                                up.name(),
+                                up.servers[i].cfg.name,
+                                up.status(i).as_str()
+                            );
+                        }
+                        done(i)
+                    }
+                    None => json(
+                        400,
+                        serde_json::json!({ "error": format!("state {text:?}: send ready, drain or maint") }),
+                    ),
+                }
+            }
             ("PUT", Some(i), Some("weight"), 4) => {
                 let body = match read_body(s).await {
                     Ok(b) => b,
@@ -285,7 +309,7 @@ impl AdminApp {
             }
             _ => json(
                 405,
-                serde_json::json!({ "error": "use GET /upstreams[/NAME[/servers/SERVER]], POST /upstreams/NAME/servers/SERVER/disable|enable, PUT /upstreams/NAME/servers/SERVER/weight" }),
+                serde_json::json!({ "error": "use GET /upstreams[/NAME[/servers/SERVER]], POST /upstreams/NAME/servers/SERVER/disable|enable, PUT /upstreams/NAME/servers/SERVER/weight|state" }),
             ),
         }
     }
@@ -463,6 +487,7 @@ fn server_json(up: &Upstream, i: usize) -> serde_json::Value {
         "upstream": up.name(), "name": s.cfg.name, "addr": s.cfg.addr.to_string(), "backup": s.cfg.backup,
         "status": up.status(i).as_str(), "disabled": s.state.is_drained(), "healthy": s.state.is_healthy(),
         "weight": up.weight(i), "configured_weight": s.cfg.weight,
+        "draining": up.is_draining(i), "effective_weight": up.effective_weight(i),
         "inflight": up.admission.inflight(i), "max_inflight_seen": n(&c.max_inflight), "max_inflight": s.cfg.max_inflight,
         "queued": n(&c.queued), "max_queued": n(&c.max_queued),
         "requests": c.total.load(Ordering::Relaxed), "connect_errors": c.connect_errors.load(Ordering::Relaxed),
@@ -636,7 +661,7 @@ impl ServeHttp for AdminApp {
             }
             _ => json(
                 404,
-                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["GET /healthz", "GET /readyz", "GET /metrics", "GET /status", "POST /reload", "POST /policy/reload", "GET /upstreams[/NAME[/servers/SERVER]]", "POST /upstreams/NAME/servers/SERVER/disable|enable", "PUT /upstreams/NAME/servers/SERVER/weight", "GET|PUT /maps/NAME", "POST /maps/NAME/entries", "DELETE /maps/NAME/entries/KEY", "DELETE /maps/NAME/entries", "DELETE /cache[?prefix=]", "GET|PUT|DELETE /policy/shared/KEY"] }),
+                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["GET /healthz", "GET /readyz", "GET /metrics", "GET /status", "POST /reload", "POST /policy/reload", "GET /upstreams[/NAME[/servers/SERVER]]", "POST /upstreams/NAME/servers/SERVER/disable|enable", "PUT /upstreams/NAME/servers/SERVER/weight|state", "GET|PUT /maps/NAME", "POST /maps/NAME/entries", "DELETE /maps/NAME/entries/KEY", "DELETE /maps/NAME/entries", "DELETE /cache[?prefix=]", "GET|PUT|DELETE /policy/shared/KEY"] }),
             ),
         }
     }

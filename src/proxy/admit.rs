@@ -276,10 +276,10 @@ pub async fn admit_server(session: &mut Session, ctx: &mut Ctx, up: &Arc<Upstrea
 }
 
 /// Whether server `i` stopped taking this kind of request because of an operator (disabled,
-/// or weight 0 for a balanced request). A server that went down by health keeps the request,
+/// or weight 0 / drain mode for a balanced request). A server that went down by health keeps the request,
 /// as before (its connect failure is retried elsewhere).
 fn changed_by_operator(up: &Upstream, i: usize, pinned: bool) -> bool {
-    up.servers[i].state.is_drained() || (!pinned && up.weight(i) == 0)
+    up.servers[i].state.is_drained() || (!pinned && up.effective_weight(i) == 0)
 }
 
 /// Awaits `fut`, counting it in `counters.queued` while it waits (not when it completes on

@@ -8,6 +8,7 @@
 //!
 //! Server commands: `show stat [<upstream>|-1 <type> <sid>]`, `show servers state
 //! [<upstream>]`, `disable server <upstream>/<server>`, `enable server <upstream>/<server>`,
+//! `set server <upstream>/<server> state ready|drain|maint`,
 //! `set server <upstream>/<server> weight <n>[%]`, `set weight <upstream>/<server> <n>[%]`,
 //! `get weight <upstream>/<server>`.
 //!

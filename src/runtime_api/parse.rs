@@ -52,6 +52,11 @@ pub enum Command {
     SetWeight { target: ServerRef, weight: String },
     /// `get weight <upstream>/<server>`.
     GetWeight { target: ServerRef },
+    /// `set server <upstream>/<server> state ready|drain|maint`.
+    SetState {
+        target: ServerRef,
+        state: crate::upstream::runtime::AdminState,
+    },
 }
 
 impl Command {
@@ -65,6 +70,7 @@ impl Command {
                 | Command::EnableServer { .. }
                 | Command::SetWeight { .. }
                 | Command::GetWeight { .. }
+                | Command::SetState { .. }
         )
     }
 }

@@ -1,7 +1,7 @@
 //! Server commands of the Runtime API, as HAProxy admins type them: `show stat` (CSV with
 //! HAProxy's first 33 columns in HAProxy's order, so `cut -d, -f...` scripts keep working),
-//! `show servers state`, `disable server`, `enable server`, `set server ... weight`,
-//! `set weight`, `get weight`.
+//! `show servers state`, `disable server`, `enable server`, `set server ... state
+//! ready|drain|maint`, `set server ... weight`, `set weight`, `get weight`.
 //!
 //! The changes act on the live [`Upstream`] (see `upstream::runtime`): the next balancing
 //! decision sees them, no request waits for them, and a config reload forgets them (HAProxy
@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::parse::{help_list, Command};
-use crate::upstream::runtime::parse_weight;
+use crate::upstream::runtime::{parse_weight, AdminState};
 use crate::upstream::Upstream;
 
 /// The live upstreams, implemented by the caller over its snapshot.
@@ -70,6 +70,10 @@ pub(super) const HELP_SERVERS: &[(&str, &str)] = &[
     (
         "set server <upstream>/<server> weight <w>[%]",
         "change a server's weight (0-256)",
+    ),
+    (
+        "set server <upstream>/<server> state <s>",
+        "ready, drain (no balanced request) or maint (none)",
     ),
     (
         "set weight <upstream>/<server> <w>[%]",
@@ -138,8 +142,14 @@ pub(super) fn parse_server_words(w: &[String]) -> Option<Result<Command, String>
                 weight: w.to_string(),
             }),
             (Ok(_), "weight", _) => Err("Require <weight> or <weight%>.".to_string()),
+            (Ok(target), "state", s) => match AdminState::parse(s) {
+                Some(state) => Ok(Command::SetState { target, state }),
+                None => Err(
+                    "'set server <srv> state' expects 'ready', 'drain' and 'maint'.".to_string(),
+                ),
+            },
             (Ok(_), other, _) => Err(format!(
-                "'set server <upstream>/<server>' supports 'weight' only here, not '{other}'; to drain use 'disable server'."
+                "'set server <upstream>/<server>' supports 'weight' and 'state' here, not '{other}'."
             )),
         },
         ("set", "weight") => match (server_ref(arg(2)), arg(3)) {
@@ -182,6 +192,17 @@ pub(super) fn execute(cmd: Command, store: &dyn UpstreamStore) -> String {
                     "runtime API: upstream {} server {} enabled",
                     up.name(),
                     up.servers[i].cfg.name
+                );
+            }
+            String::new()
+        }),
+        Command::SetState { target, state } => with_server(&ups, &target, |up, i| {
+            if up.set_admin_state(i, state) {
+                log::info!(
+                    "runtime API: upstream {} server {} is now {}",
+                    up.name(),
+                    up.servers[i].cfg.name,
+                    up.status(i).as_str()
                 );
             }
             String::new()
@@ -242,7 +263,7 @@ fn show_stat(ups: &[Arc<Upstream>], filter: &StatFilter) -> String {
             stot += total;
             econ += errors;
             if up.balanceable(i) {
-                weight += up.weight(i);
+                weight += up.effective_weight(i);
                 if s.cfg.backup {
                     bck += 1;
                 } else {
@@ -264,7 +285,7 @@ fn show_stat(ups: &[Arc<Upstream>], filter: &StatFilter) -> String {
                 c.max_inflight.load(Ordering::Relaxed),
                 s.cfg.max_inflight.map(|m| m.to_string()).unwrap_or_default(),
                 up.status(i).as_str(),
-                up.weight(i),
+                up.effective_weight(i),
                 u8::from(!s.cfg.backup),
                 u8::from(s.cfg.backup),
                 c.seconds_since_change(),
@@ -293,10 +314,10 @@ fn show_servers_state(ups: &[Arc<Upstream>], only: Option<&str>) -> String {
         }
         for (i, s) in up.servers.iter().enumerate() {
             let st = &s.state;
-            // HAProxy: op_state 0 stopped, 2 running; admin_state bit 0x01 forced maintenance;
-            // check_result 0 unknown, 2 failed, 3 passed.
+            // HAProxy: op_state 0 stopped, 2 running; admin_state bits 0x01 forced
+            // maintenance, 0x08 forced drain; check_result 0 unknown, 2 failed, 3 passed.
             let op = if st.is_healthy() { 2 } else { 0 };
-            let admin = u8::from(st.is_drained());
+            let admin = u8::from(st.is_drained()) | (u8::from(up.is_draining(i)) << 3);
             let check = match (up.cfg.health.is_some() && st.was_checked(), st.is_healthy()) {
                 (false, _) => 0,
                 (true, true) => 3,

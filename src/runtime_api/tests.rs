@@ -557,3 +557,24 @@ fn show_servers_state_reports_weights_and_maintenance() {
         "Can't find backend.\n\n"
     );
 }
+
+#[test]
+fn set_server_state_ready_drain_maint_as_haproxy() {
+    let (api, maps) = (RuntimeApi::new(), MemStore::new());
+    let st = stores(&maps);
+    let u = upstream_of(&st, "u");
+    let run = |line: &str| api.handle_line(line, None, &st).output;
+    assert_eq!(run("set server u/b state drain"), "\n");
+    assert_eq!((u.weight(1), u.effective_weight(1)), (2, 0));
+    let state = run("show servers state u");
+    let b: Vec<&str> = state.lines().nth(3).unwrap().split(' ').collect();
+    assert_eq!(b[6], "8", "admin state: forced drain bit");
+    assert_eq!(run("set server u/b state maint"), "\n");
+    assert!(!u.is_usable(1));
+    assert_eq!(run("set server u/b state ready"), "\n");
+    assert!(u.balanceable(1), "ready clears maintenance and drain");
+    assert_eq!(
+        run("set server u/b state sleepy"),
+        "'set server <srv> state' expects 'ready', 'drain' and 'maint'.\n\n"
+    );
+}

@@ -200,7 +200,7 @@ impl Upstream {
             queue_settings(&cfg.queue),
         );
         let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
-        let balancer = Balancer::build(cfg, weights);
+        let balancer = Balancer::build(cfg, weights, vec![false; cfg.servers.len()]);
         let by_name = servers
             .iter()
             .enumerate()
@@ -242,7 +242,7 @@ impl Upstream {
                 .filter(|&i| {
                     self.servers[i].cfg.backup == backup
                         && !exclude.contains(&i)
-                        && bal.weights[i] > 0
+                        && bal.effective[i] > 0
                         && self.usable(i)
                 })
                 .collect()
@@ -283,7 +283,7 @@ impl Upstream {
                 let mut best_load = f64::MAX;
                 for k in 0..n {
                     let i = free[(start + k) % n];
-                    let load = self.admission.inflight(i) as f64 / bal.weights[i].max(1) as f64;
+                    let load = self.admission.inflight(i) as f64 / bal.effective[i].max(1) as f64;
                     if load < best_load {
                         best_load = load;
                         best = i;

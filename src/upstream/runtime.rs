@@ -92,8 +92,13 @@ type Ring = (
 
 /// The current weights of an upstream's servers and what the balancer derives from them.
 pub struct Balancer {
-    /// Current weight per server (index as in `Upstream::servers`).
+    /// Weight per server as set (config or `set weight`; index as in `Upstream::servers`).
     pub weights: Vec<u32>,
+    /// Servers in drain mode (`set server ... state drain`): weight 0 for balancing while
+    /// keeping the weight set, which `state ready` gives back.
+    pub draining: Vec<bool>,
+    /// What balancing uses: `weights`, 0 for a draining server.
+    pub effective: Vec<u32>,
     /// Weighted round robin: each server appears `weight` times, interleaved so that
     /// consecutive picks spread out (1,2,1,2,1 rather than 1,1,1,2,2).
     pub rr_seq: Vec<usize>,
@@ -105,17 +110,23 @@ impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balancer")
             .field("weights", &self.weights)
+            .field("draining", &self.draining)
             .field("ring", &self.ketama.is_some())
             .finish()
     }
 }
 
 impl Balancer {
-    pub fn build(cfg: &UpstreamConfig, weights: Vec<u32>) -> Balancer {
-        let max_w = weights.iter().copied().max().unwrap_or(0);
+    pub fn build(cfg: &UpstreamConfig, weights: Vec<u32>, draining: Vec<bool>) -> Balancer {
+        let effective: Vec<u32> = weights
+            .iter()
+            .zip(&draining)
+            .map(|(w, d)| if *d { 0 } else { *w })
+            .collect();
+        let max_w = effective.iter().copied().max().unwrap_or(0);
         let mut rr_seq = Vec::new();
         for round in 0..max_w {
-            for (i, w) in weights.iter().enumerate() {
+            for (i, w) in effective.iter().enumerate() {
                 if *w > round {
                     rr_seq.push(i);
                 }
@@ -126,11 +137,11 @@ impl Balancer {
                 let mut set = BTreeSet::new();
                 let mut idx = HashMap::new();
                 for (i, s) in cfg.servers.iter().enumerate() {
-                    if weights[i] == 0 {
+                    if effective[i] == 0 {
                         continue;
                     }
                     if let Ok(b) =
-                        Backend::new_with_weight(&s.addr.to_string(), weights[i] as usize)
+                        Backend::new_with_weight(&s.addr.to_string(), effective[i] as usize)
                     {
                         idx.insert(b.addr.clone(), i);
                         set.insert(b);
@@ -142,6 +153,8 @@ impl Balancer {
         };
         Balancer {
             weights,
+            draining,
+            effective,
             rr_seq,
             ketama,
         }
@@ -159,7 +172,7 @@ pub enum ServerStatus {
     Down,
     /// Disabled by an operator (`disable server`).
     Maint,
-    /// Up with weight 0: takes only requests pinned to it.
+    /// Up in drain mode or with weight 0: takes only requests pinned to it.
     Drain,
 }
 
@@ -172,6 +185,29 @@ impl ServerStatus {
             ServerStatus::Down => "DOWN",
             ServerStatus::Maint => "MAINT",
             ServerStatus::Drain => "DRAIN",
+        }
+    }
+}
+
+/// `set server ... state`: HAProxy's administrative states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// Neither in maintenance nor draining.
+    Ready,
+    /// Drain mode: no balanced request (pinned ones still); leaves maintenance.
+    Drain,
+    /// Maintenance (`disable server`): no new request at all; drain mode is kept.
+    Maint,
+}
+
+impl AdminState {
+    /// `ready`, `drain` or `maint`.
+    pub fn parse(s: &str) -> Option<AdminState> {
+        match s {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
         }
     }
 }
@@ -206,27 +242,73 @@ pub fn parse_weight(arg: &str, initial: u32) -> Result<u32, WeightError> {
 }
 
 impl Upstream {
-    /// Current weight of server `i`.
+    /// Weight of server `i` as set (config or `set weight`), drain mode aside.
     pub fn weight(&self, i: usize) -> u32 {
         self.balancer.load().weights.get(i).copied().unwrap_or(0)
+    }
+
+    /// Weight of server `i` as balancing uses it: 0 in drain mode.
+    pub fn effective_weight(&self, i: usize) -> u32 {
+        self.balancer.load().effective.get(i).copied().unwrap_or(0)
+    }
+
+    /// Whether server `i` is in drain mode (`set server ... state drain`).
+    pub fn is_draining(&self, i: usize) -> bool {
+        self.balancer
+            .load()
+            .draining
+            .get(i)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Sets server `i`'s weight for the next balancing decisions; returns the old weight.
     pub fn set_weight(&self, i: usize, weight: u32) -> u32 {
         let _w = self.weight_writer.lock();
-        let mut weights = self.balancer.load().weights.clone();
+        let cur = self.balancer.load();
+        let mut weights = cur.weights.clone();
         let old = std::mem::replace(&mut weights[i], weight);
         if old != weight {
-            self.balancer
-                .store(Arc::new(Balancer::build(&self.cfg, weights)));
+            self.balancer.store(Arc::new(Balancer::build(
+                &self.cfg,
+                weights,
+                cur.draining.clone(),
+            )));
             self.servers[i].state.counters.touch();
         }
         old
     }
 
-    /// Disables (`true`) or enables server `i`; returns true when that changed something.
+    /// Puts server `i` in drain mode (no balanced request, pinned ones still) or out of it;
+    /// returns true when that changed something.
+    pub fn set_draining(&self, i: usize, draining: bool) -> bool {
+        let _w = self.weight_writer.lock();
+        let cur = self.balancer.load();
+        if cur.draining[i] == draining {
+            return false;
+        }
+        let mut d = cur.draining.clone();
+        d[i] = draining;
+        self.balancer
+            .store(Arc::new(Balancer::build(&self.cfg, cur.weights.clone(), d)));
+        self.servers[i].state.counters.touch();
+        true
+    }
+
+    /// Disables (`true`, maintenance) or enables server `i`; returns true when that changed
+    /// something.
     pub fn set_disabled(&self, i: usize, disabled: bool) -> bool {
         self.servers[i].state.set_drained(disabled)
+    }
+
+    /// Sets server `i`'s administrative state as HAProxy's `set server ... state` does;
+    /// returns true when that changed something.
+    pub fn set_admin_state(&self, i: usize, state: AdminState) -> bool {
+        match state {
+            AdminState::Ready => self.set_disabled(i, false) | self.set_draining(i, false),
+            AdminState::Drain => self.set_disabled(i, false) | self.set_draining(i, true),
+            AdminState::Maint => self.set_disabled(i, true),
+        }
     }
 
     /// Back to the config: every server enabled at its configured weight. A config reload
@@ -234,9 +316,11 @@ impl Upstream {
     pub fn reset_runtime(&self) {
         let _w = self.weight_writer.lock();
         let weights: Vec<u32> = self.cfg.servers.iter().map(|s| s.weight).collect();
-        if self.balancer.load().weights != weights {
+        let draining = vec![false; weights.len()];
+        let cur = self.balancer.load();
+        if cur.weights != weights || cur.draining != draining {
             self.balancer
-                .store(Arc::new(Balancer::build(&self.cfg, weights)));
+                .store(Arc::new(Balancer::build(&self.cfg, weights, draining)));
         }
         for s in &self.servers {
             s.state.set_drained(false);
@@ -262,9 +346,10 @@ impl Upstream {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether server `i` may take a request the balancer picks (usable, weight above 0).
+    /// Whether server `i` may take a request the balancer picks (usable, effective weight
+    /// above 0).
     pub fn balanceable(&self, i: usize) -> bool {
-        self.is_usable(i) && self.weight(i) > 0
+        self.is_usable(i) && self.effective_weight(i) > 0
     }
 
     /// Server `i`'s state for `show stat`.
@@ -274,7 +359,7 @@ impl Upstream {
             ServerStatus::Maint
         } else if !st.is_healthy() {
             ServerStatus::Down
-        } else if self.weight(i) == 0 {
+        } else if self.effective_weight(i) == 0 {
             ServerStatus::Drain
         } else if self.cfg.health.is_some() {
             ServerStatus::Up
@@ -335,6 +420,21 @@ mod tests {
         assert_eq!(u.status(0), ServerStatus::Maint);
         u.reset_runtime();
         assert_eq!(u.status(0), ServerStatus::NoCheck);
+    }
+
+    #[test]
+    fn drain_mode_takes_the_server_out_of_balancing_and_ready_gives_its_weight_back() {
+        let u = upstream("round_robin");
+        u.set_weight(0, 4);
+        assert!(u.set_admin_state(0, AdminState::Drain));
+        assert_eq!((u.weight(0), u.effective_weight(0)), (4, 0));
+        assert_eq!(u.eligible(&[]), super::super::Eligible::Servers(vec![1]));
+        assert_eq!(u.status(0), ServerStatus::Drain);
+        assert!(u.set_admin_state(0, AdminState::Maint));
+        assert_eq!(u.status(0), ServerStatus::Maint);
+        assert!(u.set_admin_state(0, AdminState::Ready));
+        assert_eq!(u.effective_weight(0), 4, "the weight set before draining");
+        assert!(!u.set_admin_state(0, AdminState::Ready), "no change");
     }
 
     #[test]

@@ -361,3 +361,35 @@ async fn admin_api_disables_enables_and_weighs_servers_and_a_reload_forgets_it()
         "lists the servers"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_server_state_drain_keeps_balanced_requests_away_and_ready_restores_the_weight() {
+    let (a, b) = (origin("a").await, origin("b").await);
+    let (gw, sock) = start(&a, &b, "round_robin", 100).await;
+    assert_eq!(runtime(&sock, "set weight u/a 3\n").await, "\n");
+    assert_eq!(runtime(&sock, "set server u/a state drain\n").await, "\n");
+    assert_eq!(stat(&sock, "a", "status").await, "DRAIN");
+    send(&gw, 8).await;
+    assert_eq!(
+        (served(&a), served(&b)),
+        (0, 8),
+        "drain: no balanced request"
+    );
+    assert_eq!(runtime(&sock, "set server u/a state ready\n").await, "\n");
+    send(&gw, 8).await;
+    assert_eq!(
+        (served(&a), served(&b)),
+        (6, 10),
+        "ready: weight 3 again (3:1 over 8)"
+    );
+    let c = client();
+    let r = c
+        .put(gw.admin("/upstreams/u/servers/b/state"))
+        .body("maint")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "MAINT", "{v}");
+}
