@@ -393,3 +393,69 @@ async fn set_server_state_drain_keeps_balanced_requests_away_and_ready_restores_
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"], "MAINT", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_stat_qcur_counts_requests_waiting_for_the_server_a_map_pins_them_to() {
+    let (a, b) = (origin("a").await, origin("b").await);
+    let files = Scratch::new("rt-pinned");
+    let map = files.write("nodes.map", "node1 a\n");
+    let gw = TestGateway::start(
+        &r#"
+listeners: [{ bind: "127.0.0.1:{PORT}" }]
+admin: { bind: "127.0.0.1:{ADMIN}", runtime_socket: "{DIR}/rt.sock" }
+access_log: { enabled: false }
+upstreams:
+  u: { servers: [{ name: a, addr: "@A@", max_inflight: 1 }, { name: b, addr: "@B@" }] }
+maps:
+  nodes: { file: "@MAP@" }
+routes:
+  - { name: pinned, upstream: u, pick_server: { map: nodes, key: "header:X-Node-Name" } }
+"#
+        .replace("@A@", &a.addr().to_string())
+        .replace("@B@", &b.addr().to_string())
+        .replace("@MAP@", &map),
+    )
+    .await;
+    let sock = gw.dir.join("rt.sock");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            tokio::net::UnixStream::connect(&sock).await.is_ok()
+        })
+        .await
+    );
+    let c = client();
+    let pinned = |path: &str| {
+        let (c, url) = (c.clone(), gw.url(path));
+        tokio::spawn(async move {
+            c.get(url)
+                .header("X-Node-Name", "node1")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let first = pinned("/slow?ms=1000");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.stats().current_concurrent == 1
+        })
+        .await
+    );
+    let second = pinned("/echo");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            stat(&sock, "a", "qcur").await == "1"
+        })
+        .await,
+        "the second request waits for a, its pinned server"
+    );
+    assert_eq!(stat(&sock, "b", "qcur").await, "0");
+    assert_eq!(stat(&sock, "BACKEND", "qcur").await, "1");
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (200, 200));
+    assert_eq!(stat(&sock, "a", "qcur").await, "0", "served");
+    assert_eq!(stat(&sock, "a", "qmax").await, "1");
+    assert_eq!(stat(&sock, "a", "stot").await, "2");
+    assert_eq!(b.stats().requests, 0, "pinned requests never went to b");
+}
