@@ -225,8 +225,9 @@ fn finish(
     }
 }
 
-/// Most times a request handed a slot on a server disabled (or set to weight 0) while it
-/// waited goes back for another; past it the request is answered as if no server were up.
+/// Most times a request handed a slot on a server disabled (or drained, or set to weight 0)
+/// while it waited goes back for another; past it the request is answered as if no server
+/// were up.
 const MAX_REPICKS: usize = 8;
 
 /// Picks a server of `up` for this request and takes one of its slots, queueing when every
@@ -276,8 +277,8 @@ pub async fn admit_server(session: &mut Session, ctx: &mut Ctx, up: &Arc<Upstrea
 }
 
 /// Whether server `i` stopped taking this kind of request because of an operator (disabled,
-/// or weight 0 / drain mode for a balanced request). A server that went down by health keeps the request,
-/// as before (its connect failure is retried elsewhere).
+/// or weight 0 / drain mode for a balanced request). A server that went down by health keeps
+/// the request, as before (its connect failure is retried elsewhere).
 fn changed_by_operator(up: &Upstream, i: usize, pinned: bool) -> bool {
     up.servers[i].state.is_drained() || (!pinned && up.effective_weight(i) == 0)
 }
