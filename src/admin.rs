@@ -1,16 +1,18 @@
 //! The admin listener (loopback by default): metrics, liveness, readiness, status, reload,
-//! maps. Everything but `/healthz`, `/readyz` and `/metrics` needs the bearer token when one
+//! maps, upstream servers (drain, weight). Everything but `/healthz`, `/readyz` and `/metrics` needs the bearer token when one
 //! is configured.
 
 use crate::control::maps as mapsync;
-use crate::maps::runtime_api::Change;
 use crate::maps::MapSource;
+use crate::runtime_api::Change;
 use crate::state::AppState;
+use crate::upstream::Upstream;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub struct AdminApp {
@@ -129,6 +131,7 @@ impl AdminApp {
                         serde_json::json!({
                             "name": s.cfg.name, "addr": s.cfg.addr.to_string(), "backup": s.cfg.backup,
                             "healthy": s.state.is_healthy(), "drained": s.state.is_drained(),
+                            "status": u.status(i).as_str(), "weight": u.weight(i),
                             "inflight": u.admission.inflight(i), "max_inflight": s.cfg.max_inflight,
                         })
                     })
@@ -191,6 +194,124 @@ impl AdminApp {
         m.inflight_requests
             .set(st.inflight.load(std::sync::atomic::Ordering::Relaxed) as i64);
         mapsync::refresh_gauges(st);
+    }
+
+    /// `GET /upstreams[/NAME]`, `POST /upstreams/NAME/servers/SERVER/{disable,enable}`,
+    /// `PUT /upstreams/NAME/servers/SERVER/weight` (body `N` or `N%`): the Runtime API's
+    /// `show stat`, `disable|enable server` and `set weight`, in JSON.
+    async fn upstreams(
+        &self,
+        s: &mut ServerSession,
+        method: &str,
+        rest: &str,
+    ) -> Response<Vec<u8>> {
+        let ups = self.state.snapshot().upstreams_in_order();
+        let parts: Vec<String> = rest
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(percent_decode)
+            .collect();
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        if let (&"GET", []) = (&method, parts.as_slice()) {
+            let all: Vec<serde_json::Value> = ups.iter().map(|u| upstream_json(u)).collect();
+            return json(200, serde_json::json!({ "upstreams": all }));
+        }
+        let Some(up) = parts
+            .first()
+            .and_then(|n| ups.iter().find(|u| u.name() == *n))
+        else {
+            let known: Vec<&str> = ups.iter().map(|u| u.name()).collect();
+            return json(
+                404,
+                serde_json::json!({ "error": format!("no upstream named {:?}", parts.first().unwrap_or(&"")), "upstreams": known }),
+            );
+        };
+        let server = match parts.get(1..3) {
+            Some(["servers", name]) => match up.server_index(name) {
+                Some(i) => Some(i),
+                None => {
+                    let known: Vec<&str> = up.servers.iter().map(|s| s.cfg.name.as_str()).collect();
+                    return json(
+                        404,
+                        serde_json::json!({ "error": format!("upstream {} has no server {name:?}", up.name()), "servers": known }),
+                    );
+                }
+            },
+            _ => None,
+        };
+        let done = |i: usize| json(200, server_json(up, i));
+        match (method, server, parts.get(3).copied(), parts.len()) {
+            ("GET", None, None, 1) => json(200, upstream_json(up)),
+            ("GET", Some(i), None, 3) => done(i),
+            ("POST", Some(i), Some(op @ ("disable" | "enable")), 4) => {
+                let disable = op == "disable";
+                if up.set_disabled(i, disable) {
+                    log::info!(
+                        "admin: upstream {} server {} {op}d{}",
+                        up.name(),
+                        up.servers[i].cfg.name,
+                        if disable {
+                            " (MAINT): no new requests, those in flight finish"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                done(i)
+            }
+            ("PUT", Some(i), Some("state"), 4) => {
+                let body = match read_body(s).await {
+                    Ok(b) => b,
+                    Err(e) => return body_refused(e),
+                };
+                let text = String::from_utf8_lossy(&body).trim().to_string();
+                match crate::upstream::runtime::AdminState::parse(&text) {
+                    Some(st) => {
+                        if up.set_admin_state(i, st) {
+                            log::info!(
+                                "admin: upstream {} server {} is now {}",
+                                up.name(),
+                                up.servers[i].cfg.name,
+                                up.status(i).as_str()
+                            );
+                        }
+                        done(i)
+                    }
+                    None => json(
+                        400,
+                        serde_json::json!({ "error": format!("state {text:?}: send ready, drain or maint") }),
+                    ),
+                }
+            }
+            ("PUT", Some(i), Some("weight"), 4) => {
+                let body = match read_body(s).await {
+                    Ok(b) => b,
+                    Err(e) => return body_refused(e),
+                };
+                let text = String::from_utf8_lossy(&body).trim().to_string();
+                match crate::upstream::runtime::parse_weight(&text, up.servers[i].cfg.weight) {
+                    Ok(w) => {
+                        let old = up.set_weight(i, w);
+                        if old != w {
+                            log::info!(
+                                "admin: upstream {} server {} weight {old} -> {w}",
+                                up.name(),
+                                up.servers[i].cfg.name
+                            );
+                        }
+                        done(i)
+                    }
+                    Err(e) => json(
+                        400,
+                        serde_json::json!({ "error": format!("weight {text:?}: {e} Send N (0-256) or N% of the configured weight.") }),
+                    ),
+                }
+            }
+            _ => json(
+                405,
+                serde_json::json!({ "error": "use GET /upstreams[/NAME[/servers/SERVER]], POST /upstreams/NAME/servers/SERVER/disable|enable, PUT /upstreams/NAME/servers/SERVER/weight|state" }),
+            ),
+        }
     }
 
     async fn maps(&self, s: &mut ServerSession, method: &str, rest: &str) -> Response<Vec<u8>> {
@@ -357,6 +478,32 @@ async fn edit_map(
     .unwrap_or_else(Err)
 }
 
+/// One server as `GET /upstreams` shows it (the `show stat` counters, named).
+fn server_json(up: &Upstream, i: usize) -> serde_json::Value {
+    let s = &up.servers[i];
+    let c = &s.state.counters;
+    let n = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed);
+    serde_json::json!({
+        "upstream": up.name(), "name": s.cfg.name, "addr": s.cfg.addr.to_string(), "backup": s.cfg.backup,
+        "status": up.status(i).as_str(), "disabled": s.state.is_drained(), "healthy": s.state.is_healthy(),
+        "weight": up.weight(i), "configured_weight": s.cfg.weight,
+        "draining": up.is_draining(i), "effective_weight": up.effective_weight(i),
+        "inflight": up.admission.inflight(i), "max_inflight_seen": n(&c.max_inflight), "max_inflight": s.cfg.max_inflight,
+        "queued": n(&c.queued), "max_queued": n(&c.max_queued),
+        "requests": c.total.load(Ordering::Relaxed), "connect_errors": c.connect_errors.load(Ordering::Relaxed),
+        "seconds_since_change": c.seconds_since_change(),
+    })
+}
+
+fn upstream_json(up: &Upstream) -> serde_json::Value {
+    let servers: Vec<serde_json::Value> =
+        (0..up.servers.len()).map(|i| server_json(up, i)).collect();
+    serde_json::json!({
+        "name": up.name(), "queue_depth": up.admission.queue_depth(), "inflight": up.admission.total_inflight(),
+        "max_inflight_seen": up.max_inflight_seen.load(Ordering::Relaxed), "servers": servers,
+    })
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -438,6 +585,11 @@ impl ServeHttp for AdminApp {
                     serde_json::json!({ "result": "error", "kept_version": self.state.snapshot().version, "errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>() }),
                 ),
             },
+            (m, "/upstreams") => self.upstreams(s, m, "").await,
+            (m, p) if p.starts_with("/upstreams/") => {
+                let rest = p.trim_start_matches("/upstreams/").to_string();
+                self.upstreams(s, m, &rest).await
+            }
             (m, p) if p.starts_with("/maps/") => {
                 let rest = p.trim_start_matches("/maps/").to_string();
                 self.maps(s, m, &rest).await
@@ -510,7 +662,7 @@ impl ServeHttp for AdminApp {
             }
             _ => json(
                 404,
-                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["GET /healthz", "GET /readyz", "GET /metrics", "GET /status", "POST /reload", "POST /policy/reload", "GET|PUT /maps/NAME", "POST /maps/NAME/entries", "DELETE /maps/NAME/entries/KEY", "DELETE /maps/NAME/entries", "DELETE /cache[?prefix=]", "GET|PUT|DELETE /policy/shared/KEY"] }),
+                serde_json::json!({ "error": format!("no admin endpoint {method} {path}"), "endpoints": ["GET /healthz", "GET /readyz", "GET /metrics", "GET /status", "POST /reload", "POST /policy/reload", "GET /upstreams[/NAME[/servers/SERVER]]", "POST /upstreams/NAME/servers/SERVER/disable|enable", "PUT /upstreams/NAME/servers/SERVER/weight|state", "GET|PUT /maps/NAME", "POST /maps/NAME/entries", "DELETE /maps/NAME/entries/KEY", "DELETE /maps/NAME/entries", "DELETE /cache[?prefix=]", "GET|PUT|DELETE /policy/shared/KEY"] }),
             ),
         }
     }

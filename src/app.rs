@@ -31,6 +31,7 @@ const L4_READ_BUFFER: usize = 16 * 1024;
 /// Loads the config and everything it references into a first snapshot.
 pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
     let cfg = load_config(path)?;
+    crate::logging::set_format(cfg.server.log_format);
     environment_errors(&cfg)?;
     let file = path.display().to_string();
     let (engine, policy) = crate::control::policy::load(cfg.policy.as_ref(), &file)?;
@@ -225,7 +226,7 @@ async fn serve_runtime_socket(
     stop: ShutdownWatch,
     upgrade: bool,
 ) {
-    use crate::maps::runtime_api::{bind_unix, serve, MapStore, RuntimeApi};
+    use crate::runtime_api::{bind_unix, serve, RuntimeApi, Stores};
     let patience = if upgrade {
         crate::lifecycle::shutdown::UPGRADE_OVERLAP + st.snapshot().config.shutdown.drain
     } else {
@@ -245,8 +246,11 @@ async fn serve_runtime_socket(
         }
     };
     let api = Arc::new(RuntimeApi::new());
-    let store: Arc<dyn MapStore> = Arc::new(crate::control::maps::LiveMaps(st));
-    serve(sock, api, store, stop).await;
+    let stores = Stores {
+        maps: Arc::new(crate::control::maps::LiveMaps(st.clone())),
+        upstreams: st,
+    };
+    serve(sock, api, stores, stop).await;
 }
 
 fn tls_settings(

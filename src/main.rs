@@ -58,17 +58,9 @@ enum From {
     Apache,
 }
 
-fn init_logging() {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn"),
-    )
-    .format_timestamp_millis()
-    .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    floodgate::logging::init();
     match cli.cmd {
         Cmd::Check { config } => match floodgate::app::check(&config) {
             Ok(cfg) => {

@@ -5,6 +5,8 @@
 //! health, map sizes) are refreshed from the current snapshot when `/metrics` is scraped, which
 //! keeps the request path free of gauge updates.
 
+use crate::policy::Hook;
+use crate::state::Snapshot;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -66,6 +68,21 @@ fn hist(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>
         .unwrap_or_else(|e| panic!("register {name}: {e}"));
     h
 }
+
+/// `floodgate_cache_requests_total{result}` values (`proxy::cached`).
+const CACHE_RESULTS: [&str; 7] = [
+    "hit",
+    "hit_shared",
+    "miss",
+    "coalesced",
+    "variant_miss",
+    "too_large",
+    "error",
+];
+/// `floodgate_health_checks_total{result}` values (`upstream::health::Probe::label`).
+const HEALTH_RESULTS: [&str; 5] = ["pass", "bad_status", "refused", "timeout", "error"];
+/// `floodgate_policy_runs_total{outcome}` values (`proxy::policy`).
+pub const POLICY_OUTCOMES: [&str; 4] = ["ok", "deny", "error", "budget"];
 
 const LATENCY: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0,
@@ -289,6 +306,79 @@ impl Metrics {
             m.policy_reloads.with_label_values(&[result]);
         }
         m
+    }
+
+    /// Creates at 0 every labelled counter series the config implies, so a `rate()` or
+    /// `increase()` alert has data before the first event: map updates by source and result,
+    /// map lookups, policy runs of the hooks the scripts define, admission rejections and
+    /// abandons, health checks, cache lookups, clients gone at the upstream, connect errors
+    /// per server. (Series by status code appear with their first answer: codes are open.) Called at start,
+    /// after each reload and after each policy reload (new names get their series then).
+    pub fn preset(&self, snap: &Snapshot, has_hook: &dyn Fn(Hook) -> bool) {
+        let config = &snap.config;
+        for (name, m) in &config.maps {
+            let mut sources = vec!["api", "runtime_api"];
+            if m.file.is_some() {
+                sources.push("file");
+            }
+            if m.source.is_some() {
+                sources.push("poller");
+            }
+            for source in sources {
+                for result in ["ok", "error"] {
+                    self.map_updates.with_label_values(&[name, source, result]);
+                }
+            }
+        }
+        for r in &config.routes {
+            if let Some(ps) = &r.pick_server {
+                for result in ["hit", "miss"] {
+                    self.map_lookups.with_label_values(&[&ps.map, result]);
+                }
+            }
+            if r.cache.is_some() {
+                for result in CACHE_RESULTS {
+                    self.cache_requests.with_label_values(&[&r.name, result]);
+                }
+            }
+            if r.admission.is_some() {
+                self.preset_admission("route", &r.name);
+            }
+        }
+        for (name, u) in &config.upstreams {
+            self.preset_admission("upstream", name);
+            for s in &u.servers {
+                self.upstream_requests
+                    .with_label_values(&[name, &s.name, "connect_error"]);
+            }
+            for outcome in ["completed", "timeout", "error"] {
+                self.client_gone_at_upstream
+                    .with_label_values(&[name, outcome]);
+            }
+            if u.health.is_some() {
+                for s in &u.servers {
+                    for result in HEALTH_RESULTS {
+                        self.health_checks
+                            .with_label_values(&[name, &s.name, result]);
+                    }
+                }
+            }
+        }
+        for hook in Hook::ALL {
+            if has_hook(hook) {
+                for outcome in POLICY_OUTCOMES {
+                    self.policy_runs.with_label_values(&[hook.name(), outcome]);
+                }
+            }
+        }
+    }
+
+    fn preset_admission(&self, scope: &str, name: &str) {
+        for reason in ["full", "timeout", "fail_fast", "no_eligible"] {
+            self.admission_rejected
+                .with_label_values(&[scope, name, reason]);
+        }
+        self.admission_abandoned.with_label_values(&[scope, name]);
     }
 
     /// Text exposition format.

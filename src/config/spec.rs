@@ -96,6 +96,8 @@ pub struct ServerSpec {
     pub client_body_timeout: Option<String>,
     /// Bytes per second that extend `client_body_timeout` (default 500; 0 = no extension).
     pub client_body_min_rate: Option<u64>,
+    /// `text` (default) or `json`: how process logs are written on stderr.
+    pub log_format: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

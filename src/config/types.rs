@@ -73,6 +73,16 @@ pub struct ServerSettings {
     pub pid_file: Option<String>,
     pub upgrade_sock: String,
     pub client_body: crate::config::BodyTimeout,
+    /// How process logs are written (`server.log_format`).
+    pub log_format: ProcessLogFormat,
+}
+
+/// `server.log_format`: process log lines as text (default) or JSON objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessLogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -9,10 +9,10 @@
 //! changes. A config reload keeps the live content of maps whose config did not change.
 
 use super::writer::{Applied, Change, MapEdit, Refused, Writer};
-use crate::maps::runtime_api::{self, MapInfo, MapStore};
 use crate::maps::{
     load_map_text, FileWatch, Loaded, MapContent, MapError, MapSource, MapTable, OnUnknownValue,
 };
+use crate::runtime_api::{self, MapInfo, MapStore};
 use crate::state::{AppState, Snapshot};
 use std::collections::HashMap;
 use std::sync::Arc;

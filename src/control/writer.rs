@@ -232,8 +232,12 @@ impl Writer {
     }
 
     /// Called only from [`Self::apply`], under the lock.
+    /// Swaps the snapshot in and creates the counter series it implies at 0
+    /// ([`Metrics::preset`]).
     fn publish(&self, next: Snapshot) {
-        self.current.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.current.store(Arc::clone(&next));
+        self.metrics.preset(&next, &|h| next.policy.has_hook(h));
     }
 
     fn reload_config(&self, prev: &Snapshot) -> Result<ReloadReport, ConfigErrors> {
@@ -272,6 +276,11 @@ impl Writer {
             Ok((built, needs_restart, compiled)) => {
                 let version = built.snapshot.version;
                 log_all_warnings(built.warnings);
+                // why: as HAProxy without a server-state-file, a reload forgets runtime
+                // changes (disable server, set weight): the file says what the servers are
+                for up in built.snapshot.upstreams.values() {
+                    up.reset_runtime();
+                }
                 self.publish(built.snapshot);
                 let policy_errors = match compiled {
                     Some(Err(e)) => {

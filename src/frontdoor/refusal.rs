@@ -223,8 +223,8 @@ pub fn report(state: &AppState, rec: &RefusalRecord<'_>) {
         .inc();
     let snap = state.snapshot();
     let cfg = &snap.config.access_log;
-    if cfg.enabled && log::log_enabled!(target: "access", log::Level::Info) {
-        log::info!(target: "access", "{}", render(cfg.format, rec, SystemTime::now()));
+    if cfg.enabled && log::log_enabled!(target: crate::logging::ACCESS_TARGET, log::Level::Info) {
+        log::info!(target: crate::logging::ACCESS_TARGET, "{}", render(cfg.format, rec, SystemTime::now()));
     }
 }
 

@@ -4,14 +4,13 @@
 //! This module owns the pure pieces: the immutable [`MapTable`] the request path
 //! reads (O(1) lookups behind the caller's `Arc`), the parsers for map text and
 //! JSON, value validation, atomic persistence, and a polling file watcher.
-//! The live snapshot and its swap belong to the caller; [`runtime_api`] (HAProxy
+//! The live snapshot and its swap belong to the caller; [`crate::runtime_api`] (HAProxy
 //! Runtime API on a UNIX socket) and [`poller`] (periodic HTTP fetch) feed it.
 
 mod json;
 mod persist;
 mod policy;
 pub mod poller;
-pub mod runtime_api;
 mod table;
 mod text;
 mod watch;

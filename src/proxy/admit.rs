@@ -225,28 +225,81 @@ fn finish(
     }
 }
 
+/// Most times a request handed a slot on a server disabled (or drained, or set to weight 0)
+/// while it waited goes back for another; past it the request is answered as if no server
+/// were up.
+const MAX_REPICKS: usize = 8;
+
 /// Picks a server of `up` for this request and takes one of its slots, queueing when every
 /// eligible server is at its limit. Honours a map pin (with or without redispatch).
+///
+/// The queue hands a freed slot to a waiter chosen when it queued; if that server was disabled
+/// (or, for a balanced request, set to weight 0) in the meantime, the slot is given back and
+/// the request picks again among the servers usable now, so a disabled server takes no new
+/// request (HAProxy redispatches the queue of a server put in maintenance).
 pub async fn admit_server(session: &mut Session, ctx: &mut Ctx, up: &Arc<Upstream>) -> Admit {
-    let eligible = match ctx.pinned {
-        Some(i) if up.is_usable(i) && !ctx.tried.contains(&i) => Eligible::Servers(vec![i]),
-        Some(_) if !ctx.redispatch => Eligible::None,
-        _ => up.eligible(&ctx.tried),
-    };
-    let Eligible::Servers(list) = eligible else {
-        return Admit::Rejected(Failure::NoHealthyServer {
-            retry_after: up.retry_after(),
-        });
-    };
-    let fut = {
-        let hash = ctx.hash_value.as_deref();
-        up.admission
-            .acquire(ctx.priority, &list, &mut |free| up.choose(free, hash))
-    };
-    let res = race_client(session, fut).await;
-    let out = finish(ctx, "upstream", up.name(), res, &up.cfg.queue.body);
-    if let Admit::Granted(p) = &out {
-        ctx.server = Some(p.group());
+    for _ in 0..MAX_REPICKS {
+        let (eligible, pinned) = match ctx.pinned {
+            Some(i) if up.is_usable(i) && !ctx.tried.contains(&i) => {
+                (Eligible::Servers(vec![i]), true)
+            }
+            Some(_) if !ctx.redispatch => (Eligible::None, true),
+            _ => (up.eligible(&ctx.tried), false),
+        };
+        let Eligible::Servers(list) = eligible else {
+            return Admit::Rejected(Failure::NoHealthyServer {
+                retry_after: up.retry_after(),
+            });
+        };
+        let fut = {
+            let hash = ctx.hash_value.as_deref();
+            up.admission
+                .acquire(ctx.priority, &list, &mut |free| up.choose(free, hash))
+        };
+        // A request only one server may take waits in that server's queue (`show stat` qcur).
+        let only = (list.len() == 1).then(|| &up.servers[list[0]].state.counters);
+        let res = race_client(session, count_queued(fut, only)).await;
+        let out = finish(ctx, "upstream", up.name(), res, &up.cfg.queue.body);
+        let Admit::Granted(p) = out else {
+            return out;
+        };
+        let i = p.group();
+        if !changed_by_operator(up, i, pinned) {
+            up.note_granted(i);
+            ctx.server = Some(i);
+            return Admit::Granted(p);
+        }
+        drop(p);
     }
-    out
+    Admit::Rejected(Failure::NoHealthyServer {
+        retry_after: up.retry_after(),
+    })
+}
+
+/// Whether server `i` stopped taking this kind of request because of an operator (disabled,
+/// or weight 0 / drain mode for a balanced request). A server that went down by health keeps
+/// the request, as before (its connect failure is retried elsewhere).
+fn changed_by_operator(up: &Upstream, i: usize, pinned: bool) -> bool {
+    up.servers[i].state.is_drained() || (!pinned && up.effective_weight(i) == 0)
+}
+
+/// Awaits `fut`, counting it in `counters.queued` while it waits (not when it completes on
+/// its first poll, so an immediate grant is never seen as queued).
+async fn count_queued<F>(
+    fut: F,
+    counters: Option<&crate::upstream::runtime::ServerCounters>,
+) -> F::Output
+where
+    F: std::future::Future,
+{
+    let mut fut = std::pin::pin!(fut);
+    let mut guard = None;
+    std::future::poll_fn(|cx| {
+        let r = fut.as_mut().poll(cx);
+        if r.is_pending() && guard.is_none() {
+            guard = counters.map(crate::upstream::runtime::QueuedGuard::new);
+        }
+        r
+    })
+    .await
 }

@@ -62,7 +62,7 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
         return;
     }
     let cfg = &ctx.snap.config.access_log;
-    if !cfg.enabled || !log::log_enabled!(target: "access", log::Level::Info) {
+    if !cfg.enabled || !log::log_enabled!(target: crate::logging::ACCESS_TARGET, log::Level::Info) {
         return;
     }
     let req = session.req_header();
@@ -91,7 +91,7 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
     };
     match cfg.format {
         LogFormat::Combined => log::info!(
-            target: "access",
+            target: crate::logging::ACCESS_TARGET,
             "{client} - - [{}] \"{} {uri} {:?}\" {status} {bytes} \"{}\" \"{}\" route={route} upstream={upstream} server={} served={served} reason={reason} duration_ms={:.3} queue_ms={:.3} rid={}",
             humantime::format_rfc3339_millis(std::time::SystemTime::now()),
             req.method,
@@ -104,7 +104,7 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
             ctx.request_id,
         ),
         LogFormat::Json => log::info!(
-            target: "access",
+            target: crate::logging::ACCESS_TARGET,
             "{}",
             serde_json::json!({
                 "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),

@@ -394,6 +394,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(up), Some(i)) = (ctx.upstream.clone(), ctx.server) {
+            up.note_connect_error(i);
             if up.observe_failure(i) {
                 ::log::warn!(
                     "upstream {} server {} marked down: {} consecutive connect failures ({})",

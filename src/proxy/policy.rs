@@ -127,7 +127,7 @@ fn outcome_index(o: &Outcome) -> usize {
     }
 }
 
-const OUTCOME_LABELS: [&str; 4] = ["ok", "deny", "error", "budget"];
+const OUTCOME_LABELS: [&str; 4] = crate::metrics::POLICY_OUTCOMES;
 
 fn hook_label(h: Hook) -> &'static str {
     match h {

@@ -49,7 +49,7 @@ impl AppState {
             .filter(|t| !t.is_empty());
         let (phase, _) = tokio::sync::watch::channel(Phase::Starting);
         let metrics = Arc::new(Metrics::new());
-        Arc::new(AppState {
+        let state = Arc::new(AppState {
             writer: Writer::new(
                 snapshot,
                 config_path.clone(),
@@ -66,7 +66,10 @@ impl AppState {
             cache_secret: std::env::var("FLOODGATE_CACHE_SECRET")
                 .unwrap_or_else(|_| "floodgate-default-cache-key".into())
                 .into_bytes(),
-        })
+        });
+        let snap = state.snapshot();
+        state.metrics.preset(&snap, &|h| snap.policy.has_hook(h));
+        state
     }
 
     /// The current snapshot (one atomic load).
@@ -97,5 +100,11 @@ impl AppState {
                 .with_label_values(&[ph.as_str()])
                 .set(i64::from(ph == p));
         }
+    }
+}
+
+impl crate::runtime_api::UpstreamStore for AppState {
+    fn upstreams(&self) -> Vec<Arc<crate::upstream::Upstream>> {
+        self.snapshot().upstreams_in_order()
     }
 }

@@ -67,6 +67,15 @@ impl Snapshot {
         self.upstreams.get(name)
     }
 
+    /// Upstreams in the config's order (by name): position + 1 is the Runtime API's `iid`.
+    pub fn upstreams_in_order(&self) -> Vec<Arc<Upstream>> {
+        self.config
+            .upstreams
+            .keys()
+            .filter_map(|n| self.upstreams.get(n).cloned())
+            .collect()
+    }
+
     /// The values a map may hold: names (or addresses) of servers of every upstream that a
     /// route picks servers from through this map.
     pub fn map_value_allowed(

@@ -9,14 +9,15 @@
 
 pub mod admission;
 pub mod health;
+pub mod runtime;
 
 use crate::config::{Balance, RetryAfterSetting, ServerConfig, UpstreamConfig};
 use admission::{Admission, QueueSettings, RetryAfter};
+use arc_swap::ArcSwap;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_load_balancing::selection::consistent::KetamaHashing;
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
-use pingora_load_balancing::Backend;
-use std::collections::{BTreeSet, HashMap};
+use runtime::{Balancer, ServerCounters};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,13 +26,17 @@ use std::time::{Duration, Instant};
 /// to bring it back.
 pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
 
-/// Health and drain state of one server; survives reloads while the server stays configured.
+/// Health and drain state of one server; survives reloads while the server stays configured
+/// (a reload clears `drained`, see [`Upstream::reset_runtime`]).
 #[derive(Debug)]
 pub struct ServerState {
     healthy: AtomicBool,
     /// Set after the first active check of this server finished (pass or fail).
     checked: AtomicBool,
+    /// Disabled by an operator (`disable server`, HAProxy MAINT): takes no new request.
     drained: AtomicBool,
+    /// Counters for `show stat` (requests, peaks, connect errors, last change).
+    pub counters: ServerCounters,
     pub consecutive_ok: AtomicU32,
     pub consecutive_fail: AtomicU32,
     passive_fail: AtomicU32,
@@ -50,6 +55,7 @@ impl ServerState {
             consecutive_fail: AtomicU32::new(0),
             passive_fail: AtomicU32::new(0),
             down_until: parking_lot::Mutex::new(None),
+            counters: ServerCounters::default(),
         }
     }
 
@@ -62,6 +68,7 @@ impl ServerState {
             Some(t) if Instant::now() >= t => {
                 *du = None;
                 self.healthy.store(true, Ordering::Release);
+                self.counters.touch();
                 true
             }
             _ => false,
@@ -74,7 +81,11 @@ impl ServerState {
             *self.down_until.lock() = None;
             self.passive_fail.store(0, Ordering::Relaxed);
         }
-        self.healthy.swap(up, Ordering::AcqRel) != up
+        let changed = self.healthy.swap(up, Ordering::AcqRel) != up;
+        if changed {
+            self.counters.touch();
+        }
+        changed
     }
 
     pub fn mark_checked(&self) {
@@ -89,8 +100,13 @@ impl ServerState {
         self.drained.load(Ordering::Acquire)
     }
 
-    pub fn set_drained(&self, d: bool) {
-        self.drained.store(d, Ordering::Release);
+    /// Sets the operator's drain flag; returns true when it changed.
+    pub fn set_drained(&self, d: bool) -> bool {
+        let changed = self.drained.swap(d, Ordering::AcqRel) != d;
+        if changed {
+            self.counters.touch();
+        }
+        changed
     }
 }
 
@@ -123,11 +139,13 @@ pub struct Upstream {
     pub servers: Vec<Server>,
     pub admission: Arc<Admission>,
     rr: AtomicUsize,
-    rr_seq: Vec<usize>,
-    ketama: Option<(
-        Arc<KetamaHashing>,
-        HashMap<pingora_core::protocols::l4::socket::SocketAddr, usize>,
-    )>,
+    /// Current weights and what the balancer derives from them; replaced whole by
+    /// `set weight` (requests load it without a lock).
+    balancer: ArcSwap<Balancer>,
+    /// One writer of `balancer` at a time.
+    weight_writer: parking_lot::Mutex<()>,
+    /// Most requests in flight on the whole upstream at once (`show stat` BACKEND smax).
+    pub max_inflight_seen: AtomicUsize,
     by_name: HashMap<String, usize>,
 }
 
@@ -181,32 +199,8 @@ impl Upstream {
             servers.iter().map(|s| s.cfg.max_inflight).collect(),
             queue_settings(&cfg.queue),
         );
-        // Weighted round robin: each server appears `weight` times, interleaved so that
-        // consecutive picks spread out (1,2,1,2,1 rather than 1,1,1,2,2).
-        let max_w = cfg.servers.iter().map(|s| s.weight).max().unwrap_or(1);
-        let mut rr_seq = Vec::new();
-        for round in 0..max_w {
-            for (i, s) in cfg.servers.iter().enumerate() {
-                if s.weight > round {
-                    rr_seq.push(i);
-                }
-            }
-        }
-        let ketama = match cfg.balance {
-            Balance::Hash { .. } => {
-                let mut set = BTreeSet::new();
-                let mut idx = HashMap::new();
-                for (i, s) in cfg.servers.iter().enumerate() {
-                    if let Ok(b) = Backend::new_with_weight(&s.addr.to_string(), s.weight as usize)
-                    {
-                        idx.insert(b.addr.clone(), i);
-                        set.insert(b);
-                    }
-                }
-                Some((Arc::new(KetamaHashing::build(&set)), idx))
-            }
-            _ => None,
-        };
+        let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
+        let balancer = Balancer::build(cfg, weights, vec![false; cfg.servers.len()]);
         let by_name = servers
             .iter()
             .enumerate()
@@ -217,8 +211,9 @@ impl Upstream {
             servers,
             admission,
             rr: AtomicUsize::new(0),
-            rr_seq,
-            ketama,
+            balancer: ArcSwap::from_pointee(balancer),
+            weight_writer: parking_lot::Mutex::new(()),
+            max_inflight_seen: AtomicUsize::new(0),
             by_name,
         }
     }
@@ -238,12 +233,17 @@ impl Upstream {
     }
 
     /// Healthy primaries; when none, healthy backups; when none, [`Eligible::None`].
-    /// `exclude` removes servers already tried by this request.
+    /// `exclude` removes servers already tried by this request. A server of weight 0 takes
+    /// no balanced request (HAProxy: it still takes the ones pinned to it).
     pub fn eligible(&self, exclude: &[usize]) -> Eligible {
+        let bal = self.balancer.load();
         let pick = |backup: bool| -> Vec<usize> {
             (0..self.servers.len())
                 .filter(|&i| {
-                    self.servers[i].cfg.backup == backup && !exclude.contains(&i) && self.usable(i)
+                    self.servers[i].cfg.backup == backup
+                        && !exclude.contains(&i)
+                        && bal.effective[i] > 0
+                        && self.usable(i)
                 })
                 .collect()
         };
@@ -273,7 +273,8 @@ impl Upstream {
         if free.len() == 1 {
             return free[0];
         }
-        match (&self.cfg.balance, &self.ketama, hash_value) {
+        let bal = self.balancer.load();
+        match (&self.cfg.balance, &bal.ketama, hash_value) {
             (Balance::LeastConn, _, _) => {
                 // Fewest in flight per unit of weight; ties rotate so idle servers share work.
                 let start = self.rr.fetch_add(1, Ordering::Relaxed);
@@ -282,8 +283,7 @@ impl Upstream {
                 let mut best_load = f64::MAX;
                 for k in 0..n {
                     let i = free[(start + k) % n];
-                    let load = self.admission.inflight(i) as f64
-                        / self.servers[i].cfg.weight.max(1) as f64;
+                    let load = self.admission.inflight(i) as f64 / bal.effective[i].max(1) as f64;
                     if load < best_load {
                         best_load = load;
                         best = i;
@@ -310,10 +310,10 @@ impl Upstream {
                 free[0]
             }
             _ => {
-                let n = self.rr_seq.len().max(1);
+                let n = bal.rr_seq.len();
                 let start = self.rr.fetch_add(1, Ordering::Relaxed);
                 for k in 0..n {
-                    let i = self.rr_seq[(start + k) % n];
+                    let i = bal.rr_seq[(start + k) % n];
                     if free.contains(&i) {
                         return i;
                     }

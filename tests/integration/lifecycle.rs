@@ -619,14 +619,29 @@ async fn sigint_during_a_drain_stops_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_metrics_pass_promtool_check_with_build_info_and_error_series_at_zero() {
     let a = origin("a").await;
+    // Every feature whose counters carry config names: a map with a file pinning servers, a
+    // policy with an admit hook, active health checks, a cache route, a route limit.
+    let files = Scratch::new("metrics-zero");
+    let map = files.write("nodes.map", "n1 a1\n");
+    let script = files.write("p.lua", "function admit(req) return nil end\n");
     let gw = TestGateway::start(
         &r#"
 listeners: [{ bind: "127.0.0.1:{PORT}" }]
 upstreams:
-  a: { servers: [{ addr: "A" }] }
-routes: [{ name: all, upstream: a }]
+  a:
+    servers: [{ name: a1, addr: "@A@" }]
+    health: { path: /api/status, interval: 1s }
+maps:
+  nodes: { file: "@MAP@" }
+policy: { scripts: ["@SCRIPT@"] }
+routes:
+  - { name: pinned, match: { header: { name: X-Node } }, upstream: a, pick_server: { map: nodes, key: "header:X-Node" } }
+  - { name: reg, match: { path_prefix: /register }, upstream: a, cache: { ttl: 10s } }
+  - { name: all, upstream: a, admission: { max_inflight: 10 } }
 "#
-        .replace("A", &a.addr().to_string()),
+        .replace("@A@", &a.addr().to_string())
+        .replace("@MAP@", &map)
+        .replace("@SCRIPT@", &script),
     )
     .await;
     for _ in 0..3 {
@@ -693,6 +708,62 @@ routes: [{ name: all, upstream: a }]
     for (name, labels) in [
         ("floodgate_reloads_total", vec![("result", "error")]),
         ("floodgate_policy_reloads_total", vec![("result", "error")]),
+        (
+            "floodgate_map_updates_total",
+            vec![("map", "nodes"), ("source", "file"), ("result", "error")],
+        ),
+        (
+            "floodgate_map_updates_total",
+            vec![
+                ("map", "nodes"),
+                ("source", "runtime_api"),
+                ("result", "error"),
+            ],
+        ),
+        (
+            "floodgate_map_updates_total",
+            vec![("map", "nodes"), ("source", "api"), ("result", "error")],
+        ),
+        (
+            "floodgate_map_lookups_total",
+            vec![("map", "nodes"), ("result", "miss")],
+        ),
+        (
+            "floodgate_policy_runs_total",
+            vec![("hook", "admit"), ("outcome", "error")],
+        ),
+        (
+            "floodgate_policy_runs_total",
+            vec![("hook", "admit"), ("outcome", "budget")],
+        ),
+        (
+            "floodgate_admission_rejected_total",
+            vec![("scope", "upstream"), ("name", "a"), ("reason", "full")],
+        ),
+        (
+            "floodgate_admission_rejected_total",
+            vec![("scope", "route"), ("name", "all"), ("reason", "timeout")],
+        ),
+        (
+            "floodgate_admission_abandoned_total",
+            vec![("scope", "upstream"), ("name", "a")],
+        ),
+        (
+            "floodgate_health_checks_total",
+            vec![("upstream", "a"), ("server", "a1"), ("result", "refused")],
+        ),
+        (
+            "floodgate_cache_requests_total",
+            vec![("route", "reg"), ("result", "error")],
+        ),
+        (
+            "floodgate_upstream_requests_total",
+            vec![("server", "a1"), ("code", "connect_error")],
+        ),
+        (
+            "floodgate_upstream_client_gone_total",
+            vec![("upstream", "a"), ("outcome", "timeout")],
+        ),
     ] {
         let line = format!("{name}{{");
         assert!(

@@ -148,6 +148,17 @@ impl Validator {
                     .client_body_min_rate
                     .unwrap_or(DEFAULT_CLIENT_BODY_MIN_RATE),
             },
+            log_format: match s.server.log_format.as_deref() {
+                None | Some("text") => ProcessLogFormat::Text,
+                Some("json") => ProcessLogFormat::Json,
+                Some(o) => {
+                    self.err(
+                        "server.log_format",
+                        format!("{o:?} is not a log format; use text (the default) or json"),
+                    );
+                    ProcessLogFormat::Text
+                }
+            },
         };
         if server.client_body.base.is_zero() {
             self.err(
