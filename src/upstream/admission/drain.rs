@@ -39,12 +39,17 @@ pub(super) struct DrainRate {
     /// Start of the gap still open: the last grant or the backlog's start; `None` while the
     /// class has no waiter.
     open_since: Option<Instant>,
+    /// Whether `open_since` is a grant (not the backlog's start).
+    open_from_grant: bool,
 }
 
 impl DrainRate {
     /// The class has waiters from `now` (no effect when it already had).
     pub(super) fn backlogged(&mut self, now: Instant) {
-        self.open_since.get_or_insert(now);
+        if self.open_since.is_none() {
+            self.open_since = Some(now);
+            self.open_from_grant = false;
+        }
     }
 
     /// The class has no waiter any more: the time until it has one again is not exposure.
@@ -60,10 +65,17 @@ impl DrainRate {
         let Some(since) = self.open_since else {
             return;
         };
+        self.open_since = Some(now);
+        // why: the first grant of a backlog ends a gap that began mid-service (at a cold start
+        // all slots began together, so no grant can come before the shortest service time):
+        // counting it reads a burst's first second as a slow drain. From here gaps are
+        // grant-to-grant.
+        if !std::mem::replace(&mut self.open_from_grant, true) {
+            return;
+        }
         let gap = now.saturating_duration_since(since).as_secs_f64();
         self.grants.push_back((now, gap));
         self.exposure += gap;
-        self.open_since = Some(now);
         while self.grants.len() > MAX_GRANTS
             || self
                 .grants
@@ -99,7 +111,11 @@ impl DrainRate {
         if n < needed.max(1) {
             return None;
         }
-        let open = now.saturating_duration_since(since).as_secs_f64();
+        let open = if self.open_from_grant {
+            now.saturating_duration_since(since).as_secs_f64()
+        } else {
+            0.0
+        };
         let exposure = self.exposure + open;
         if exposure <= 0.0 {
             return None;
@@ -107,6 +123,20 @@ impl DrainRate {
         let rate = n as f64 / exposure;
         let optimistic = rate * (1.0 + errors / (n as f64).sqrt());
         Some((ahead + 1) as f64 / optimistic)
+    }
+}
+
+impl DrainRate {
+    /// For debug logs: the evidence behind an estimate.
+    pub(super) fn describe(&self, now: Instant) -> String {
+        let open = self
+            .open_since
+            .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64());
+        format!(
+            "{} grants over {:.2}s backlogged, {open:.2}s since the last",
+            self.grants.len(),
+            self.exposure + open
+        )
     }
 }
 
@@ -124,14 +154,15 @@ mod tests {
         let mut d = DrainRate::default();
         assert_eq!(d.expected_wait(t0, 10, 8), None, "never backlogged");
         d.backlogged(t0);
-        for i in 1..=7 {
+        // The first grant ends the gap that began with the backlog: not a sample.
+        for i in 1..=8 {
             d.granted(at(t0, i * 100));
         }
-        assert_eq!(d.expected_wait(at(t0, 700), 10, 8), None, "7 < 8 grants");
-        d.granted(at(t0, 800));
-        assert!(d.expected_wait(at(t0, 800), 10, 8).is_some());
+        assert_eq!(d.expected_wait(at(t0, 800), 10, 8), None, "7 < 8 gaps");
+        d.granted(at(t0, 900));
+        assert!(d.expected_wait(at(t0, 900), 10, 8).is_some());
         d.emptied();
-        assert_eq!(d.expected_wait(at(t0, 800), 10, 8), None, "not backlogged");
+        assert_eq!(d.expected_wait(at(t0, 900), 10, 8), None, "not backlogged");
     }
 
     #[test]

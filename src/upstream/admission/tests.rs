@@ -427,6 +427,8 @@ async fn fail_fast_rejects_when_estimated_wait_exceeds_timeout() {
         ..settings(100, 25)
     };
     let adm = Admission::new(vec![Some(1)], s);
+    // Two completions: the evidence fail-fast needs for one slot.
+    observe_service_time(&adm, 0, 10).await;
     observe_service_time(&adm, 0, 10).await;
     let _held = hold(&adm, &[0]);
     // Estimates: 10s, 20s (<= 25s, queued), then 30s (> 25s, rejected).
