@@ -33,7 +33,7 @@ pub const fn heap_cost(n: usize) -> usize {
     }
 }
 
-/// Fixed bytes charged per entry on top of its variable-size allocations (338 B on x86-64):
+/// Fixed bytes charged per entry on top of its variable-size allocations (326 B on x86-64):
 /// its `Arc<CachedResponse>`, its slot in the key map (counted twice: a hash map is between
 /// half and fully loaded), its node share in the use order (`u64` + `Arc<str>` per key,
 /// B-tree nodes about 2/3 full) and the body's shared header. `benches/cache_memory.rs`
