@@ -8,6 +8,8 @@
 //! `max_bytes`. Expired entries are removed when read and by [`MemoryCache::purge_expired`],
 //! which the gateway runs every second. One `parking_lot::Mutex` guards a `HashMap` (key -> entry) and a
 //! `BTreeMap` (use tick -> key) that orders entries by last use: O(log n) per operation.
+//! The key text is stored once per entry (an `Arc<str>` shared by both maps; the path for
+//! purges is read back from it), not as a [`CacheKey`] with its own copies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::key::CacheKey;
+use super::key::{path_of_full, CacheKey};
 
 /// What the allocator really uses for an `n`-byte allocation: an 8-byte chunk header,
 /// 16-byte rounding and a 32-byte minimum (glibc; mimalloc's size classes are no larger).
@@ -31,14 +33,14 @@ pub const fn heap_cost(n: usize) -> usize {
     }
 }
 
-/// Fixed bytes charged per entry on top of its variable-size allocations (418 B on x86-64):
+/// Fixed bytes charged per entry on top of its variable-size allocations (326 B on x86-64):
 /// its `Arc<CachedResponse>`, its slot in the key map (counted twice: a hash map is between
-/// half and fully loaded), its node share in the use order (`u64` + `String` per key, B-tree
-/// nodes about 2/3 full) and the body's shared header. `benches/cache_memory.rs` checks the
-/// total charge against the heap an entry really holds (allocator-rounded).
+/// half and fully loaded), its node share in the use order (`u64` + `Arc<str>` per key,
+/// B-tree nodes about 2/3 full) and the body's shared header. `benches/cache_memory.rs`
+/// checks the total charge against the heap an entry really holds (allocator-rounded).
 pub const ENTRY_OVERHEAD_BYTES: usize = heap_cost(std::mem::size_of::<CachedResponse>() + 16)
-    + 2 * (std::mem::size_of::<(String, Entry)>() + 1)
-    + 3 * (std::mem::size_of::<(u64, String)>()) / 2
+    + 2 * (std::mem::size_of::<(Arc<str>, Entry)>() + 1)
+    + 3 * (std::mem::size_of::<(u64, Arc<str>)>()) / 2
     + 32;
 
 /// A stored response: what the client receives on a hit.
@@ -231,7 +233,8 @@ impl<'a> Reader<'a> {
 }
 
 struct Entry {
-    key: CacheKey,
+    /// The same allocation as the map key (a reference count, not a copy).
+    full: Arc<str>,
     resp: Arc<CachedResponse>,
     charge: usize,
     tick: u64,
@@ -239,9 +242,10 @@ struct Entry {
 
 #[derive(Default)]
 struct Lru {
-    map: HashMap<String, Entry>,
+    /// Key text (`CacheKey::full`, one allocation shared with `order`) -> entry.
+    map: HashMap<Arc<str>, Entry>,
     /// Use order: smallest tick = least recently used.
-    order: BTreeMap<u64, String>,
+    order: BTreeMap<u64, Arc<str>>,
     next_tick: u64,
     bytes: usize,
 }
@@ -259,11 +263,11 @@ impl Lru {
         self.next_tick
     }
 
-    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
-        let doomed: Vec<String> = self
+    fn retain(&mut self, mut keep: impl FnMut(&str, &Entry) -> bool) -> usize {
+        let doomed: Vec<Arc<str>> = self
             .map
             .iter()
-            .filter(|(_, e)| !keep(e))
+            .filter(|(k, e)| !keep(k, e))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &doomed {
@@ -297,10 +301,11 @@ impl MemoryCache {
     }
 
     /// Bytes charged for storing `resp` under `key`: what the entry holds on the heap. The
-    /// key text is stored three times (map key, the entry's key, the use order) plus its path;
-    /// every header name and value, the body and the variant are one allocation each.
+    /// key text is one `Arc<str>` (shared by the key map and the use order); every header
+    /// name and value, the body and the variant are one allocation each.
     pub fn charge(key: &CacheKey, resp: &CachedResponse) -> usize {
-        let key_bytes = 3 * heap_cost(key.full.len()) + heap_cost(key.path().len());
+        // `Arc<str>`: two counts, then the text, padded to 8 bytes.
+        let key_bytes = heap_cost((key.full.len() + 16 + 7) & !7);
         let headers = heap_cost(resp.headers.capacity() * std::mem::size_of::<(String, Vec<u8>)>())
             + resp
                 .headers
@@ -318,14 +323,14 @@ impl MemoryCache {
         let mut lru = self.inner.lock();
         let tick = lru.bump();
         let lru = &mut *lru;
-        let entry = lru.map.get_mut(&key.full)?;
+        let entry = lru.map.get_mut(key.full.as_str())?;
         if entry.resp.is_expired_at(now) {
             lru.remove(&key.full);
             return None;
         }
         lru.order.remove(&entry.tick);
         entry.tick = tick;
-        lru.order.insert(tick, key.full.clone());
+        lru.order.insert(tick, entry.full.clone());
         Some(entry.resp.clone())
     }
 
@@ -348,13 +353,13 @@ impl MemoryCache {
             }
         }
         let tick = lru.bump();
-        lru.order.insert(tick, key.full.clone());
+        let full: Arc<str> = Arc::from(key.full.as_str());
+        lru.order.insert(tick, full.clone());
         lru.bytes += charge;
-        let full = key.full.clone();
         lru.map.insert(
-            full,
+            full.clone(),
             Entry {
-                key,
+                full,
                 resp,
                 charge,
                 tick,
@@ -376,13 +381,15 @@ impl MemoryCache {
 
     /// Removes entries whose path starts with `path_prefix`; returns how many.
     pub fn purge_prefix(&self, path_prefix: &str) -> usize {
-        self.inner.lock().retain(|e| !e.key.has_prefix(path_prefix))
+        self.inner
+            .lock()
+            .retain(|full, _| !path_of_full(full).unwrap_or("").starts_with(path_prefix))
     }
 
     /// Removes expired entries; returns how many (reads also drop them lazily).
     pub fn purge_expired(&self) -> usize {
         let now = SystemTime::now();
-        self.inner.lock().retain(|e| !e.resp.is_expired_at(now))
+        self.inner.lock().retain(|_, e| !e.resp.is_expired_at(now))
     }
 
     /// Bytes currently charged.
@@ -512,7 +519,13 @@ mod tests {
         cache.put(key(0), Arc::new(r.clone()));
         r.expires_at = SystemTime::now() - Duration::from_millis(1);
         // Replace through the map to simulate time passing.
-        cache.inner.lock().map.get_mut(&key(0).full).unwrap().resp = Arc::new(r);
+        cache
+            .inner
+            .lock()
+            .map
+            .get_mut(key(0).full.as_str())
+            .unwrap()
+            .resp = Arc::new(r);
         assert!(cache.get(&key(0)).is_none(), "expired is a miss");
         assert_eq!(cache.entries(), 0, "expired entry removed on read");
         assert_eq!(cache.bytes(), 0, "bytes released");
@@ -525,7 +538,13 @@ mod tests {
         cache.put(key(1), resp(10, Duration::from_secs(60)));
         let mut r = (*resp(10, Duration::from_secs(60))).clone();
         r.expires_at = SystemTime::now() - Duration::from_millis(1);
-        cache.inner.lock().map.get_mut(&key(0).full).unwrap().resp = Arc::new(r);
+        cache
+            .inner
+            .lock()
+            .map
+            .get_mut(key(0).full.as_str())
+            .unwrap()
+            .resp = Arc::new(r);
         let live = MemoryCache::charge(&key(1), &resp(10, Duration::from_secs(60)));
         assert_eq!(cache.purge_expired(), 1, "the expired entry is swept");
         assert_eq!(cache.entries(), 1, "the live entry stays");
@@ -541,10 +560,10 @@ mod tests {
             .iter()
             .map(|(n, v)| heap_cost(n.len()) + heap_cost(v.len()))
             .sum();
-        let at_least = 3 * k.full.len() + 1000 + headers + ENTRY_OVERHEAD_BYTES;
+        let at_least = k.full.len() + 16 + 1000 + headers + ENTRY_OVERHEAD_BYTES;
         assert!(
             MemoryCache::charge(&k, &r) >= at_least,
-            "charge {} covers the key three times, headers, body and the fixed part ({at_least})",
+            "charge {} covers the key, headers, body and the fixed part ({at_least})",
             MemoryCache::charge(&k, &r)
         );
         assert_eq!(heap_cost(0), 0, "no allocation");

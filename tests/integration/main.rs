@@ -6,6 +6,7 @@
 mod admin_bodies;
 mod admission;
 mod cache;
+mod cache_memory;
 mod cache_rules;
 mod common;
 mod config;

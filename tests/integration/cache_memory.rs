@@ -1,0 +1,273 @@
+//! The cache's `max_bytes` bounds the resident memory it adds (issue 19).
+//!
+//! 100,000 distinct `GET /register` answers (30-byte bodies), then 400 answers of 1 MiB, are
+//! stored under a 16 MiB bound, each built exactly as a fill builds it (the proxy's
+//! [`FillSink`] turns an origin head as nginx sends it and the body into the entry) and stored
+//! through [`ResponseCache::get_or_fetch_with`] (single flight, the detached leader, the memory
+//! tier) on a two-thread runtime, so entries are made on one thread and evicted on another.
+//!
+//! The process's `VmRSS` (from `/proc/self/status`) may grow at most
+//! 1.25 x `max_bytes` + 32 MiB (the issue's rule), and for small entries at most 1.25 x the
+//! bytes charged + 1 MiB: an entry must not cost more than `floodgate_cache_bytes` says. That
+//! second check is the one a dishonest charge fails: with the old `payload + key + 256 B`
+//! charge, 29,799 entries fit in 16 MiB and the process grew 26.1 MiB (limit 21.0 MiB); with
+//! the honest charge 12,576 entries fit and it grows about 10 MiB.
+//!
+//! Each test re-runs itself in a child process of this binary, alone, so that other tests
+//! running in parallel threads do not move the resident size it measures. The binary runs
+//! on mimalloc, the allocator the gateway ships with.
+
+use bytes::Bytes;
+use floodgate::cache::rules::CREDENTIAL_HEADERS;
+use floodgate::cache::{canonical_key, CacheSettings, FetchError, ResponseCache, StoreRule};
+use floodgate::config::{load_config, RouteConfig};
+use floodgate::proxy::fill::FillSink;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+// why: the resident size depends on the allocator; measure with the one src/main.rs installs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Set in the child process that does the measuring.
+const CHILD_ENV: &str = "FLOODGATE_CACHE_MEMORY_CHILD";
+const MAX_BYTES: usize = 16 << 20;
+const MIB: f64 = 1048576.0;
+
+fn rss_bytes() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .expect("VmRSS in /proc/self/status")
+        * 1024
+}
+
+/// Runs `test` (this module's test function of that name) alone in a child process and fails
+/// when the child fails; returns true in the child, which then measures.
+fn in_child_process(test: &str) -> bool {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            &format!("cache_memory::{test}"),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .output()
+        .expect("run the test binary again");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{test} in its own process failed: {}",
+        stderr
+            .lines()
+            .filter(|l| l.contains("panicked") || l.contains("resident"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "the child ran the test"
+    );
+    false
+}
+
+/// The `/register` route as configured, loaded through the real config loader.
+fn register_route() -> RouteConfig {
+    let dir = crate::common::temp_dir("cache-memory");
+    let path = dir.join("floodgate.yaml");
+    std::fs::write(
+        &path,
+        r#"
+listeners: [{ bind: "127.0.0.1:18080" }]
+upstreams:
+  foreman: { servers: [{ addr: "127.0.0.1:18081" }] }
+routes:
+  - { name: register, match: { path_prefix: /register }, upstream: foreman, cache: { ttl: 600s, max_entry_size: 2MiB } }
+cache: { memory: { max_bytes: 16MiB } }
+"#,
+    )
+    .unwrap();
+    let config = load_config(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    config
+        .routes
+        .into_iter()
+        .find(|r| r.name == "register")
+        .unwrap()
+}
+
+/// Fills `n` distinct keys from `from` over `clients` concurrent tasks.
+async fn fill(
+    cache: &ResponseCache,
+    route: &RouteConfig,
+    (from, n, clients): (usize, usize, usize),
+    body: &Bytes,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = n.div_ceil(clients);
+    for start in (from..from + n).step_by(per) {
+        let (cache, route, body) = (cache.clone(), route.clone(), body.clone());
+        let count = per.min(from + n - start);
+        tasks.spawn(async move { fill_one_client(&cache, &route, start, count, &body).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// Fills `n` distinct keys from `from`, each answer `body` long, as the gateway fills them.
+async fn fill_one_client(
+    cache: &ResponseCache,
+    route: &RouteConfig,
+    from: usize,
+    n: usize,
+    body: &Bytes,
+) {
+    let ttl = route.cache.as_ref().unwrap().ttl;
+    let rule = StoreRule {
+        ttl,
+        statuses: Some(vec![200]),
+        max_entry_bytes: Some(2 << 20),
+    };
+    for i in from..from + n {
+        // The key the proxy builds: credentials always in it (absent here: `-` markers).
+        let vary: Vec<(&str, Option<&[u8]>)> =
+            CREDENTIAL_HEADERS.iter().map(|h| (*h, None)).collect();
+        let query = format!("activation_keys=ak-{i}&location_id=2");
+        let key = canonical_key(
+            "GET",
+            "127.0.0.1:18080",
+            "/register",
+            Some(&query),
+            &vary,
+            b"secret",
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut sink = FillSink::new(route, b"secret".to_vec(), tx);
+        let req =
+            RequestHeader::build("GET", format!("/register?{query}").as_bytes(), None).unwrap();
+        let mut head = ResponseHeader::build(200, None).unwrap();
+        // What nginx sends for a static file.
+        for (n, v) in [
+            ("Server", "nginx/1.22.1"),
+            ("Date", "Sun, 06 Dec 2026 03:40:00 GMT"),
+            ("Content-Type", "text/x-shellscript"),
+            ("Content-Length", &body.len().to_string()),
+            ("Last-Modified", "Sun, 06 Dec 2026 02:54:52 GMT"),
+            ("Connection", "keep-alive"),
+            ("ETag", "\"6b14ce7c-1e\""),
+            ("Accept-Ranges", "bytes"),
+        ] {
+            head.append_header(n.to_string(), v).unwrap();
+        }
+        sink.on_head(&head, &req);
+        // The origin's body arrives in chunks of at most 16 KiB.
+        let mut chunks = body.chunks(16 << 10).peekable();
+        while let Some(c) = chunks.next() {
+            sink.on_body(Some(&Bytes::copy_from_slice(c)), chunks.peek().is_none());
+        }
+        let (resp, _) = cache
+            .get_or_fetch_with(key, rule.clone(), move || async move {
+                match rx.await {
+                    Ok(Ok(fetched)) => Ok(fetched),
+                    Ok(Err(e)) => Err(FetchError::upstream(e)),
+                    Err(_) => Err(FetchError::Aborted),
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.body.len(), body.len(), "the fill's answer");
+    }
+}
+
+/// Fills `entries` answers of `body_len` bytes from `clients` concurrent tasks under the
+/// 16 MiB bound after a warm-up, and checks the resident growth against the bound and, when
+/// `by_charge`, against the charge.
+fn fill_and_measure(entries: usize, body_len: usize, clients: usize, by_charge: bool) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let route = register_route();
+        let body = Bytes::from(vec![b'x'; body_len]);
+        let settings = CacheSettings {
+            max_bytes: MAX_BYTES,
+            ..CacheSettings::default()
+        };
+        // Warm-up: the runtime's threads and the allocator's per-thread heaps exist before the
+        // baseline, in a cache that is dropped again.
+        {
+            let warm = ResponseCache::new(CacheSettings {
+                max_bytes: 2 << 20,
+                ..CacheSettings::default()
+            })
+            .unwrap();
+            let n = (entries / 20).max(clients);
+            fill(&warm, &route, (10_000_000, n, clients), &body).await;
+        }
+        let base = rss_bytes();
+        let cache = ResponseCache::new(settings).unwrap();
+        let mut peak = 0;
+        let step = (entries / 10).max(1);
+        for from in (0..entries).step_by(step) {
+            let n = step.min(entries - from);
+            fill(&cache, &route, (from, n, clients), &body).await;
+            peak = peak.max(rss_bytes().saturating_sub(base));
+        }
+        let stats = cache.stats();
+        let by_bound = MAX_BYTES + MAX_BYTES / 4 + (32 << 20);
+        let charge_limit = stats.bytes + stats.bytes / 4 + (1 << 20);
+        eprintln!(
+            "cache memory: {entries} fills of {body_len}-byte bodies; {} entries kept, {:.1} MiB charged \
+             ({} B per entry); resident growth peak {:.1} MiB (allowed {:.1} MiB by the bound, {:.1} MiB by the charge)",
+            stats.entries,
+            stats.bytes as f64 / MIB,
+            stats.bytes / stats.entries.max(1),
+            peak as f64 / MIB,
+            by_bound as f64 / MIB,
+            charge_limit as f64 / MIB,
+        );
+        assert!(stats.bytes <= MAX_BYTES, "the charge stays within max_bytes");
+        assert!(
+            stats.entries > 0 && stats.stores as usize >= entries,
+            "every answer was stored"
+        );
+        assert!(
+            peak <= by_bound,
+            "resident growth {peak} B is over 1.25 x max_bytes + 32 MiB = {by_bound} B"
+        );
+        assert!(
+            !by_charge || peak <= charge_limit,
+            "resident growth {:.1} MiB is over 1.25 x the {:.1} MiB charged + 1 MiB: \
+             an entry costs more than it is charged ({} entries)",
+            peak as f64 / MIB,
+            stats.bytes as f64 / MIB,
+            stats.entries
+        );
+        drop(cache);
+    });
+}
+
+#[test]
+fn a_hundred_thousand_small_entries_stay_within_the_resident_bound() {
+    if in_child_process("a_hundred_thousand_small_entries_stay_within_the_resident_bound") {
+        // 50 clients, as wrk's 50 connections: entries are made and evicted on both threads.
+        fill_and_measure(100_000, 30, 50, true);
+    }
+}
+
+#[test]
+fn one_mebibyte_entries_stay_within_the_resident_bound() {
+    if in_child_process("one_mebibyte_entries_stay_within_the_resident_bound") {
+        // why: answers in flight are not stored yet (nor charged); with 8 clients at most
+        // about 16 MiB of them, within the bound's 32 MiB of slack.
+        fill_and_measure(400, 1 << 20, 8, false);
+    }
+}
