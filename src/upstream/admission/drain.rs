@@ -28,6 +28,21 @@ pub(super) const WINDOW: Duration = Duration::from_secs(10);
 /// Most grants remembered per class (a fast class shortens its own window).
 const MAX_GRANTS: usize = 4096;
 
+/// How lenient an estimate is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Leniency {
+    /// Standard errors of optimism on the measured rate.
+    pub errors: f64,
+    /// Whether the pace of the last `needed` grants counts when it is faster than the window's.
+    pub recent: bool,
+}
+
+/// For a request arriving: one standard error, the window's pace.
+pub(super) const ON_ARRIVAL: Leniency = Leniency {
+    errors: 1.0,
+    recent: false,
+};
+
 /// Drain evidence of one priority class.
 #[derive(Debug, Default)]
 pub(super) struct DrainRate {
@@ -95,16 +110,16 @@ impl DrainRate {
     /// `None` without enough evidence: fewer than `needed` grants in the window, or the class
     /// is not backlogged now.
     pub(super) fn expected_wait(&self, now: Instant, ahead: usize, needed: usize) -> Option<f64> {
-        self.expected_wait_within(now, ahead, needed, 1.0)
+        self.expected_wait_within(now, ahead, needed, ON_ARRIVAL)
     }
 
-    /// [`expected_wait`](Self::expected_wait) optimistic by `errors` standard errors.
+    /// [`expected_wait`](Self::expected_wait) with the given leniency.
     pub(super) fn expected_wait_within(
         &self,
         now: Instant,
         ahead: usize,
         needed: usize,
-        errors: f64,
+        lenient: Leniency,
     ) -> Option<f64> {
         let since = self.open_since?;
         let n = self.grants.len();
@@ -120,8 +135,27 @@ impl DrainRate {
         if exposure <= 0.0 {
             return None;
         }
-        let rate = n as f64 / exposure;
-        let optimistic = rate * (1.0 + errors / (n as f64).sqrt());
+        let mut rate = n as f64 / exposure;
+        if lenient.recent {
+            // why: a storm's drain speeds up over its first seconds (connections, cache fills
+            // and the first wave of follow-ups settle), so for the lenient judgement of
+            // requests queued without evidence the pace of the last `needed` grants counts
+            // when it is faster (not on arrival: over-admitting there costs hosts whose POST
+            // ends too late for their follow-ups)
+            let k = needed.max(1).min(n);
+            let recent = self
+                .grants
+                .iter()
+                .rev()
+                .take(k)
+                .map(|(_, g)| g)
+                .sum::<f64>()
+                + open;
+            if recent > 0.0 {
+                rate = rate.max(k as f64 / recent);
+            }
+        }
+        let optimistic = rate * (1.0 + lenient.errors / (n as f64).sqrt());
         Some((ahead + 1) as f64 / optimistic)
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
+use super::drain::Leniency;
 use super::{Admission, Grant, RejectReason, State};
 
 /// Most grants (or completions) of a class fail-fast waits for before it trusts what it saw.
@@ -26,9 +27,12 @@ pub(super) fn needed_grants(slots: usize) -> usize {
 /// Trimming a waiter that already queued needs this many times the evidence of the arrival
 /// check...
 pub(super) const TRIM_EVIDENCE: usize = 1;
-/// ...and is optimistic by this many standard errors: it is checked at every grant, so it
-/// must not act on the low points of a noisy estimate.
-pub(super) const TRIM_ERRORS: f64 = 2.0;
+/// ...and is optimistic by two standard errors (it is checked at every grant, so it must not
+/// act on the low points of a noisy estimate) and by the pace of the last grants when faster.
+const TRIM: Leniency = Leniency {
+    errors: 2.0,
+    recent: true,
+};
 
 impl Admission {
     /// Whether a request with no free slot may enter the queue.
@@ -207,7 +211,7 @@ impl Admission {
         let Some(wait) = st
             .drain
             .get(&class.0)
-            .and_then(|d| d.expected_wait_within(now, ahead, needed, TRIM_ERRORS))
+            .and_then(|d| d.expected_wait_within(now, ahead, needed, TRIM))
         else {
             return false;
         };
