@@ -1,8 +1,8 @@
 //! Apache mod_headers lines → floodgate header rules: `RequestHeader set|append|add|unset` and
 //! `Header [always|onsuccess] set|append|add|unset`, their values (`%{VAR}s` format strings
 //! and `expr=` strings) and their conditions (`env=[!]VAR`, `expr=` with `==`, `!=`, `in`,
-//! `=~`, `!~`, `-n`, `-z`, `!` and `&&` over the certificate, the method, the path and request
-//! headers). What cannot be translated leaves the whole line out with a note: a rule without
+//! `=~`, `!~`, `-n`, `-z`, `!` and `&&` over the certificate, the method, the path and the
+//! headers: the request's in `RequestHeader`, the answer's in `Header`). What cannot be translated leaves the whole line out with a note: a rule without
 //! its condition would apply where Apache's does not.
 
 use serde_json::{json, Map, Value};
@@ -179,7 +179,7 @@ impl Rules {
                 return;
             }
         };
-        let mut when = match cond.map(|c| condition(c)).transpose() {
+        let mut when = match cond.map(|c| condition(c, side)).transpose() {
             Ok(c) => c.unwrap_or_default(),
             Err(e) => {
                 notes.skip(ln, format!("{what}: the condition {e}"));
@@ -318,7 +318,7 @@ fn template(value: &str) -> Result<String, String> {
 }
 
 /// A line's trailing condition (`env=[!]VAR`, `expr=EXPR`, `early`) → a floodgate `if:`.
-fn condition(c: &str) -> Result<Map<String, Value>, String> {
+fn condition(c: &str, side: Side) -> Result<Map<String, Value>, String> {
     if let Some(v) = c.strip_prefix("env=") {
         let (neg, v) = match v.strip_prefix('!') {
             Some(v) => (true, v),
@@ -337,7 +337,7 @@ fn condition(c: &str) -> Result<Map<String, Value>, String> {
         return Ok(m);
     }
     if let Some(e) = c.strip_prefix("expr=") {
-        return expr(e).map_err(|e| format!("expr: {e}"));
+        return expr(e, side).map_err(|e| format!("expr: {e}"));
     }
     Err(format!(
         "{c:?} (early or unknown) has no floodgate equivalent"
@@ -346,11 +346,11 @@ fn condition(c: &str) -> Result<Map<String, Value>, String> {
 
 /// An ap_expr condition → a floodgate `if:` (all keys must hold). Supported: `&&` of
 /// comparisons, each maybe under `!`; `||` and nested groups are refused.
-fn expr(e: &str) -> Result<Map<String, Value>, String> {
+fn expr(e: &str, side: Side) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     for part in split_and(e)? {
         let (neg, atom) = negation(part);
-        let m = comparison(atom)?;
+        let m = comparison(atom, side)?;
         let m = if neg {
             let mut n = Map::new();
             n.insert("not".into(), Value::Object(m));
@@ -414,17 +414,35 @@ enum Operand {
     Header(String),
 }
 
-fn operand(s: &str) -> Result<Operand, String> {
+/// A header condition reads the request in a request rule and the answer in a response rule,
+/// so a `Header` line can test `resp('X')` and a `RequestHeader` line `req('X')`.
+fn operand(s: &str, side: Side) -> Result<Operand, String> {
     let s = s.trim();
+    let header = |name: String, of: Side| {
+        if of == side {
+            Ok(Operand::Header(name))
+        } else if of == Side::Request {
+            Err(format!(
+                "{s}: floodgate's response rules test the answer's headers, not the request's"
+            ))
+        } else {
+            Err(format!("{s}: a request rule has no answer yet"))
+        }
+    };
     if let Some(v) = s.strip_prefix("%{").and_then(|r| r.strip_suffix('}')) {
-        return Ok(match v.split_once(':') {
-            Some((k, h)) if k.eq_ignore_ascii_case("HTTP") => Operand::Header(h.to_owned()),
-            _ => Operand::Var(v.to_owned()),
-        });
+        return match v.split_once(':') {
+            Some((k, h)) if k.eq_ignore_ascii_case("HTTP") => header(h.to_owned(), Side::Request),
+            _ => Ok(Operand::Var(v.to_owned())),
+        };
     }
-    for f in ["req(", "http(", "req_novary("] {
+    for (f, of) in [
+        ("req(", Side::Request),
+        ("http(", Side::Request),
+        ("req_novary(", Side::Request),
+        ("resp(", Side::Response),
+    ] {
         if let Some(arg) = s.strip_prefix(f).and_then(|r| r.strip_suffix(')')) {
-            return Ok(Operand::Header(string(arg)?));
+            return header(string(arg)?, of);
         }
     }
     Err(format!("{s:?} is not a variable floodgate can test"))
@@ -466,10 +484,10 @@ fn regex(s: &str) -> Result<String, String> {
 }
 
 /// One comparison → condition keys.
-fn comparison(s: &str) -> Result<Map<String, Value>, String> {
+fn comparison(s: &str, side: Side) -> Result<Map<String, Value>, String> {
     let mut m = Map::new();
     if let Some(rest) = s.strip_prefix("-n ").or_else(|| s.strip_prefix("-z ")) {
-        let Operand::Header(h) = operand(rest)? else {
+        let Operand::Header(h) = operand(rest, side)? else {
             return Err(format!("{s:?}: -n/-z only on a request header"));
         };
         let present = json!({ "header": { "name": h } });
@@ -487,7 +505,7 @@ fn comparison(s: &str) -> Result<Map<String, Value>, String> {
     else {
         return Err(format!("{s:?} is not a comparison floodgate can translate"));
     };
-    let lhs = operand(&s[..at])?;
+    let lhs = operand(&s[..at], side)?;
     let rhs = s[at + op.len() + 2..].trim();
     let (keys, negate) = match (lhs, op) {
         (Operand::Var(v), "==" | "!=" | "in" | "-in") => {
@@ -588,7 +606,8 @@ mod tests {
 
     #[test]
     fn conditions_translate_or_say_why_not() {
-        let c = |e: &str| Value::Object(expr(e).unwrap());
+        let expr_req = |e: &str| expr(e, Side::Request);
+        let c = |e: &str| Value::Object(expr(e, Side::Request).unwrap());
         assert_eq!(
             c("%{SSL_CLIENT_S_DN_CN} == 'foreman.example.com'"),
             json!({ "cert_cn": "foreman.example.com" })
@@ -606,7 +625,7 @@ mod tests {
             json!({ "not": { "header": { "name": "X-Api" } } })
         );
         assert!(
-            expr("-n req('X-Api') && %{HTTP:User-Agent} =~ /^curl/").is_err(),
+            expr_req("-n req('X-Api') && %{HTTP:User-Agent} =~ /^curl/").is_err(),
             "two header tests in one line"
         );
         assert_eq!(
@@ -617,10 +636,20 @@ mod tests {
             c("%{SSL_CLIENT_VERIFY} != 'SUCCESS'"),
             json!({ "not": { "cert_verified": true } })
         );
-        assert!(expr("%{A} == 'x' || %{B} == 'y'")
+        assert!(expr_req("%{A} == 'x' || %{B} == 'y'")
             .unwrap_err()
             .contains("||"));
-        assert!(expr("%{TIME_HOUR} == '12'")
+        assert_eq!(
+            Value::Object(expr("resp('Content-Type') =~ /^text\\//", Side::Response).unwrap()),
+            json!({ "header": { "name": "Content-Type", "matches": "^text/" } }),
+            "a Header line tests the answer"
+        );
+        assert!(
+            expr("req('X-A') == 'b'", Side::Response).is_err(),
+            "response rules cannot test request headers"
+        );
+        assert!(expr("resp('X-A') == 'b'", Side::Request).is_err());
+        assert!(expr_req("%{TIME_HOUR} == '12'")
             .unwrap_err()
             .contains("TIME_HOUR"));
     }
