@@ -87,6 +87,10 @@ pub fn convert(text: &str, source: &str) -> Converted {
     let mut routes: Vec<Value> = Vec::new();
     let mut balancer: Option<String> = None;
     let mut location: Option<String> = None;
+    // Sections whose condition floodgate cannot carry (`<If>`, `<Directory>`, `<LocationMatch>`,
+    // ...), innermost last: a header or ProxyPass line inside one is left out, as converting it
+    // without its section would apply it everywhere.
+    let mut enclosing: Vec<String> = Vec::new();
     let mut vhost: Option<VHost> = None;
     // Header lines outside any vhost apply to every vhost.
     let mut server_rules = Rules::default();
@@ -168,8 +172,26 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     }
                 }
             }
+            ("<ifmodule", _) | ("</ifmodule>", _) => {}
+            ("<location", ["~", ..]) => {
+                notes.skip(ln, "<Location ~ regex>: floodgate has no regex path match; the lines inside are left out");
+                enclosing.push("location".into());
+            }
+            ("</location>", _) if enclosing.last().is_some_and(|s| s == "location") => {
+                enclosing.pop();
+            }
             ("<location", [path, ..]) => location = Some(unquote(path.trim_end_matches('>')).to_string()),
             ("</location>", _) => location = None,
+            (open, _) if open.starts_with('<') && !open.starts_with("</") && !matches!(open, "<virtualhost" | "<proxy") => {
+                notes.skip(ln, format!("`{line}`: floodgate cannot carry this section's condition; the header and ProxyPass lines inside are left out"));
+                enclosing.push(open[1..].trim_end_matches('>').to_string());
+            }
+            (close, _) if close.starts_with("</") && enclosing.last().is_some_and(|s| close[2..].trim_end_matches('>') == s) => {
+                enclosing.pop();
+            }
+            ("proxypass" | "requestheader" | "header", _) if !enclosing.is_empty() => {
+                notes.skip(ln, format!("`{line}`: inside <{}>", enclosing.last().map_or("", String::as_str)));
+            }
             ("proxypass", args) => {
                 let (path, target, params) = match (&location, args) {
                     (Some(loc), [t, rest @ ..]) => (loc.clone(), *t, rest),
@@ -366,6 +388,30 @@ mod tests {
             "the empty-certificate note and the edit line: {:?}",
             c.notes
         );
+    }
+
+    #[test]
+    fn lines_inside_a_section_floodgate_cannot_express_are_left_out() {
+        let c = convert(
+            "<VirtualHost *:80>\n<If \"%{HTTP_HOST} == 'a'\">\nRequestHeader set X-A 1\n</If>\n<LocationMatch \"^/x\">\nHeader always set X-B 1\nProxyPass http://h:1/x\n</LocationMatch>\n<Location ~ \"/y\">\nRequestHeader unset X-C\n</Location>\n<IfModule mod_headers.c>\nRequestHeader set X-D 1\n</IfModule>\n</VirtualHost>\n",
+            "t",
+        );
+        let y = yaml(&c);
+        let expect: serde_yaml::Value =
+            serde_yaml::from_str(r#"[{ set: X-D, value: "1" }]"#).unwrap();
+        assert_eq!(
+            y["listeners"][0]["request_headers"], expect,
+            "only the IfModule line applies everywhere"
+        );
+        assert!(y["listeners"][0].get("response_headers").is_none());
+        assert!(y["routes"].as_sequence().unwrap().is_empty());
+        let skipped: Vec<usize> = c
+            .notes
+            .iter()
+            .filter(|n| n.kind == NoteKind::NotConverted)
+            .map(|n| n.line)
+            .collect();
+        assert_eq!(skipped, [2, 3, 5, 6, 7, 9, 10], "{:?}", c.notes);
     }
 
     #[test]
