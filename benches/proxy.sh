@@ -6,6 +6,8 @@
 #   SKIP_BUILD=1 DURATION=5s benches/proxy.sh
 #   SKIP_BUILD=1 PROXIES=floodgate SCENARIOS=ka400 \
 #     FG_VARIANTS="fg-ws:2:true:1024 fg-nows:2:false:1024" benches/proxy.sh
+#   SKIP_BUILD=1 PROXIES=floodgate BARE=0 SCENARIOS=ka50 ROUNDS=3 RATIO_TO=before \
+#     FG_VARIANTS="before:2:true:1024:/tmp/old/floodgate after:2:true:1024" benches/proxy.sh
 #   SKIP_BUILD=1 ROUNDS=3 OUT_CSV=/tmp/run.csv benches/proxy.sh ; REPORT_FROM=/tmp/run.csv benches/proxy.sh
 #   SKIP_BUILD=1 PERF_DIR=/tmp/perf SCENARIOS=ka50 benches/proxy.sh   # perf record each row
 #   SKIP_BUILD=1 BARE=0 benches/proxy.sh   # without the bare-Pingora row
@@ -19,7 +21,8 @@
 #      upstream keep-alive, logs off, $PROXY_THREADS threads), warms it up, runs wrk, reads
 #      its peak RSS (VmHWM, summed over the processes of the proxy) and CPU time, stops it;
 #   4. prints one table per scenario (median over ROUNDS of each metric): req/s, p50, p99, peak
-#      RSS, CPU per request, upstream connections opened, and ratios to HAProxy.
+#      RSS, CPU per request, upstream connections opened, and ratios to HAProxy (or to the row
+#      named by RATIO_TO).
 #
 # The row `pingora-bare` (on unless BARE=0) is the test kit's `bare-proxy` (tests/support/src/bare.rs):
 # the smallest Pingora 0.9.1 proxy (one ProxyHttp impl, LoadBalancer<RoundRobin> with one
@@ -45,10 +48,13 @@ PROXIES=${PROXIES:-"floodgate haproxy nginx"}
 [ "$BARE" = 1 ] && case " $PROXIES " in *" pingora-bare "*) ;; *) PROXIES="$PROXIES pingora-bare" ;; esac
 PROXY_THREADS=${PROXY_THREADS:-2}     # floodgate/pingora-bare threads, HAProxy nbthread, nginx workers
 ORIGIN_WORKERS=${ORIGIN_WORKERS:-1}   # nginx origin worker processes
-# floodgate variants, each NAME:THREADS:WORK_STEALING:KEEPALIVE_POOL; every variant becomes
-# one row (the name `floodgate` in PROXIES expands to all of them).
+# floodgate variants, each NAME:THREADS:WORK_STEALING:KEEPALIVE_POOL[:BINARY]; every variant
+# becomes one row (the name `floodgate` in PROXIES expands to all of them). BINARY (default
+# $FLOODGATE_BIN) lets two builds, e.g. two commits, share one run and one table; rows run one
+# after another inside every round, so ROUNDS>1 alternates them.
 FG_VARIANTS=${FG_VARIANTS:-"floodgate:$PROXY_THREADS:true:1024"}
 FG_BALANCE=${FG_BALANCE:-round_robin}
+RATIO_TO=${RATIO_TO:-haproxy}         # the row the ratio columns divide by
 
 SKIP_BUILD=${SKIP_BUILD:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
@@ -93,9 +99,10 @@ NGINX_USER=""
 
 # ---- report tables -----------------------------------------------------------------------
 # Per (scenario, row): the median over rounds of each metric separately (req/s, p50, p99, RSS,
-# CPU per request, upstream connections; errors are summed), then ratios to the haproxy row.
+# CPU per request, upstream connections; errors are summed), then ratios to the $RATIO_TO row
+# (headed ".../hap" for haproxy, ".../base" otherwise).
 report() { # rows-file scenarios rows
-  awk -v order="$2" -v roworder="$3" '
+  awk -v order="$2" -v roworder="$3" -v base="$RATIO_TO" '
     {
       key = $1 SUBSEP $2; k = ++n[key]
       rps[key, k] = $4; p50[key, k] = $5; p99[key, k] = $6; err[key] += $7
@@ -104,16 +111,16 @@ report() { # rows-file scenarios rows
     END {
       ns = split(order, scs, " "); nr = split(roworder, rws, " ")
       for (i = 1; i <= ns; i++) {
-        sc = scs[i]; h = 0
+        sc = scs[i]; h = 0; b = (base == "haproxy") ? "hap" : "base"
         for (j = 1; j <= nr; j++) {
           key = sc SUBSEP rws[j]
           if (!(key in n)) continue
           R[j] = med(rps, key, n[key]); P5[j] = med(p50, key, n[key]); P9[j] = med(p99, key, n[key])
           M[j] = med(rss, key, n[key]); C[j] = med(cpu, key, n[key]); U[j] = med(upc, key, n[key])
-          if (rws[j] == "haproxy") h = j
+          if (rws[j] == base) h = j
         }
         printf "\n## %s\n\n", title(sc)
-        printf "| %-16s | %9s | %8s | %8s | %9s | %8s | %6s | %8s | %8s | %8s | %8s | %8s |\n", "proxy", "req/s", "p50 ms", "p99 ms", "RSS MiB", "CPU us/r", "errors", "up conns", "rps/hap", "p50/hap", "p99/hap", "RSS/hap"
+        printf "| %-16s | %9s | %8s | %8s | %9s | %8s | %6s | %8s | %8s | %8s | %8s | %8s |\n", "proxy", "req/s", "p50 ms", "p99 ms", "RSS MiB", "CPU us/r", "errors", "up conns", "rps/" b, "p50/" b, "p99/" b, "RSS/" b
         printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "------------------", "----------:", "---------:", "---------:", "----------:", "---------:", "-------:", "---------:", "---------:", "---------:", "---------:", "---------:"
         for (j = 1; j <= nr; j++) {
           key = sc SUBSEP rws[j]
@@ -147,13 +154,14 @@ if [ -n "${REPORT_FROM:-}" ]; then
 fi
 
 # ---- build -------------------------------------------------------------------------------
-WANT_FG=0  # the floodgate binary also runs the pingora-bare row
+WANT_FG=0  # the build also makes the pingora-bare row's binary
 case " $PROXIES " in *" floodgate "* | *" pingora-bare "*) WANT_FG=1 ;; esac
+FG_ROWS=0  # floodgate variants are measured
+case " $PROXIES " in *" floodgate "*) FG_ROWS=1 ;; esac
 if [ "$WANT_FG" = 1 ] && [ "$SKIP_BUILD" != 1 ]; then
   log "building floodgate (release, fat LTO; several minutes) into $CARGO_TARGET_DIR"
   (cd "$ROOT" && cargo build --release --workspace --bins)
 fi
-[ "$WANT_FG" = 0 ] || [ -x "$FLOODGATE_BIN" ] || { log "no binary at $FLOODGATE_BIN"; exit 1; }
 
 # ---- configs -----------------------------------------------------------------------------
 nginx_common() { # prefix
@@ -288,7 +296,7 @@ start_proxy() { # row-name
       # SIGTERM is Pingora's graceful stop with its default 300 s grace period; SIGINT exits now
       PROXY_STOP_SIG=INT ;;
     *)
-      RUST_LOG=warn "$FLOODGATE_BIN" run -c "$WORK/$name/floodgate.yaml" >"$WORK/$name/out.log" 2>&1 &
+      RUST_LOG=warn "$(cat "$WORK/$name/bin")" run -c "$WORK/$name/floodgate.yaml" >"$WORK/$name/out.log" 2>&1 &
       PROXY_PID=$! ;;
   esac
   PIDS+=("$PROXY_PID")
@@ -417,8 +425,11 @@ write_origin_conf
 write_haproxy_conf
 write_nginx_conf
 for v in $FG_VARIANTS; do
-  IFS=: read -r n t ws pool <<<"$v"
+  IFS=: read -r n t ws pool bin <<<"$v"
   write_fg_conf "$n" "$t" "$ws" "$pool"
+  bin=${bin:-$FLOODGATE_BIN}
+  [ "$FG_ROWS" = 0 ] || [ -x "$bin" ] || { log "variant $n: no binary at $bin"; exit 1; }
+  echo "$bin" >"$WORK/$n/bin"
 done
 
 wait_port_free "$ORIGIN_ADDR"
@@ -444,4 +455,7 @@ fi
 echo
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# wrk -t$WRK_THREADS -d$DURATION, median of $ROUNDS round(s); proxies with $PROXY_THREADS threads; origin nginx ($ORIGIN_WORKERS worker) returning 200 \"ok\""
+if [ "$FG_ROWS" = 1 ]; then
+  echo "# floodgate binaries: $(for v in $FG_VARIANTS; do printf '%s=%s ' "${v%%:*}" "$(cat "$WORK/${v%%:*}/bin")"; done)"
+fi
 report "$WORK/rows" "$SCENARIOS" "$(echo $ROWS)"

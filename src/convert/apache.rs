@@ -2,12 +2,24 @@
 //! `<VirtualHost>`, `<Proxy balancer://NAME>` with `BalancerMember URL max= acquire= timeout=`
 //! and `ProxySet lbmethod=`, `ProxyPass`/`ProxyPassReverse` (also inside `<Location>`, and
 //! `ProxyPass /path !`), `SSLEngine`, `SSLCertificateFile`, `SSLCertificateKeyFile`,
-//! `SSLCACertificateFile`, `SSLVerifyClient`, `RequestHeader set SSL-CLIENT-* / unset`.
+//! `SSLCACertificateFile`, `SSLVerifyClient`, and `RequestHeader`/`Header` lines (as header
+//! rules, see [`super::apache_headers`]). `ProxyPass /path !` becomes a route answering 404.
 
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-use super::{ident, render, Converted, Notes};
+use super::apache_headers::{words, Rules, Side};
+use super::{ident, Converted, Notes};
+
+/// The `<VirtualHost>` being read.
+struct VHost {
+    bind: String,
+    line: usize,
+    tls: Map<String, Value>,
+    ssl_on: bool,
+    server_name: Option<String>,
+    rules: Rules,
+}
 
 fn unquote(s: &str) -> &str {
     s.trim_matches('"')
@@ -75,7 +87,13 @@ pub fn convert(text: &str, source: &str) -> Converted {
     let mut routes: Vec<Value> = Vec::new();
     let mut balancer: Option<String> = None;
     let mut location: Option<String> = None;
-    let mut vhost: Option<(String, usize, Map<String, Value>, bool)> = None; // bind, line, tls, ssl on
+    // Sections whose condition floodgate cannot carry (`<If>`, `<Directory>`, `<LocationMatch>`,
+    // ...), innermost last: a header or ProxyPass line inside one is left out, as converting it
+    // without its section would apply it everywhere.
+    let mut enclosing: Vec<String> = Vec::new();
+    let mut vhost: Option<VHost> = None;
+    // Header lines outside any vhost apply to every vhost.
+    let mut server_rules = Rules::default();
 
     for (i, raw) in text.lines().enumerate() {
         let ln = i + 1;
@@ -93,18 +111,22 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     Some((h, p)) => format!("{}:{p}", if h == "*" || h == "_default_" { "0.0.0.0" } else { h }),
                     None => listens.first().cloned().unwrap_or_else(|| "0.0.0.0:80".into()),
                 };
-                vhost = Some((bind, ln, Map::new(), false));
+                vhost = Some(VHost { bind, line: ln, tls: Map::new(), ssl_on: false, server_name: None, rules: Rules::default() });
             }
             ("</virtualhost>", _) => {
-                if let Some((bind, vln, tls, on)) = vhost.take() {
-                    let mut l = json!({ "name": format!("vhost-{vln}"), "bind": bind });
-                    if on {
-                        if tls.contains_key("cert") && tls.contains_key("key") {
-                            l["tls"] = Value::Object(tls);
+                if let Some(vh) = vhost.take() {
+                    let mut l = json!({ "name": format!("vhost-{}", vh.line), "bind": vh.bind });
+                    if vh.ssl_on {
+                        if vh.tls.contains_key("cert") && vh.tls.contains_key("key") {
+                            l["tls"] = Value::Object(vh.tls);
                         } else {
-                            notes.skip(vln, "SSLEngine on without SSLCertificateFile and SSLCertificateKeyFile");
+                            notes.skip(vh.line, "SSLEngine on without SSLCertificateFile and SSLCertificateKeyFile");
                         }
                     }
+                    if let Some(n) = vh.server_name {
+                        l["server_name"] = json!(n);
+                    }
+                    with_rules(&mut l, &vh.rules, &server_rules);
                     listeners.push(l);
                 }
             }
@@ -150,8 +172,26 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     }
                 }
             }
+            ("<ifmodule", _) | ("</ifmodule>", _) => {}
+            ("<location", ["~", ..]) => {
+                notes.skip(ln, "<Location ~ regex>: floodgate has no regex path match; the lines inside are left out");
+                enclosing.push("location".into());
+            }
+            ("</location>", _) if enclosing.last().is_some_and(|s| s == "location") => {
+                enclosing.pop();
+            }
             ("<location", [path, ..]) => location = Some(unquote(path.trim_end_matches('>')).to_string()),
             ("</location>", _) => location = None,
+            (open, _) if open.starts_with('<') && !open.starts_with("</") && !matches!(open, "<virtualhost" | "<proxy") => {
+                notes.skip(ln, format!("`{line}`: floodgate cannot carry this section's condition; the header and ProxyPass lines inside are left out"));
+                enclosing.push(open[1..].trim_end_matches('>').to_string());
+            }
+            (close, _) if close.starts_with("</") && enclosing.last().is_some_and(|s| close[2..].trim_end_matches('>') == s) => {
+                enclosing.pop();
+            }
+            ("proxypass" | "requestheader" | "header", _) if !enclosing.is_empty() => {
+                notes.skip(ln, format!("`{line}`: inside <{}>", enclosing.last().map_or("", String::as_str)));
+            }
             ("proxypass", args) => {
                 let (path, target, params) = match (&location, args) {
                     (Some(loc), [t, rest @ ..]) => (loc.clone(), *t, rest),
@@ -161,11 +201,14 @@ pub fn convert(text: &str, source: &str) -> Converted {
                         continue;
                     }
                 };
+                let trimmed = path.trim_end_matches('/');
+                let prefix = if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() };
+                let name = ident(&format!("line{ln}{}", prefix.replace('/', "-")));
                 if target == "!" {
-                    notes.skip(ln, format!("ProxyPass {path} !: Apache serves {path} itself; floodgate cannot answer locally yet (being added by another engineer), so such requests would reach the next matching route"));
+                    notes.approx(ln, format!("ProxyPass {path} !: a route answering 404 Not Found here; Apache serves {path} itself (files, Alias, a handler), so serve those from elsewhere if they matter"));
+                    routes.push(json!({ "name": name, "match": { "path_prefix": prefix }, "respond": { "status": 404, "headers": { "Content-Type": "text/plain" }, "body": "Not Found\n" } }));
                     continue;
                 }
-                let trimmed = path.trim_end_matches('/');
                 let (upstream, tpath) = if let Some(rest) = target.strip_prefix("balancer://") {
                     let (b, p) = rest.split_once('/').map_or((rest, "/".to_string()), |(b, p)| (b, format!("/{p}")));
                     (ident(b), p)
@@ -188,16 +231,20 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     let mut unused = Map::new();
                     worker_params(params, ln, &mut notes, &mut unused, up);
                 }
-                let prefix = if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() };
-                routes.push(json!({ "name": ident(&format!("line{ln}{}", prefix.replace('/', "-"))), "match": { "path_prefix": prefix }, "upstream": upstream }));
+                routes.push(json!({ "name": name, "match": { "path_prefix": prefix }, "upstream": upstream }));
             }
             ("proxypassreverse", _) => notes.approx(ln, "ProxyPassReverse: floodgate does not rewrite Location headers; not needed when the paths are equal and ProxyPreserveHost is On"),
+            ("servername", [n]) if vhost.is_some() => {
+                if let Some(vh) = vhost.as_mut() {
+                    vh.server_name = Some(unquote(n).to_string());
+                }
+            }
             ("proxyrequests", [v]) if v.eq_ignore_ascii_case("off") => {}
             ("proxypreservehost", [v]) if v.eq_ignore_ascii_case("on") => {}
             ("proxyaddheaders", [v]) if v.eq_ignore_ascii_case("on") => {}
             ("sslengine", [v]) => {
                 if let Some(vh) = vhost.as_mut() {
-                    vh.3 = v.eq_ignore_ascii_case("on");
+                    vh.ssl_on = v.eq_ignore_ascii_case("on");
                 }
             }
             ("sslcertificatefile", [f]) | ("sslcertificatekeyfile", [f]) | ("sslcacertificatefile", [f]) => {
@@ -207,7 +254,7 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     _ => "client_ca",
                 };
                 if let Some(vh) = vhost.as_mut() {
-                    vh.2.insert(key.into(), json!(unquote(f)));
+                    vh.tls.insert(key.into(), json!(unquote(f)));
                 }
             }
             ("sslverifyclient", [v]) => {
@@ -217,26 +264,23 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     _ => "none",
                 };
                 if let Some(vh) = vhost.as_mut() {
-                    vh.2.insert("client_auth".into(), json!(mode));
+                    vh.tls.insert("client_auth".into(), json!(mode));
                 }
             }
             ("sslcertificatechainfile", [f]) => notes.approx(ln, format!("SSLCertificateChainFile {}: append it to the SSLCertificateFile PEM (floodgate sends the chain in cert:)", unquote(f))),
-            ("requestheader", [op, name, ..]) => {
-                let n = name.to_ascii_uppercase().replace('_', "-");
-                if op.eq_ignore_ascii_case("set") && (n.starts_with("SSL-CLIENT-") || n == "X-FORWARDED-PROTO") {
-                    notes.approx(ln, format!("RequestHeader set {name}: floodgate sets SSL-CLIENT-S-DN, SSL-CLIENT-CERT (PEM flattened), SSL-CLIENT-VERIFY and X-Forwarded-Proto itself on every listener"));
-                } else if op.eq_ignore_ascii_case("unset") && (n.starts_with("REMOTE-USER") || n.starts_with("SSL-CLIENT-")) {
-                    notes.approx(ln, format!("RequestHeader unset {name}: floodgate always removes client-sent REMOTE-USER* and SSL-CLIENT-* headers"));
-                } else {
-                    notes.skip(ln, format!("RequestHeader {op} {name}: header rules are being added (issue 17)"));
-                }
+            ("requestheader" | "header", _) => {
+                let side = if d == "header" { Side::Response } else { Side::Request };
+                let rules = vhost.as_mut().map_or(&mut server_rules, |vh| &mut vh.rules);
+                rules.add_line(side, &words(line)[1..], location.as_deref(), ln, &mut notes);
             }
             _ => notes.skip(ln, format!("`{line}`")),
         }
     }
     if listeners.is_empty() {
         for (i, l) in listens.iter().enumerate() {
-            listeners.push(json!({ "name": format!("listen-{i}"), "bind": l }));
+            let mut l = json!({ "name": format!("listen-{i}"), "bind": l });
+            with_rules(&mut l, &Rules::default(), &server_rules);
+            listeners.push(l);
         }
     }
     let mut doc = Map::new();
@@ -248,10 +292,17 @@ pub fn convert(text: &str, source: &str) -> Converted {
         .collect();
     doc.insert("upstreams".into(), Value::Object(ups));
     doc.insert("routes".into(), Value::Array(routes));
-    let notes = notes.finish();
-    Converted {
-        yaml: render(source, &Value::Object(doc), &notes),
-        notes,
+    Converted::from_doc(source, doc, notes)
+}
+
+/// Puts a vhost's header rules (after the server-wide ones) on its listener.
+fn with_rules(listener: &mut Value, rules: &Rules, server: &Rules) {
+    let (request, response) = rules.lists(server);
+    if !request.is_empty() {
+        listener["request_headers"] = Value::Array(request);
+    }
+    if !response.is_empty() {
+        listener["response_headers"] = Value::Array(response);
     }
 }
 
@@ -278,20 +329,29 @@ mod tests {
         assert_eq!(u["balance"], "least_conn");
         assert_eq!(y["routes"][0]["match"]["path_prefix"], "/rhsm");
         assert_eq!(y["routes"][0]["upstream"], "reg");
-        assert_eq!(y["routes"][1]["match"]["path_prefix"], "/");
+        assert_eq!(y["routes"][1]["match"]["path_prefix"], "/pub");
+        assert_eq!(
+            y["routes"][1]["respond"]["status"], 404,
+            "ProxyPass /pub ! answers locally"
+        );
+        assert!(y["routes"][1].get("upstream").is_none());
+        assert_eq!(
+            y["routes"][2]["match"]["path_prefix"], "/",
+            "in source order, after the exclusion"
+        );
         assert_eq!(y["listeners"][0]["bind"], "0.0.0.0:8080");
         let pub_note = c
             .notes
             .iter()
             .find(|n| n.line == 8)
             .expect("ProxyPass /pub ! noted");
-        assert_eq!(pub_note.kind, NoteKind::NotConverted);
+        assert_eq!(pub_note.kind, NoteKind::Approximated, "{pub_note}");
     }
 
     #[test]
-    fn ssl_directives_make_a_tls_listener_and_header_lines_are_noted() {
+    fn ssl_directives_make_a_tls_listener_and_header_lines_become_rules() {
         let c = convert(
-            "<VirtualHost *:443>\nSSLEngine on\nSSLCertificateFile \"/c.crt\"\nSSLCertificateKeyFile /c.key\nSSLCACertificateFile /ca.crt\nSSLVerifyClient optional\nRequestHeader set SSL-CLIENT-S-DN \"%{SSL_CLIENT_S_DN}s\"\nRequestHeader set X-Custom 1\n<Location \"/app\">\nProxyPass http://h:1/app\n</Location>\n</VirtualHost>\n",
+            "<VirtualHost *:443>\nSSLEngine on\nSSLCertificateFile \"/c.crt\"\nSSLCertificateKeyFile /c.key\nSSLCACertificateFile /ca.crt\nSSLVerifyClient optional\nRequestHeader set SSL-CLIENT-S-DN \"%{SSL_CLIENT_S_DN}s\"\nRequestHeader set X-Custom 1\n<Location \"/app\">\nProxyPass http://h:1/app\nRequestHeader set REMOTE-USER admin \"expr=%{SSL_CLIENT_S_DN_CN} == 'h.example.com'\"\n</Location>\nHeader always set Strict-Transport-Security \"max-age=31536000\"\nRequestHeader edit X-A a b\n</VirtualHost>\n",
             "t",
         );
         let y = yaml(&c);
@@ -303,11 +363,55 @@ mod tests {
             y["routes"][0]["match"]["path_prefix"], "/app",
             "Location path"
         );
+        let rules = &y["listeners"][0]["request_headers"];
+        let expect: serde_yaml::Value = serde_yaml::from_str(
+            r#"
+            - { set: SSL-CLIENT-S-DN, value: "%{ssl_client_s_dn}" }
+            - { set: X-Custom, value: "1" }
+            - { set: REMOTE-USER, value: admin, if: { cert_cn: h.example.com, path_prefix: /app } }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            rules, &expect,
+            "vhost lines, then the Location's under its path"
+        );
+        let expect: serde_yaml::Value = serde_yaml::from_str(
+            r#"[{ set: Strict-Transport-Security, value: "max-age=31536000" }]"#,
+        )
+        .unwrap();
+        assert_eq!(y["listeners"][0]["response_headers"], expect);
         let kinds: Vec<(usize, NoteKind)> = c.notes.iter().map(|n| (n.line, n.kind)).collect();
         assert_eq!(
             kinds,
-            vec![(7, NoteKind::Approximated), (8, NoteKind::NotConverted)]
+            vec![(7, NoteKind::Approximated), (14, NoteKind::NotConverted)],
+            "the empty-certificate note and the edit line: {:?}",
+            c.notes
         );
+    }
+
+    #[test]
+    fn lines_inside_a_section_floodgate_cannot_express_are_left_out() {
+        let c = convert(
+            "<VirtualHost *:80>\n<If \"%{HTTP_HOST} == 'a'\">\nRequestHeader set X-A 1\n</If>\n<LocationMatch \"^/x\">\nHeader always set X-B 1\nProxyPass http://h:1/x\n</LocationMatch>\n<Location ~ \"/y\">\nRequestHeader unset X-C\n</Location>\n<IfModule mod_headers.c>\nRequestHeader set X-D 1\n</IfModule>\n</VirtualHost>\n",
+            "t",
+        );
+        let y = yaml(&c);
+        let expect: serde_yaml::Value =
+            serde_yaml::from_str(r#"[{ set: X-D, value: "1" }]"#).unwrap();
+        assert_eq!(
+            y["listeners"][0]["request_headers"], expect,
+            "only the IfModule line applies everywhere"
+        );
+        assert!(y["listeners"][0].get("response_headers").is_none());
+        assert!(y["routes"].as_sequence().unwrap().is_empty());
+        let skipped: Vec<usize> = c
+            .notes
+            .iter()
+            .filter(|n| n.kind == NoteKind::NotConverted)
+            .map(|n| n.line)
+            .collect();
+        assert_eq!(skipped, [2, 3, 5, 6, 7, 9, 10], "{:?}", c.notes);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-use super::{ident, render, Converted, Notes};
+use super::{ident, Converted, Notes};
 
 #[derive(Default, Clone)]
 struct Settings {
@@ -544,11 +544,7 @@ pub fn convert(text: &str, source: &str) -> Converted {
         doc.insert("maps".into(), Value::Object(maps));
     }
     doc.insert("routes".into(), Value::Array(routes));
-    let notes = notes.finish();
-    Converted {
-        yaml: render(source, &Value::Object(doc), &notes),
-        notes,
-    }
+    Converted::from_doc(source, doc, notes)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! each with its source line. Nothing here reads files or the network: the command does that.
 
 pub mod apache;
+mod apache_headers;
 pub mod haproxy;
 
 use std::fmt;
@@ -42,6 +43,20 @@ pub struct Converted {
 }
 
 impl Converted {
+    /// The result for the config `doc` (YAML rendered under a header comment) and its notes
+    /// sorted by line.
+    pub(crate) fn from_doc(
+        source: &str,
+        doc: serde_json::Map<String, serde_json::Value>,
+        notes: Notes,
+    ) -> Converted {
+        let notes = notes.finish();
+        Converted {
+            yaml: render(source, &serde_json::Value::Object(doc), &notes),
+            notes,
+        }
+    }
+
     pub fn count(&self, kind: NoteKind) -> usize {
         self.notes.iter().filter(|n| n.kind == kind).count()
     }
@@ -73,7 +88,7 @@ impl Notes {
 }
 
 /// A header comment and the YAML of `doc`.
-pub(crate) fn render(source: &str, doc: &serde_json::Value, notes: &[Note]) -> String {
+fn render(source: &str, doc: &serde_json::Value, notes: &[Note]) -> String {
     let mut out = format!(
         "# Converted by `floodgate convert` from {source}.\n# {} line(s) not converted, {} approximated: see the notes printed with it.\n",
         notes.iter().filter(|n| n.kind == NoteKind::NotConverted).count(),

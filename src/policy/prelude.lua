@@ -3,8 +3,9 @@
 -- request/response views, the `maps`/`upstream`/`fake` helpers, and returns the internals the
 -- Rust side needs (`dispatch` calls one hook with the running call's views). Arguments:
 -- tripped() -> bool (the time budget fired during this call), validate(kind, value) -> error
--- string or nil (kind is "decision" or "edit").
-local tripped, validate = ...
+-- string or nil (kind is "decision" or "edit"), metatable_of(v) -> the metatable of table v
+-- even behind `__metatable` (nil for anything else; it stays local to the prelude).
+local tripped, validate, metatable_of = ...
 
 local rawget, rawset, type, next, error, tostring, pairs = rawget, rawset, type, next, error, tostring, pairs
 local raw_setmetatable, raw_getmetatable = setmetatable, getmetatable
@@ -163,6 +164,19 @@ local C = {}
 
 local function readonly(_, k)
   error("policy views are read-only (cannot set " .. tostring(k) .. ")", 2)
+end
+
+-- The scripts of one call share its views (one `req`, one `req.headers`, ...), so a field
+-- rawset on a view by one script would be read by the next. A view is a table whose metatable
+-- has `readonly` as `__newindex`; rawset refuses it. why: a fresh view per script would cost
+-- a table per script per call (and per fetched sub-view); this check costs nothing until a
+-- script calls rawset.
+_G.rawset = function(t, k, v)
+  local mt = metatable_of(t)
+  if mt ~= nil and rawget(mt, "__newindex") == readonly then
+    error("policy views are read-only (cannot set " .. tostring(k) .. ")", 2)
+  end
+  return rawset(t, k, v)
 end
 
 -- Fields fetched on first access: field name -> op.

@@ -9,9 +9,11 @@
 //! those tables (`x = 1`, `rawset(_G, ...)`, `setmetatable(_G, ...)`, `string.find = nil`)
 //! is seen by that script only; the string metatable's `__index` is the VM's own `string`
 //! table, which no script can reach (`getmetatable("")` is `false`). The metatables the
-//! copies share (`maps`, the request views) are protected (`__metatable`). Scripts share state
-//! only through the `shared` dictionary (one per engine, across threads and reloads) and the
-//! maps; globals also do not carry from one worker thread's VM to another's.
+//! copies share (`maps`, the request views) are protected (`__metatable`), and `rawset` refuses
+//! a view, so one script cannot plant a field in the `req` a later script of the same call
+//! reads. Scripts share state only through the `shared` dictionary (one per engine, across
+//! threads and reloads) and the maps; globals also do not carry from one worker thread's VM to
+//! another's.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -115,10 +117,18 @@ pub(crate) fn install_sandbox(
         };
         Ok(checked.err())
     })?;
-    let exports: Table = lua
-        .load(PRELUDE)
-        .set_name("=floodgate-prelude")
-        .call((tripped, validate))?;
+    // why: getmetatable stops at `__metatable`; the prelude's rawset needs the real one to
+    // tell a read-only view (see prelude.lua).
+    let metatable_of = lua.create_function(|_, v: Value| {
+        Ok(match v {
+            Value::Table(t) => t.metatable(),
+            _ => None,
+        })
+    })?;
+    let exports: Table =
+        lua.load(PRELUDE)
+            .set_name("=floodgate-prelude")
+            .call((tripped, validate, metatable_of))?;
 
     let mut remove = Vec::new();
     for pair in g.pairs::<Value, Value>() {

@@ -753,3 +753,51 @@ fn table_insert_remove_move_behave_as_stock() {
         (adjust(1), Outcome::Ok)
     );
 }
+
+#[test]
+fn rawset_on_a_view_is_refused_so_a_later_script_sees_the_request_as_it_is() {
+    // The scripts of one call share its views; a rawset by one would be read by the next.
+    let a = r#"
+        local function plant(view) pcall(rawset, view, "planted", "a") end
+        function admit(req)
+          plant(req) plant(req.headers) plant(req.query) plant(req.tls)
+        end
+        function response(req, resp)
+          plant(req) plant(resp) plant(resp.headers)
+        end
+    "#;
+    let b = r#"
+        local function clean(view, what)
+          assert(rawget(view, "planted") == nil and view.planted == nil, what .. " leaked")
+          local ok, err = pcall(rawset, view, "planted", "b")
+          assert(not ok and err:find("read-only", 1, true), what .. ": " .. tostring(err))
+        end
+        function admit(req)
+          clean(req, "req") clean(req.headers, "req.headers")
+          clean(req.query, "req.query") clean(req.tls, "req.tls")
+          return { priority = 1 }
+        end
+        function response(req, resp)
+          clean(req, "req") clean(resp, "resp") clean(resp.headers, "resp.headers")
+        end
+    "#;
+    let e = engine(&[("a.lua", a), ("b.lua", b)]);
+    let r = PolicyRequest {
+        tls: Some(TlsInfo::default()),
+        ..req("GET", "/")
+    };
+    assert_eq!(
+        e.admit(&r, no_host()),
+        (adjust(1), Outcome::Ok),
+        "admit: both scripts ran clean"
+    );
+    let resp = PolicyResponse {
+        status: 200,
+        headers: vec![],
+    };
+    assert_eq!(
+        e.response(&r, &resp, no_host()).1,
+        Outcome::Ok,
+        "response: both scripts ran clean"
+    );
+}

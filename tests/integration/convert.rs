@@ -85,7 +85,7 @@ fn the_foreman_ssl_vhost_converts_and_passes_check_with_its_certificates() {
     assert!(ok, "convert + check succeed:\n{stderr}");
     assert!(stderr.contains("check: OK"), "{stderr}");
     assert!(
-        stderr.contains("ProxyPass /pub !"),
+        stderr.contains("line 99: approximated: ProxyPass /pub !"),
         "the local answer is listed: {stderr}"
     );
     assert!(stderr.contains("max=600"), "{stderr}");
@@ -94,6 +94,20 @@ fn the_foreman_ssl_vhost_converts_and_passes_check_with_its_certificates() {
     assert_eq!(reg["servers"][0]["max_inflight"], 600);
     assert_eq!(reg["timeouts"]["read"], "900s");
     assert_eq!(y["listeners"][0]["tls"]["client_auth"], "optional");
+    let rules = y["listeners"][0]["request_headers"].as_sequence().unwrap();
+    let admin: serde_yaml::Value = serde_yaml::from_str(
+        "{ set: REMOTE-USER, value: admin, if: { cert_cn: foreman.example.com, path_prefix: /pulp/api/v3 } }",
+    )
+    .unwrap();
+    assert!(
+        rules.contains(&admin),
+        "the /pulp/api/v3 Location's expr= line: {rules:?}"
+    );
+    assert_eq!(
+        rules.iter().filter(|r| r.get("remove").is_some()).count(),
+        8,
+        "16 unsets fold to 5 names, plus one per Location: {rules:?}"
+    );
     let prefixes: Vec<&str> = y["routes"]
         .as_sequence()
         .unwrap()
@@ -101,6 +115,10 @@ fn the_foreman_ssl_vhost_converts_and_passes_check_with_its_certificates() {
         .map(|r| r["match"]["path_prefix"].as_str().unwrap())
         .collect();
     let at = |p: &str| prefixes.iter().position(|x| *x == p).unwrap();
+    assert!(
+        at("/pulp/assets") < at("/pulp"),
+        "source order: {prefixes:?}"
+    );
     assert!(
         at("/rhsm") < at("/"),
         "registration routes come before the catch-all: {prefixes:?}"
@@ -209,4 +227,114 @@ async fn the_converted_sasori_config_routes_by_the_converted_map_like_real_hapro
         "each X-Node-Name reaches the same master through HAProxy and through floodgate"
     );
     eprintln!("HAProxy and floodgate agree: {haproxy_says:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converted_header_lines_and_exclusions_act_like_the_vhost_on_a_real_gateway() {
+    use crate::header_rules::{get, names, values, RawOrigin};
+    let dir = Scratch::new("convert-headers");
+    let file = dir.write(
+        "foreman-headers.conf",
+        &fixture("foreman-headers-vhost.conf"),
+    );
+    let (ok, stderr, yaml) = run_convert("apache", Path::new(&file));
+    assert!(ok, "convert + check succeed:\n{stderr}");
+    assert!(stderr.contains("check: OK"), "{stderr}");
+    for note in [
+        "line 14: approximated: RequestHeader unset REMOTE-USER: already removed by the rule of line 13",
+        "line 17: approximated: RequestHeader append X-Trace: added as one more X-Trace line",
+        "line 20: not converted: RequestHeader set X-Bad: the value uses %{HTTP_COOKIE}e",
+        "line 23: approximated: Header set X-Served-By: floodgate's response rules apply to every answer",
+        "line 34: approximated: ProxyPass /pub !: a route answering 404",
+    ] {
+        assert!(stderr.contains(note), "{note:?} in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("ServerName"),
+        "ServerName is the listener's server_name: {stderr}"
+    );
+
+    let o = RawOrigin::start().await;
+    let at = o.addr.to_string();
+    let yaml = yaml
+        .replace("0.0.0.0:8080", "127.0.0.1:{PORT}")
+        .replace("localhost:3000", &at)
+        .replace("localhost:24817", &at);
+    let gw = TestGateway::start(&yaml).await;
+
+    let r = get(
+        &gw.url("/hosts"),
+        &[
+            ("Remote_User-Email", "forged"),
+            ("REMOTE-USER", "forged"),
+            ("X-Trace", "client"),
+            ("User-Agent", "subscription-manager/1.29"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["x-served-by"], "floodgate");
+    assert!(
+        r.headers().get("x-internal").is_none(),
+        "Header always unset X-Internal"
+    );
+    let hs = o.last();
+    let forged: Vec<String> = names(&hs)
+        .into_iter()
+        .filter(|n| n.replace('_', "-").starts_with("remote-user"))
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "forged identity reached the app: {forged:?}"
+    );
+    assert_eq!(
+        values(&hs, "X-Trace"),
+        ["client", "gateway"],
+        "append: after the client's"
+    );
+    assert_eq!(values(&hs, "X-Gateway-Client"), ["127.0.0.1"]);
+    assert_eq!(
+        values(&hs, "X-Api-Client"),
+        ["rhsm"],
+        "expr on User-Agent holds"
+    );
+    assert_eq!(
+        values(&hs, "SSL_CLIENT_S_DN"),
+        [""],
+        "set empty, as Foreman's vhost"
+    );
+    assert!(values(&hs, "X-Pulp").is_empty(), "outside the Location");
+
+    let r = get(&gw.url("/pulp/api/v3/status/"), &[("User-Agent", "curl/8")]).await;
+    assert_eq!(r.status(), 200);
+    let hs = o.last();
+    assert_eq!(
+        values(&hs, "X-Pulp"),
+        ["api"],
+        "inside <Location /pulp/api/v3>"
+    );
+    assert!(
+        values(&hs, "REMOTE-USER").is_empty(),
+        "REMOTE-USER admin needs the server's own certificate"
+    );
+    assert!(
+        values(&hs, "X-Api-Client").is_empty(),
+        "expr on User-Agent fails"
+    );
+
+    let seen = o.count();
+    let r = get(&gw.url("/pub/katello-ca-consumer-latest.noarch.rpm"), &[]).await;
+    assert_eq!(r.status(), 404, "ProxyPass /pub ! answers here");
+    assert_eq!(
+        r.headers()["x-content-type-options"],
+        "nosniff",
+        "response rules on the local answer"
+    );
+    assert_eq!(
+        get(&gw.url("/server-status"), &[]).await.status(),
+        404,
+        "ProxyPass /server-status !"
+    );
+    assert_eq!(o.count(), seen, "no excluded path reached the origin");
 }

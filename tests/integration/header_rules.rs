@@ -10,13 +10,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An origin that records each request head as received (health checks aside) and answers 200 with `X-Origin:
 /// raw`, `X-Internal: 1` and a small body.
-struct RawOrigin {
-    addr: std::net::SocketAddr,
+pub(crate) struct RawOrigin {
+    pub(crate) addr: std::net::SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl RawOrigin {
-    async fn start() -> RawOrigin {
+    pub(crate) async fn start() -> RawOrigin {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -50,12 +50,12 @@ impl RawOrigin {
         RawOrigin { addr, heads }
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.heads.lock().unwrap().len()
     }
 
     /// The last head received: its header lines as (name as sent, value), in order.
-    fn last(&self) -> Vec<(String, String)> {
+    pub(crate) fn last(&self) -> Vec<(String, String)> {
         let heads = self.heads.lock().unwrap();
         let head = heads.last().expect("the origin received a request");
         head.split("\r\n")
@@ -67,18 +67,18 @@ impl RawOrigin {
 }
 
 /// Every value of header `name` (case-insensitive) in `hs`.
-fn values(hs: &[(String, String)], name: &str) -> Vec<String> {
+pub(crate) fn values(hs: &[(String, String)], name: &str) -> Vec<String> {
     hs.iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.clone())
         .collect()
 }
 
-fn names(hs: &[(String, String)]) -> Vec<String> {
+pub(crate) fn names(hs: &[(String, String)]) -> Vec<String> {
     hs.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
 }
 
-async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut r = client().get(url);
     for (k, v) in headers {
         r = r.header(*k, *v);
