@@ -684,6 +684,12 @@ routes:
         200,
         "history: one ~600 ms service time"
     );
+    // Fail-fast trusts service times after two completions per slot.
+    assert_eq!(
+        get(&c, &gw.url("/slow?ms=600"), &[]).await.status,
+        200,
+        "history: a second ~600 ms service time"
+    );
 
     // Now the estimate (~600 ms for one slot) exceeds the 300 ms timeout: rejected on arrival.
     let blocker = spawn_get(gw.url("/slow?ms=2000"), vec![]);
