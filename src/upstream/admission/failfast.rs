@@ -67,8 +67,8 @@ impl Admission {
                 }
                 return self.total_bound(st);
             }
-            // Act only on evidence: this class must have seen enough completions (one per
-            // slot, up to 8) for its service time to mean something; otherwise queue.
+            // Act only on evidence: this class must have seen enough completions (two
+            // per slot, up to 32) for its service time to mean something; otherwise queue.
             let needed = needed_grants(slots);
             let own = st
                 .class_service
@@ -124,7 +124,7 @@ impl Admission {
 
     /// The expected wait of a new request of class `priority` from how fast that class has
     /// been leaving the queue (see [`DrainRate`]), or `None` when there is no such evidence
-    /// yet (the class is not backlogged, or has seen fewer grants than min(slots, 8)).
+    /// yet (the class is not backlogged, or has seen fewer grants than [`needed_grants`]).
     pub(super) fn drain_estimate(
         &self,
         st: &State,

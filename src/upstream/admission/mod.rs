@@ -77,7 +77,7 @@ pub struct QueueSettings {
     /// `timeout`, instead of queueing a request that will most likely time out. The estimate
     /// sums the service time of each class's queued requests ahead (per-class EWMA of hold
     /// times) over the eligible slots, and is trusted only once the request's class has seen
-    /// min(slots, 8) completions. Default off.
+    /// 2 completions per slot (at most 32). Default off.
     pub fail_fast: bool,
 }
 
