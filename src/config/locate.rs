@@ -66,6 +66,12 @@ fn opens_key(body: &str, key: &str) -> bool {
 
 /// The 1-based line where the item named by the key path starts in `text`, if it can be found.
 pub fn line_of(text: &str, path: &str) -> Option<usize> {
+    position_of(text, path).map(|(line, _)| line)
+}
+
+/// The 1-based line and column where the item named by the key path starts in `text` (the
+/// column of its key, or of the `-` of a list item), if it can be found.
+pub fn position_of(text: &str, path: &str) -> Option<(usize, usize)> {
     let (section, step) = split(path);
     if section.is_empty() {
         return None;
@@ -90,14 +96,15 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
             .iter()
             .filter(|&&(_, indent, body)| indent == top && body.starts_with('-'))
             .nth(i)
-            .map(|&(n, _, _)| n),
+            .map(|&(n, indent, _)| (n, indent)),
         (Step::Key(key), Some(top)) => children
             .iter()
             .find(|&&(_, indent, body)| indent == top && opens_key(body, key))
-            .map(|&(n, _, _)| n),
+            .map(|&(n, indent, _)| (n, indent)),
         _ => None,
     };
-    Some(found.unwrap_or(head) + 1)
+    let (n, indent) = found.unwrap_or((head, 0));
+    Some((n + 1, indent + 1))
 }
 
 #[cfg(test)]
@@ -138,6 +145,14 @@ server: { threads: 2 }
     fn mapping_entries_are_found_by_key_quoted_or_not() {
         assert_eq!(line_of(TEXT, "upstreams.app.servers[0].addr"), Some(5));
         assert_eq!(line_of(TEXT, "upstreams.puppet"), Some(8));
+    }
+
+    #[test]
+    fn columns_are_those_of_the_key_or_the_dash() {
+        assert_eq!(position_of(TEXT, "listeners[0]"), Some((3, 3)));
+        assert_eq!(position_of(TEXT, "routes[1] (second)"), Some((14, 1)));
+        assert_eq!(position_of(TEXT, "upstreams.puppet"), Some((8, 3)));
+        assert_eq!(position_of(TEXT, "routes[7]"), Some((10, 1)), "the section");
     }
 
     #[test]

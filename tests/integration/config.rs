@@ -258,13 +258,13 @@ routes:
 {shown}"
     );
     assert!(
-        shown.contains("t.yaml:8: routes[1] (by-node): match.header: unknown field `nam`")
+        shown.contains("t.yaml:8:3: routes[1] (by-node): match.header: unknown field `nam`")
             && shown.contains("`name`"),
         "file:line, key path, the field and the expected one:
 {shown}"
     );
     assert!(
-        shown.contains("t.yaml:4: upstreams.b"),
+        shown.contains("t.yaml:4:3: upstreams.b"),
         "a mapping entry is placed at its key's line:
 {shown}"
     );

@@ -45,10 +45,11 @@ pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     match config {
         Some(c) if v.errors.is_empty() => Ok(c),
         _ => {
-            // `file:LINE: key.path: message`, the compilers' convention, where the line is known
+            // `file:LINE:COLUMN: key.path: message`, the compilers' convention, where the
+            // item is found
             for e in &mut v.errors {
-                if let Some(line) = super::locate::line_of(text, &e.path) {
-                    e.file = format!("{}:{line}", e.file);
+                if let Some((line, column)) = super::locate::position_of(text, &e.path) {
+                    e.file = format!("{}:{line}:{column}", e.file);
                 }
             }
             Err(ConfigErrors(v.errors))
