@@ -310,6 +310,26 @@ pub struct UpstreamSpec {
     pub queue: Option<QueueSpec>,
     pub health: Option<HealthSpec>,
     pub observe: Option<ObserveSpec>,
+    /// HTTPS to the servers (requests and health checks); absent: plain HTTP.
+    pub tls: Option<UpstreamTlsSpec>,
+}
+
+/// `upstreams.NAME.tls`: how floodgate speaks HTTPS to an upstream's servers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// PEM bundle of the CAs that sign the servers' certificates (default: the system store).
+    pub ca: Option<String>,
+    /// Check the server certificate (default true).
+    pub verify: Option<bool>,
+    /// Name sent as SNI and checked against the certificate (default: the host of `addr`).
+    pub sni: Option<String>,
+    /// Check the certificate names `sni` (default true; only with `verify`).
+    pub verify_hostname: Option<bool>,
+    /// PEM certificate (chain) floodgate presents as a client; needs `key`.
+    pub cert: Option<String>,
+    /// PEM private key of `cert`.
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -170,6 +170,8 @@ pub enum Balance {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerConfig {
     pub name: String,
+    /// The host of `addr` as written (a name or an IP): the default TLS SNI.
+    pub host: String,
     pub addr: SocketAddr,
     pub weight: u32,
     pub backup: bool,
@@ -260,6 +262,23 @@ pub struct UpstreamConfig {
     pub queue: QueueConfig,
     pub health: Option<HealthConfig>,
     pub observe: ObserveConfig,
+    /// HTTPS to the servers; `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// Validated `upstreams.NAME.tls`. The PEM files are read and parsed at validation (so
+/// `check` reports a bad file and a reload notices changed contents); the upstream
+/// turns them into Pingora peer options.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// PEM text of the CA bundle; `None`: the system store.
+    pub ca_pem: Option<Vec<u8>>,
+    pub verify: bool,
+    pub verify_hostname: bool,
+    /// SNI and the name checked; `None`: the host of each server's `addr`.
+    pub sni: Option<String>,
+    /// PEM text of the client certificate chain and its key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

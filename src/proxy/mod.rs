@@ -395,6 +395,20 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let (Some(up), Some(i)) = (ctx.upstream.clone(), ctx.server) {
             up.note_connect_error(i);
+            if matches!(
+                e.etype(),
+                ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
+            ) {
+                // why: a CA, SNI or client-certificate mistake otherwise shows only as 502s
+                ::log::warn!(
+                    "upstream {} server {} ({}): TLS handshake failed ({}): {}; check the upstream's tls: ca, sni, verify, cert and key",
+                    up.name(),
+                    up.servers[i].cfg.name,
+                    up.servers[i].cfg.addr,
+                    e.etype().as_str(),
+                    e.context.as_ref().map(|c| c.as_str()).unwrap_or("")
+                );
+            }
             if up.observe_failure(i) {
                 ::log::warn!(
                     "upstream {} server {} marked down: {} consecutive connect failures ({})",
@@ -614,7 +628,9 @@ fn classify(e: &Error) -> Option<Failure> {
     use ErrorType::*;
     match e.etype() {
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
-        | TLSHandshakeFailure | SocketError | BindError => Some(Failure::UpstreamUnreachable),
+        | TLSHandshakeFailure | InvalidCert | SocketError | BindError => {
+            Some(Failure::UpstreamUnreachable)
+        }
         ReadTimedout | WriteTimedout if *e.esource() == ErrorSource::Upstream => {
             Some(Failure::UpstreamTimeout)
         }

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod health;
 pub mod runtime;
+pub mod tls;
 
 use crate::config::{Balance, RetryAfterSetting, ServerConfig, UpstreamConfig};
 use admission::{Admission, QueueSettings, RetryAfter};
@@ -178,11 +179,15 @@ impl Upstream {
         cfg: &UpstreamConfig,
         old_state: &dyn Fn(&ServerConfig) -> Option<Arc<ServerState>>,
     ) -> Upstream {
+        let tls = cfg.tls.as_ref().map(|t| tls::PeerTls::new(&cfg.name, t));
         let servers: Vec<Server> = cfg
             .servers
             .iter()
             .map(|s| {
-                let mut peer = HttpPeer::new(s.addr, false, String::new());
+                let mut peer = match &tls {
+                    Some(t) => t.peer(s),
+                    None => HttpPeer::new(s.addr, false, String::new()),
+                };
                 peer.options.connection_timeout = Some(cfg.timeouts.connect);
                 peer.options.read_timeout = Some(cfg.timeouts.read);
                 peer.options.write_timeout = Some(cfg.timeouts.write);

@@ -23,3 +23,4 @@ mod runtime_servers;
 mod slow_clients;
 mod startup;
 mod tls;
+mod upstream_tls;

@@ -11,6 +11,7 @@ mod maps;
 mod policy;
 mod routes;
 mod sections;
+mod upstream_tls;
 mod upstreams;
 
 use super::spec::*;
@@ -96,7 +97,7 @@ impl Validator {
         let (listeners, binds) = self.listeners(s, &base);
         let admin = self.admin(s, &base, &binds);
         let access_log = self.access_log(s);
-        let upstreams = self.upstreams(s);
+        let upstreams = self.upstreams(s, &base);
         let maps = self.maps(s, &base);
         let routes = self.routes(s, &upstreams, &maps);
         let policy = self.policy(s, &base);

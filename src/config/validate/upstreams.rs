@@ -4,13 +4,18 @@ use super::Validator;
 use crate::config::spec::*;
 use crate::config::types::*;
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 
 impl Validator {
-    pub(super) fn upstreams(&mut self, s: &ConfigSpec) -> BTreeMap<String, UpstreamConfig> {
+    pub(super) fn upstreams(
+        &mut self,
+        s: &ConfigSpec,
+        base: &Path,
+    ) -> BTreeMap<String, UpstreamConfig> {
         let mut upstreams = BTreeMap::new();
         for (name, u) in &s.upstreams {
-            let cfg = self.upstream(name, u);
+            let cfg = self.upstream(name, u, base);
             upstreams.insert(name.clone(), cfg);
         }
         upstreams
@@ -41,7 +46,7 @@ impl Validator {
         }
     }
 
-    pub(super) fn upstream(&mut self, name: &str, u: &UpstreamSpec) -> UpstreamConfig {
+    pub(super) fn upstream(&mut self, name: &str, u: &UpstreamSpec, base: &Path) -> UpstreamConfig {
         let p = format!("upstreams.{name}");
         let balance = match u.balance.as_deref() {
             None | Some("round_robin") => Balance::RoundRobin,
@@ -111,6 +116,7 @@ impl Validator {
             if let Some(addr) = addr {
                 servers.push(ServerConfig {
                     name: sname,
+                    host: addr_host(&sv.addr).to_string(),
                     addr,
                     weight: sv.weight.unwrap_or(1),
                     backup: sv.backup,
@@ -217,8 +223,17 @@ impl Validator {
                 failures: DEFAULT_OBSERVE_FAILURES,
                 statuses: Vec::new(),
             });
+        let ip_hosts = u
+            .servers
+            .iter()
+            .any(|s| addr_host(&s.addr).parse::<IpAddr>().is_ok());
+        let tls = u
+            .tls
+            .as_ref()
+            .map(|t| self.upstream_tls(&format!("{p}.tls"), t, base, ip_hosts));
         UpstreamConfig {
             name: name.to_string(),
+            tls,
             balance,
             servers,
             timeouts,
@@ -228,4 +243,10 @@ impl Validator {
             observe,
         }
     }
+}
+
+/// The host part of a `host:port` address as written (`[::1]:80` gives `::1`).
+fn addr_host(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
