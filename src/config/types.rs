@@ -170,12 +170,32 @@ pub enum Balance {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerConfig {
     pub name: String,
-    /// The host of `addr` as written (a name or an IP): the default TLS SNI.
+    /// The host of `addr` as written (a name or an IP; empty for a Unix socket): the default
+    /// TLS SNI.
     pub host: String,
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     pub weight: u32,
     pub backup: bool,
     pub max_inflight: Option<usize>,
+}
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddr {
+    /// `ip:port`, or `host:port` resolved when the config was loaded.
+    Inet(SocketAddr),
+    /// `unix:/path/to.sock`: a Unix stream socket.
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for ServerAddr {
+    /// `ip:port` or `unix:/path` (as written in the config for a socket).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Inet(a) => write!(f, "{a}"),
+            ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -6,14 +6,15 @@
 //! should not wait `rise x interval` after start-up).
 
 use crate::config::HealthConfig;
+use crate::config::ServerAddr;
 use crate::state::AppState;
 use crate::upstream::ServerState;
 use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::ErrorType;
 use pingora_http::RequestHeader;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,10 +94,12 @@ pub async fn probe(connector: &Connector, peer: &HttpPeer, hc: &HealthConfig) ->
             Err(e) if e.etype() == &ErrorType::ConnectRefused => return Probe::Refused,
             Err(e) => return Probe::Error(format!("connect: {e}")),
         };
-        let host = hc
-            .host
-            .clone()
-            .unwrap_or_else(|| peer.address().to_string());
+        // why: a Unix socket has no authority to name; app servers behind one (Puma)
+        // accept any Host.
+        let host = hc.host.clone().unwrap_or_else(|| match peer.address() {
+            SocketAddr::Inet(a) => a.to_string(),
+            SocketAddr::Unix(_) => "localhost".to_string(),
+        });
         let req = match request(&hc.path, &host) {
             Ok(r) => r,
             Err(e) => return Probe::Error(format!("request: {e}")),
@@ -142,8 +145,8 @@ pub fn first_round_done(state: &AppState) -> bool {
 /// The health loop: checks each server when due; leaves promptly on shutdown.
 pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     // (upstream, server name, addr) -> next due time
-    let mut due: HashMap<(String, String, SocketAddr), Instant> = HashMap::new();
-    let mut running: HashMap<(String, String, SocketAddr), tokio::task::JoinHandle<()>> =
+    let mut due: HashMap<(String, String, ServerAddr), Instant> = HashMap::new();
+    let mut running: HashMap<(String, String, ServerAddr), tokio::task::JoinHandle<()>> =
         HashMap::new();
     let connector = Arc::new(Connector::new(None));
     loop {
@@ -155,7 +158,11 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
                 continue;
             };
             for s in &up.servers {
-                let key = (up.name().to_string(), s.cfg.name.clone(), s.cfg.addr);
+                let key = (
+                    up.name().to_string(),
+                    s.cfg.name.clone(),
+                    s.cfg.addr.clone(),
+                );
                 live.insert(key.clone());
                 if running.get(&key).is_some_and(|h| !h.is_finished()) {
                     continue;

@@ -186,7 +186,7 @@ impl Upstream {
             .map(|s| {
                 let mut peer = match &tls {
                     Some(t) => t.peer(s),
-                    None => HttpPeer::new(s.addr, false, String::new()),
+                    None => tls::server_peer(&s.addr, false, String::new()),
                 };
                 peer.options.connection_timeout = Some(cfg.timeouts.connect);
                 peer.options.read_timeout = Some(cfg.timeouts.read);

@@ -2,7 +2,7 @@
 //! own connector on the server's [`HttpPeer`], so requests and health checks share one TLS
 //! setup (CA store, verification, SNI, client certificate).
 
-use crate::config::{ServerConfig, UpstreamTls};
+use crate::config::{ServerAddr, ServerConfig, UpstreamTls};
 use pingora_core::tls::pkey::PKey;
 use pingora_core::tls::x509::X509;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -54,11 +54,27 @@ impl PeerTls {
         // why: Pingora turns verification off when the SNI is empty, so with verify on
         // the SNI is always set (validation refuses an IP addr without `sni:`).
         let sni = self.cfg.sni.clone().unwrap_or_else(|| server.host.clone());
-        let mut peer = HttpPeer::new(server.addr, true, sni);
+        let mut peer = server_peer(&server.addr, true, sni);
         peer.options.verify_cert = self.cfg.verify;
         peer.options.verify_hostname = self.cfg.verify && self.cfg.verify_hostname;
         peer.options.ca = self.ca.clone();
         peer.client_cert_key = self.client.clone();
         peer
+    }
+}
+
+/// A peer for `addr`: TCP or a Unix socket (Pingora's `HttpPeer::new_uds`).
+pub fn server_peer(addr: &ServerAddr, tls: bool, sni: String) -> HttpPeer {
+    match addr {
+        ServerAddr::Inet(a) => HttpPeer::new(*a, tls, sni),
+        ServerAddr::Unix(path) => {
+            let path = path.to_string_lossy();
+            HttpPeer::new_uds(&path, tls, sni.clone()).unwrap_or_else(|e| {
+                // why: only a path longer than sun_path (108 bytes) fails here; validation
+                // refuses such paths, so this peer is never used.
+                log::error!("unix socket {path}: {e}");
+                HttpPeer::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), tls, sni)
+            })
+        }
     }
 }

@@ -24,3 +24,4 @@ mod slow_clients;
 mod startup;
 mod tls;
 mod upstream_tls;
+mod upstream_unix;
