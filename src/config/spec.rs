@@ -121,6 +121,9 @@ pub struct ListenerSpec {
     pub forwarded_rfc7239: Option<bool>,
     /// `X-Forwarded-Server` value (Apache's `ServerName`; default: the host name).
     pub server_name: Option<String>,
+    /// Which headers carry the client certificate upstream: `foreman` (default), `puppet`,
+    /// or a map `{ verify: NAME, dn: NAME, cert: NAME, cert_format: flat|urlencoded }`.
+    pub client_cert_headers: Option<serde_yaml::Value>,
 }
 
 /// One header rule: exactly one of `set`, `add`, `remove`, naming the header.

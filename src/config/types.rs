@@ -99,6 +99,59 @@ pub struct ListenerConfig {
     pub forwarding: crate::rules::forwarding::Forwarding,
     /// `X-Forwarded-Server` and `%{server_name}`.
     pub server_name: String,
+    /// The headers that carry the client certificate to upstreams.
+    pub client_cert_headers: CertHeaders,
+}
+
+/// `listeners[].client_cert_headers`: the request headers that tell an upstream who the TLS
+/// client is. A name left `None` is not sent. Whatever the style, client-sent copies of these
+/// names (and of both built-in styles) are removed in every `-`/`_` and case spelling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertHeaders {
+    /// `SUCCESS`, `NONE` or `FAILED:reason`.
+    pub verify: Option<http::HeaderName>,
+    /// Subject DN, RFC 2253 (`CN=host,O=Org`).
+    pub dn: Option<http::HeaderName>,
+    /// The certificate as PEM, in `cert_format`.
+    pub cert: Option<http::HeaderName>,
+    pub cert_format: CertFormat,
+}
+
+/// How the PEM certificate travels in a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertFormat {
+    /// Newlines as spaces (Apache `RequestHeader set SSL-CLIENT-CERT`, read by Foreman).
+    Flat,
+    /// URL-encoded (nginx `$ssl_client_escaped_cert`, read by puppetserver).
+    UrlEncoded,
+}
+
+impl CertHeaders {
+    /// Foreman's Apache vhost: `SSL-CLIENT-VERIFY`, `SSL-CLIENT-S-DN`, `SSL-CLIENT-CERT`.
+    pub fn foreman() -> CertHeaders {
+        CertHeaders {
+            verify: Some(http::HeaderName::from_static("ssl-client-verify")),
+            dn: Some(http::HeaderName::from_static("ssl-client-s-dn")),
+            cert: Some(http::HeaderName::from_static("ssl-client-cert")),
+            cert_format: CertFormat::Flat,
+        }
+    }
+
+    /// puppetserver with `allow-header-cert-info: true`: `X-Client-Verify`, `X-Client-DN`,
+    /// `X-Client-Cert` (URL-encoded PEM).
+    pub fn puppet() -> CertHeaders {
+        CertHeaders {
+            verify: Some(http::HeaderName::from_static("x-client-verify")),
+            dn: Some(http::HeaderName::from_static("x-client-dn")),
+            cert: Some(http::HeaderName::from_static("x-client-cert")),
+            cert_format: CertFormat::UrlEncoded,
+        }
+    }
+
+    /// The configured names (for stripping client copies).
+    pub fn names(&self) -> impl Iterator<Item = &http::HeaderName> {
+        [&self.verify, &self.dn, &self.cert].into_iter().flatten()
+    }
 }
 
 /// How strictly a listener reads HTTP/1.x request heads (`listeners[].front_door`).

@@ -7,6 +7,7 @@ mod admin_bodies;
 mod admission;
 mod cache;
 mod cache_rules;
+mod cert_headers;
 mod common;
 mod config;
 mod control;

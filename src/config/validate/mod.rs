@@ -6,6 +6,7 @@
 //! (`server`, `admin`, `access_log`, `shutdown`); each other concern has its own file.
 
 mod cache;
+mod cert_headers;
 mod listeners;
 mod maps;
 mod policy;
