@@ -137,6 +137,10 @@ impl BackgroundService for Background {
     ) {
         let st = self.state.clone();
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::upstream::resolve::run(
+            st.clone(),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(crate::upstream::health::run(
             st.clone(),
             shutdown.clone(),

@@ -315,6 +315,8 @@ pub struct UpstreamSpec {
     pub observe: Option<ObserveSpec>,
     /// HTTPS to the servers (requests and health checks); absent: plain HTTP.
     pub tls: Option<UpstreamTlsSpec>,
+    /// How often a server `addr` given as `host:port` is resolved again (default 30s).
+    pub resolve_every: Option<String>,
 }
 
 /// `upstreams.NAME.tls`: how floodgate speaks HTTPS to an upstream's servers.

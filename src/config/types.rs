@@ -22,6 +22,8 @@ pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_CLIENT_BODY_MIN_RATE: u64 = 500;
 pub const DEFAULT_HEALTH_PATH: &str = "/api/status";
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// `upstreams.NAME.resolve_every`: host names in `addr` are looked up again this often.
+pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
@@ -337,6 +339,8 @@ pub struct UpstreamConfig {
     pub observe: ObserveConfig,
     /// HTTPS to the servers; `None`: plain HTTP.
     pub tls: Option<UpstreamTls>,
+    /// Period of re-resolving servers whose `addr` names a host.
+    pub resolve_every: Duration,
 }
 
 /// Validated `upstreams.NAME.tls`. The PEM files are read and parsed at validation (so

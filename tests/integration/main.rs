@@ -24,5 +24,6 @@ mod runtime_servers;
 mod slow_clients;
 mod startup;
 mod tls;
+mod upstream_resolve;
 mod upstream_tls;
 mod upstream_unix;

@@ -236,9 +236,21 @@ impl Validator {
             .tls
             .as_ref()
             .map(|t| self.upstream_tls(&format!("{p}.tls"), t, base, ip_hosts));
+        let resolve_every = self.duration(
+            &format!("{p}.resolve_every"),
+            u.resolve_every.as_ref(),
+            DEFAULT_RESOLVE_EVERY,
+        );
+        if resolve_every.is_zero() {
+            self.err(
+                format!("{p}.resolve_every"),
+                "0s would look the host up without pause; use e.g. 30s",
+            );
+        }
         UpstreamConfig {
             name: name.to_string(),
             tls,
+            resolve_every,
             balance,
             servers,
             timeouts,
