@@ -148,7 +148,10 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
     let mut due: HashMap<(String, String, ServerAddr), Instant> = HashMap::new();
     let mut running: HashMap<(String, String, ServerAddr), tokio::task::JoinHandle<()>> =
         HashMap::new();
-    let connector = Arc::new(Connector::new(None));
+    // why: built off this runtime's thread when a check first needs it: making its TLS
+    // context loads the system CA store, which blocked the runtime socket and the map
+    // watcher that share this thread; a config without checks never pays.
+    let mut connector: Option<Arc<Connector>> = None;
     loop {
         let snap = state.snapshot();
         let now = Instant::now();
@@ -157,6 +160,10 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
             let Some(hc) = up.cfg.health.clone() else {
                 continue;
             };
+            if connector.is_none() {
+                let made = tokio::task::spawn_blocking(|| Connector::new(None)).await;
+                connector = Some(Arc::new(made.unwrap_or_else(|_| Connector::new(None))));
+            }
             for s in &up.servers {
                 let key = (
                     up.name().to_string(),
@@ -182,7 +189,9 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
                 peer.options.connection_timeout = Some(hc.timeout);
                 peer.options.read_timeout = Some(hc.timeout);
                 peer.options.write_timeout = Some(hc.timeout);
-                let connector = connector.clone();
+                let Some(connector) = connector.clone() else {
+                    continue;
+                };
                 running.insert(
                     key,
                     tokio::spawn(async move {
