@@ -150,6 +150,10 @@ impl BackgroundService for Background {
             shutdown.clone(),
         )));
         tasks.extend(crate::control::maps::spawn_pollers(&st, &shutdown));
+        tasks.push(tokio::spawn(crate::upstream::resolve::run(
+            st.clone(),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(
             st.cache.clone().sweep_expired(shutdown.clone()),
         ));

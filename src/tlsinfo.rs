@@ -41,6 +41,8 @@ pub struct ClientCert {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CertValues {
     pub pem_flat: Option<http::HeaderValue>,
+    /// The PEM URL-encoded (puppetserver's `X-Client-Cert`).
+    pub pem_url: Option<http::HeaderValue>,
     pub subject_dn: Option<http::HeaderValue>,
     pub verify: Option<http::HeaderValue>,
 }
@@ -49,8 +51,11 @@ impl ClientCert {
     /// Fills [`ClientCert::values`] from the text fields.
     pub fn with_values(mut self) -> Self {
         let v = |s: &str| http::HeaderValue::from_str(s).ok();
+        let mut pem_url = String::new();
+        crate::rules::template::url_encode(&self.pem, &mut pem_url);
         self.values = CertValues {
             pem_flat: v(&self.pem_flat),
+            pem_url: v(&pem_url),
             subject_dn: v(&self.subject_dn),
             verify: v(&self.verify),
         };

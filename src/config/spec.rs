@@ -121,6 +121,9 @@ pub struct ListenerSpec {
     pub forwarded_rfc7239: Option<bool>,
     /// `X-Forwarded-Server` value (Apache's `ServerName`; default: the host name).
     pub server_name: Option<String>,
+    /// Which headers carry the client certificate upstream: `foreman` (default), `puppet`,
+    /// or a map `{ verify: NAME, dn: NAME, cert: NAME, cert_format: flat|urlencoded }`.
+    pub client_cert_headers: Option<serde_yaml::Value>,
 }
 
 /// One header rule: exactly one of `set`, `add`, `remove`, naming the header.
@@ -310,6 +313,28 @@ pub struct UpstreamSpec {
     pub queue: Option<QueueSpec>,
     pub health: Option<HealthSpec>,
     pub observe: Option<ObserveSpec>,
+    /// HTTPS to the servers (requests and health checks); absent: plain HTTP.
+    pub tls: Option<UpstreamTlsSpec>,
+    /// How often a server `addr` given as `host:port` is resolved again (default 30s).
+    pub resolve_every: Option<String>,
+}
+
+/// `upstreams.NAME.tls`: how floodgate speaks HTTPS to an upstream's servers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// PEM bundle of the CAs that sign the servers' certificates (default: the system store).
+    pub ca: Option<String>,
+    /// Check the server certificate (default true).
+    pub verify: Option<bool>,
+    /// Name sent as SNI and checked against the certificate (default: the host of `addr`).
+    pub sni: Option<String>,
+    /// Check the certificate names `sni` (default true; only with `verify`).
+    pub verify_hostname: Option<bool>,
+    /// PEM certificate (chain) floodgate presents as a client; needs `key`.
+    pub cert: Option<String>,
+    /// PEM private key of `cert`.
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -22,6 +22,8 @@ pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_CLIENT_BODY_MIN_RATE: u64 = 500;
 pub const DEFAULT_HEALTH_PATH: &str = "/api/status";
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// `upstreams.NAME.resolve_every`: host names in `addr` are looked up again this often.
+pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
@@ -99,6 +101,59 @@ pub struct ListenerConfig {
     pub forwarding: crate::rules::forwarding::Forwarding,
     /// `X-Forwarded-Server` and `%{server_name}`.
     pub server_name: String,
+    /// The headers that carry the client certificate to upstreams.
+    pub client_cert_headers: CertHeaders,
+}
+
+/// `listeners[].client_cert_headers`: the request headers that tell an upstream who the TLS
+/// client is. A name left `None` is not sent. Whatever the style, client-sent copies of these
+/// names (and of both built-in styles) are removed in every `-`/`_` and case spelling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertHeaders {
+    /// `SUCCESS`, `NONE` or `FAILED:reason`.
+    pub verify: Option<http::HeaderName>,
+    /// Subject DN, RFC 2253 (`CN=host,O=Org`).
+    pub dn: Option<http::HeaderName>,
+    /// The certificate as PEM, in `cert_format`.
+    pub cert: Option<http::HeaderName>,
+    pub cert_format: CertFormat,
+}
+
+/// How the PEM certificate travels in a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertFormat {
+    /// Newlines as spaces (Apache `RequestHeader set SSL-CLIENT-CERT`, read by Foreman).
+    Flat,
+    /// URL-encoded (nginx `$ssl_client_escaped_cert`, read by puppetserver).
+    UrlEncoded,
+}
+
+impl CertHeaders {
+    /// Foreman's Apache vhost: `SSL-CLIENT-VERIFY`, `SSL-CLIENT-S-DN`, `SSL-CLIENT-CERT`.
+    pub fn foreman() -> CertHeaders {
+        CertHeaders {
+            verify: Some(http::HeaderName::from_static("ssl-client-verify")),
+            dn: Some(http::HeaderName::from_static("ssl-client-s-dn")),
+            cert: Some(http::HeaderName::from_static("ssl-client-cert")),
+            cert_format: CertFormat::Flat,
+        }
+    }
+
+    /// puppetserver with `allow-header-cert-info: true`: `X-Client-Verify`, `X-Client-DN`,
+    /// `X-Client-Cert` (URL-encoded PEM).
+    pub fn puppet() -> CertHeaders {
+        CertHeaders {
+            verify: Some(http::HeaderName::from_static("x-client-verify")),
+            dn: Some(http::HeaderName::from_static("x-client-dn")),
+            cert: Some(http::HeaderName::from_static("x-client-cert")),
+            cert_format: CertFormat::UrlEncoded,
+        }
+    }
+
+    /// The configured names (for stripping client copies).
+    pub fn names(&self) -> impl Iterator<Item = &http::HeaderName> {
+        [&self.verify, &self.dn, &self.cert].into_iter().flatten()
+    }
 }
 
 /// How strictly a listener reads HTTP/1.x request heads (`listeners[].front_door`).
@@ -170,10 +225,32 @@ pub enum Balance {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerConfig {
     pub name: String,
-    pub addr: SocketAddr,
+    /// The host of `addr` as written (a name or an IP; empty for a Unix socket): the default
+    /// TLS SNI.
+    pub host: String,
+    pub addr: ServerAddr,
     pub weight: u32,
     pub backup: bool,
     pub max_inflight: Option<usize>,
+}
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddr {
+    /// `ip:port`, or `host:port` resolved when the config was loaded.
+    Inet(SocketAddr),
+    /// `unix:/path/to.sock`: a Unix stream socket.
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for ServerAddr {
+    /// `ip:port` or `unix:/path` (as written in the config for a socket).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Inet(a) => write!(f, "{a}"),
+            ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -260,6 +337,25 @@ pub struct UpstreamConfig {
     pub queue: QueueConfig,
     pub health: Option<HealthConfig>,
     pub observe: ObserveConfig,
+    /// HTTPS to the servers; `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
+    /// Period of re-resolving servers whose `addr` names a host.
+    pub resolve_every: Duration,
+}
+
+/// Validated `upstreams.NAME.tls`. The PEM files are read and parsed at validation (so
+/// `check` reports a bad file and a reload notices changed contents); the upstream
+/// turns them into Pingora peer options.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// PEM text of the CA bundle; `None`: the system store.
+    pub ca_pem: Option<Vec<u8>>,
+    pub verify: bool,
+    pub verify_hostname: bool,
+    /// SNI and the name checked; `None`: the host of each server's `addr`.
+    pub sni: Option<String>,
+    /// PEM text of the client certificate chain and its key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

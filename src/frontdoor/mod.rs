@@ -236,6 +236,7 @@ mod tests {
             response_headers: Default::default(),
             forwarding: Default::default(),
             server_name: String::new(),
+            client_cert_headers: crate::config::CertHeaders::foreman(),
         };
         let ls = vec![l("a", "127.0.0.1:8080"), l("b", "0.0.0.0:8443")];
         assert_eq!(listener_name(&ls, "127.0.0.1:8080".parse().ok()), "a");

@@ -2,7 +2,7 @@
 //! a request and applies the listener's, then the route's, rules and forwarding headers.
 
 use super::ctx::Ctx;
-use crate::config::ListenerConfig;
+use crate::config::{CertFormat, CertHeaders, ListenerConfig};
 use crate::rules::Facts;
 use crate::tlsinfo::ClientCert;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -89,6 +89,33 @@ pub fn response_rules(session: &Session, ctx: &Ctx, resp: &mut ResponseHeader) {
     for rules in [listener_rules, route_rules].into_iter().flatten() {
         rules.apply(&f, resp);
     }
+}
+
+/// The listener's client-certificate headers (into the upstream request `req`): verify
+/// always on a TLS listener; subject and certificate when one was presented. Values were made
+/// once per connection ([`ClientCert::values`]).
+pub fn client_cert(
+    cc: &ClientCert,
+    style: &CertHeaders,
+    req: &mut RequestHeader,
+) -> pingora_error::Result<()> {
+    if let (Some(h), Some(v)) = (&style.verify, &cc.values.verify) {
+        req.insert_header(h.clone(), v.clone())?;
+    }
+    if cc.subject_dn.is_empty() {
+        return Ok(());
+    }
+    if let (Some(h), Some(v)) = (&style.dn, &cc.values.subject_dn) {
+        req.insert_header(h.clone(), v.clone())?;
+    }
+    let cert = match style.cert_format {
+        CertFormat::Flat => &cc.values.pem_flat,
+        CertFormat::UrlEncoded => &cc.values.pem_url,
+    };
+    if let (Some(h), Some(v)) = (&style.cert, cert) {
+        req.insert_header(h.clone(), v.clone())?;
+    }
+    Ok(())
 }
 
 /// `req.tls` for policies: the presented client certificate (subject and issuer in RFC 2253),

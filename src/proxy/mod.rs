@@ -395,6 +395,20 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let (Some(up), Some(i)) = (ctx.upstream.clone(), ctx.server) {
             up.note_connect_error(i);
+            if matches!(
+                e.etype(),
+                ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
+            ) {
+                // why: a CA, SNI or client-certificate mistake otherwise shows only as 502s
+                ::log::warn!(
+                    "upstream {} server {} ({}): TLS handshake failed ({}): {}; check the upstream's tls: ca, sni, verify, cert and key",
+                    up.name(),
+                    up.servers[i].cfg.name,
+                    up.servers[i].cfg.addr,
+                    e.etype().as_str(),
+                    e.context.as_ref().map(|c| c.as_str()).unwrap_or("")
+                );
+            }
             if up.observe_failure(i) {
                 ::log::warn!(
                     "upstream {} server {} marked down: {} consecutive connect failures ({})",
@@ -439,7 +453,22 @@ impl ProxyHttp for Gateway {
         // default upstream request policy). Drop headers only floodgate may set, in every
         // spelling (see `owned`); a request rarely carries one, so the common case is one
         // pass and no allocation.
-        let owned = |k: &http::HeaderName| owned::must_strip(k.as_str());
+        let snap = ctx.snap.clone();
+        let style = snap
+            .config
+            .listeners
+            .get(ctx.listener)
+            .map(|l| &l.client_cert_headers);
+        // why: every listener's certificate header names, not only this one's: an app behind
+        // two listeners trusts the names of both, so a forgery through either must not pass.
+        let owned = |k: &http::HeaderName| {
+            owned::must_strip(k.as_str())
+                || snap.config.listeners.iter().any(|l| {
+                    l.client_cert_headers
+                        .names()
+                        .any(|n| owned::eq_folded(k.as_str().as_bytes(), n.as_str().as_bytes()))
+                })
+        };
         if req.headers.keys().any(owned) {
             let doomed: Vec<http::HeaderName> =
                 req.headers.keys().filter(|k| owned(k)).cloned().collect();
@@ -449,12 +478,11 @@ impl ProxyHttp for Gateway {
         }
         headers::forwarding(session, ctx, req);
         let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
-        if let Some(cc) = ssl.and_then(|d| d.extension.get::<crate::tlsinfo::ClientCert>()) {
-            req.insert_header("ssl-client-verify", cc.verify.as_str())?;
-            if !cc.subject_dn.is_empty() {
-                req.insert_header("ssl-client-s-dn", cc.subject_dn.as_str())?;
-                req.insert_header("ssl-client-cert", cc.pem_flat.as_str())?;
-            }
+        if let (Some(cc), Some(style)) = (
+            ssl.and_then(|d| d.extension.get::<crate::tlsinfo::ClientCert>()),
+            style,
+        ) {
+            headers::client_cert(cc, style, req)?;
         }
         if !ctx.client_request_id {
             // (a client's own id is already in the copied request)
@@ -614,7 +642,9 @@ fn classify(e: &Error) -> Option<Failure> {
     use ErrorType::*;
     match e.etype() {
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
-        | TLSHandshakeFailure | SocketError | BindError => Some(Failure::UpstreamUnreachable),
+        | TLSHandshakeFailure | InvalidCert | SocketError | BindError => {
+            Some(Failure::UpstreamUnreachable)
+        }
         ReadTimedout | WriteTimedout if *e.esource() == ErrorSource::Upstream => {
             Some(Failure::UpstreamTimeout)
         }

@@ -58,7 +58,8 @@ fn starts_with_folded(name: &[u8], prefix: &[u8]) -> bool {
     name.len() >= prefix.len() && name.iter().zip(prefix).all(|(a, b)| fold(*a) == *b)
 }
 
-fn eq_folded(name: &[u8], other: &[u8]) -> bool {
+/// `name` equals `other` (lowercase, `-` form) with `_` read as `-` and case ignored.
+pub fn eq_folded(name: &[u8], other: &[u8]) -> bool {
     name.len() == other.len() && starts_with_folded(name, other)
 }
 

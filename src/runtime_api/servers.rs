@@ -323,6 +323,11 @@ fn show_servers_state(ups: &[Arc<Upstream>], only: Option<&str>) -> String {
                 (true, true) => 3,
                 (true, false) => 2,
             };
+            // why: HAProxy has no port for a Unix socket server; it shows the path and 0.
+            let (addr_ip, addr_port) = match &s.cfg.addr {
+                crate::config::ServerAddr::Inet(a) => (a.ip().to_string(), a.port()),
+                crate::config::ServerAddr::Unix(p) => (p.display().to_string(), 0),
+            };
             let _ = writeln!(
                 out,
                 "{} {} {} {} {} {op} {admin} {} {} {} - {check} - - - 0 0 - {}",
@@ -330,11 +335,11 @@ fn show_servers_state(ups: &[Arc<Upstream>], only: Option<&str>) -> String {
                 up.name(),
                 i + 1,
                 s.cfg.name,
-                s.cfg.addr.ip(),
+                addr_ip,
                 up.weight(i),
                 s.cfg.weight,
                 st.counters.seconds_since_change(),
-                s.cfg.addr.port(),
+                addr_port,
             );
         }
     }

@@ -6,14 +6,18 @@
 //! should not wait `rise x interval` after start-up).
 
 use crate::config::HealthConfig;
+use crate::config::ServerAddr;
 use crate::state::AppState;
 use crate::upstream::ServerState;
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::ErrorType;
+use pingora_http::RequestHeader;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Result of one probe.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,48 +84,54 @@ pub fn apply(state: &ServerState, passed: bool, rise: u32, fall: u32) -> Transit
     Transition::None
 }
 
-/// One HTTP/1.1 probe: `GET path` and read the status line (the body is not needed).
-pub async fn probe(addr: SocketAddr, hc: &HealthConfig) -> Probe {
+/// One HTTP/1.1 probe through Pingora's connector with the server's own peer (so TLS,
+/// its CA, SNI and client certificate are the ones requests use): `GET path` and read the
+/// status line (the body is not needed). The connection is not reused.
+pub async fn probe(connector: &Connector, peer: &HttpPeer, hc: &HealthConfig) -> Probe {
     let work = async {
-        let mut s = match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Probe::Refused,
+        let mut session = match connector.get_http_session(peer).await {
+            Ok((s, _)) => s,
+            Err(e) if e.etype() == &ErrorType::ConnectRefused => return Probe::Refused,
             Err(e) => return Probe::Error(format!("connect: {e}")),
         };
-        let host = hc.host.clone().unwrap_or_else(|| addr.to_string());
-        let req = format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: floodgate-health\r\nConnection: close\r\nAccept: */*\r\n\r\n", hc.path);
-        if let Err(e) = s.write_all(req.as_bytes()).await {
+        // why: a Unix socket has no authority to name; app servers behind one (Puma)
+        // accept any Host.
+        let host = hc.host.clone().unwrap_or_else(|| match peer.address() {
+            SocketAddr::Inet(a) => a.to_string(),
+            SocketAddr::Unix(_) => "localhost".to_string(),
+        });
+        let req = match request(&hc.path, &host) {
+            Ok(r) => r,
+            Err(e) => return Probe::Error(format!("request: {e}")),
+        };
+        if let Err(e) = session.write_request_header(Box::new(req)).await {
             return Probe::Error(format!("write: {e}"));
         }
-        let mut buf = vec![0u8; 4096];
-        let mut n = 0;
-        loop {
-            match s.read(&mut buf[n..]).await {
-                Ok(0) => return Probe::Error("closed before answering".into()),
-                Ok(k) => n += k,
-                Err(e) => return Probe::Error(format!("read: {e}")),
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf[..n]) {
-                Ok(_) if resp.code.is_some() => {
-                    let code = resp.code.unwrap_or(0);
-                    return if hc.expect.accepts(code) {
-                        Probe::Pass(code)
-                    } else {
-                        Probe::BadStatus(code)
-                    };
+        match session.read_resp_header_parts().await {
+            Ok(resp) => {
+                let code = resp.status.as_u16();
+                if hc.expect.accepts(code) {
+                    Probe::Pass(code)
+                } else {
+                    Probe::BadStatus(code)
                 }
-                Ok(_) if n < buf.len() => continue,
-                Ok(_) => return Probe::Error("status line too long".into()),
-                Err(e) => return Probe::Error(format!("not HTTP: {e}")),
             }
+            Err(e) => Probe::Error(format!("read: {e}")),
         }
     };
     match tokio::time::timeout(hc.timeout, work).await {
         Ok(p) => p,
         Err(_) => Probe::Timeout,
     }
+}
+
+fn request(path: &str, host: &str) -> pingora_error::Result<RequestHeader> {
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
+    req.insert_header("Host", host)?;
+    req.insert_header("User-Agent", "floodgate-health")?;
+    req.insert_header("Connection", "close")?;
+    req.insert_header("Accept", "*/*")?;
+    Ok(req)
 }
 
 /// True when every actively checked server of the snapshot has been checked once.
@@ -135,9 +145,13 @@ pub fn first_round_done(state: &AppState) -> bool {
 /// The health loop: checks each server when due; leaves promptly on shutdown.
 pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     // (upstream, server name, addr) -> next due time
-    let mut due: HashMap<(String, String, SocketAddr), Instant> = HashMap::new();
-    let mut running: HashMap<(String, String, SocketAddr), tokio::task::JoinHandle<()>> =
+    let mut due: HashMap<(String, String, ServerAddr), Instant> = HashMap::new();
+    let mut running: HashMap<(String, String, ServerAddr), tokio::task::JoinHandle<()>> =
         HashMap::new();
+    // why: built off this runtime's thread when a check first needs it: making its TLS
+    // context loads the system CA store, which blocked the runtime socket and the map
+    // watcher that share this thread; a config without checks never pays.
+    let mut connector: Option<Arc<Connector>> = None;
     loop {
         let snap = state.snapshot();
         let now = Instant::now();
@@ -146,8 +160,16 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
             let Some(hc) = up.cfg.health.clone() else {
                 continue;
             };
+            if connector.is_none() {
+                let made = tokio::task::spawn_blocking(|| Connector::new(None)).await;
+                connector = Some(Arc::new(made.unwrap_or_else(|_| Connector::new(None))));
+            }
             for s in &up.servers {
-                let key = (up.name().to_string(), s.cfg.name.clone(), s.cfg.addr);
+                let key = (
+                    up.name().to_string(),
+                    s.cfg.name.clone(),
+                    s.cfg.addr.clone(),
+                );
                 live.insert(key.clone());
                 if running.get(&key).is_some_and(|h| !h.is_finished()) {
                     continue;
@@ -161,11 +183,20 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
                 let sstate = s.state.clone();
                 let (upname, sname, addr) = key.clone();
                 let hc = hc.clone();
+                let mut peer = s.peer();
+                // why: a probe answers within the check's timeout, whatever the
+                // upstream's own request timeouts are.
+                peer.options.connection_timeout = Some(hc.timeout);
+                peer.options.read_timeout = Some(hc.timeout);
+                peer.options.write_timeout = Some(hc.timeout);
+                let Some(connector) = connector.clone() else {
+                    continue;
+                };
                 running.insert(
                     key,
                     tokio::spawn(async move {
                         let t0 = Instant::now();
-                        let p = probe(addr, &hc).await;
+                        let p = probe(&connector, &peer, &hc).await;
                         st.metrics
                             .health_check_duration
                             .observe(t0.elapsed().as_secs_f64());

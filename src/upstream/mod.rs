@@ -9,7 +9,9 @@
 
 pub mod admission;
 pub mod health;
+pub mod resolve;
 pub mod runtime;
+pub mod tls;
 
 use crate::config::{Balance, RetryAfterSetting, ServerConfig, UpstreamConfig};
 use admission::{Admission, QueueSettings, RetryAfter};
@@ -115,12 +117,32 @@ impl ServerState {
 pub struct Server {
     pub cfg: ServerConfig,
     pub state: Arc<ServerState>,
-    peer: HttpPeer,
+    /// Replaced whole when a host name in `addr` resolves to another address
+    /// ([`resolve`]); requests and checks load it without a lock.
+    peer: ArcSwap<HttpPeer>,
 }
 
 impl Server {
     pub fn peer(&self) -> Box<HttpPeer> {
-        Box::new(self.peer.clone())
+        Box::new(HttpPeer::clone(&self.peer.load()))
+    }
+
+    /// The address connections go to now (`addr` as resolved last).
+    pub fn current_addr(&self) -> String {
+        self.peer.load()._address.to_string()
+    }
+
+    /// Points new connections at `to` (pooled ones to the old address idle out); returns the
+    /// previous address when it changed.
+    pub fn set_resolved(&self, to: std::net::SocketAddr) -> Option<String> {
+        let cur = self.peer.load();
+        if cur._address.as_inet() == Some(&to) {
+            return None;
+        }
+        let mut next = HttpPeer::clone(&cur);
+        next._address = pingora_core::protocols::l4::socket::SocketAddr::Inet(to);
+        self.peer.store(Arc::new(next));
+        Some(cur._address.to_string())
     }
 }
 
@@ -178,11 +200,15 @@ impl Upstream {
         cfg: &UpstreamConfig,
         old_state: &dyn Fn(&ServerConfig) -> Option<Arc<ServerState>>,
     ) -> Upstream {
+        let tls = cfg.tls.as_ref().map(|t| tls::PeerTls::new(&cfg.name, t));
         let servers: Vec<Server> = cfg
             .servers
             .iter()
             .map(|s| {
-                let mut peer = HttpPeer::new(s.addr, false, String::new());
+                let mut peer = match &tls {
+                    Some(t) => t.peer(s),
+                    None => tls::server_peer(&s.addr, false, String::new()),
+                };
                 peer.options.connection_timeout = Some(cfg.timeouts.connect);
                 peer.options.read_timeout = Some(cfg.timeouts.read);
                 peer.options.write_timeout = Some(cfg.timeouts.write);
@@ -191,7 +217,7 @@ impl Upstream {
                     cfg: s.clone(),
                     state: old_state(s)
                         .unwrap_or_else(|| Arc::new(ServerState::new(cfg.health.is_some()))),
-                    peer,
+                    peer: ArcSwap::from_pointee(peer),
                 }
             })
             .collect();
@@ -374,6 +400,34 @@ mod tests {
         );
         let cfg = parse_config(&y, Path::new("t.yaml")).unwrap();
         Upstream::build(&cfg.upstreams["u"], &|_| None)
+    }
+
+    #[test]
+    fn a_host_name_resolved_again_moves_new_connections_and_keeps_the_options() {
+        let u = upstream("[{ name: h, addr: \"localhost:8140\" }]", "round_robin");
+        let s = &u.servers[0];
+        assert!(resolve::resolvable(s), "a host name is resolved again");
+        let before = s.peer();
+        assert_eq!(
+            s.set_resolved(before._address.as_inet().copied().unwrap()),
+            None
+        );
+        let to: std::net::SocketAddr = "127.0.0.9:8140".parse().unwrap();
+        assert!(
+            s.set_resolved(to).is_some(),
+            "a new address replaces the old"
+        );
+        let after = s.peer();
+        assert_eq!(after._address.to_string(), "127.0.0.9:8140");
+        assert_eq!(
+            after.options.connection_timeout, before.options.connection_timeout,
+            "timeouts and TLS options stay"
+        );
+        let ip = upstream("[{ addr: \"127.0.0.1:1\" }]", "round_robin");
+        assert!(
+            !resolve::resolvable(&ip.servers[0]),
+            "an IP is not looked up"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::common::temp_dir;
+use crate::common::{temp_dir, Scratch};
 use floodgate::config::{parse_config, ConfigErrors};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -305,7 +305,9 @@ fn every_shipped_config_in_conf_passes_check_with_its_maps() {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "conf/ holds at least one config");
+    let scratch = Scratch::new("conf-pki");
     for f in &files {
+        let f = &with_test_pki(f, &scratch);
         match floodgate::app::check(f) {
             Ok(cfg) => {
                 for (name, m) in &cfg.maps {
@@ -322,6 +324,43 @@ fn every_shipped_config_in_conf_passes_check_with_its_maps() {
             Err(e) => panic!("{} does not pass check:\n{e}", f.display()),
         }
     }
+}
+
+/// Puppet's ssl dir, which shipped configs name for their certificates.
+const PUPPET_SSL: &str = "/etc/puppetlabs/puppet/ssl";
+
+/// `f` itself, or for a config naming Puppet's ssl dir a copy (with its maps) in `scratch`
+/// whose ssl dir is a PKI made now: no private key ships in `conf/`.
+fn with_test_pki(f: &Path, scratch: &Scratch) -> PathBuf {
+    let text = std::fs::read_to_string(f).unwrap();
+    if !text.contains(PUPPET_SSL) {
+        return f.to_path_buf();
+    }
+    let ssl = scratch.path("ssl");
+    for d in ["certs", "private_keys", "maps"] {
+        std::fs::create_dir_all(ssl.join(d)).unwrap();
+    }
+    crate::tls::make_pki(&ssl);
+    let host = "floodgate.example.com";
+    std::fs::copy(ssl.join("ca.pem"), ssl.join("certs/ca.pem")).unwrap();
+    std::fs::copy(
+        ssl.join("server.pem"),
+        ssl.join(format!("certs/{host}.pem")),
+    )
+    .unwrap();
+    std::fs::copy(
+        ssl.join("server.key"),
+        ssl.join(format!("private_keys/{host}.pem")),
+    )
+    .unwrap();
+    let conf = f.parent().unwrap();
+    for m in std::fs::read_dir(conf.join("maps")).unwrap() {
+        let m = m.unwrap().path();
+        std::fs::copy(&m, ssl.join("maps").join(m.file_name().unwrap())).unwrap();
+    }
+    let copy = ssl.join(f.file_name().unwrap());
+    std::fs::write(&copy, text.replace(PUPPET_SSL, &ssl.display().to_string())).unwrap();
+    copy
 }
 
 pub(crate) fn floodgate_cmd() -> Command {

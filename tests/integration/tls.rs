@@ -85,7 +85,7 @@ pub(crate) fn make_pki(dir: &Path) {
     }
 }
 
-fn curl(args: &[&str]) -> (bool, String) {
+pub(crate) fn curl(args: &[&str]) -> (bool, String) {
     let out = Command::new("curl")
         .args(["-s", "--max-time", "5"])
         .args(args)

@@ -57,7 +57,10 @@ fn start_demo_origins(config: &Path) -> Result<(), String> {
     let mut addrs = Vec::new();
     for u in cfg.upstreams.values() {
         for s in &u.servers {
-            addrs.push((s.name.clone(), s.addr));
+            // why: the demo simulates TCP app servers; a socket server is left to the user.
+            if let floodgate::config::ServerAddr::Inet(a) = s.addr {
+                addrs.push((s.name.clone(), a));
+            }
         }
     }
     let (tx, rx) = std::sync::mpsc::channel();

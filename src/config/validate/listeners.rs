@@ -139,6 +139,10 @@ impl Validator {
                     rfc7239: l.forwarded_rfc7239.unwrap_or(false),
                 },
                 server_name,
+                client_cert_headers: self.cert_headers(
+                    &format!("{p}.client_cert_headers"),
+                    l.client_cert_headers.as_ref(),
+                ),
             });
         }
         (listeners, binds)

@@ -6,11 +6,13 @@
 //! (`server`, `admin`, `access_log`, `shutdown`); each other concern has its own file.
 
 mod cache;
+mod cert_headers;
 mod listeners;
 mod maps;
 mod policy;
 mod routes;
 mod sections;
+mod upstream_tls;
 mod upstreams;
 
 use super::spec::*;
@@ -97,7 +99,7 @@ impl Validator {
         let (listeners, binds) = self.listeners(s, &base);
         let admin = self.admin(s, &base, &binds);
         let access_log = self.access_log(s);
-        let upstreams = self.upstreams(s);
+        let upstreams = self.upstreams(s, &base);
         let maps = self.maps(s, &base);
         let routes = self.routes(s, &upstreams, &maps);
         let policy = self.policy(s, &base);

@@ -4,13 +4,18 @@ use super::Validator;
 use crate::config::spec::*;
 use crate::config::types::*;
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 
 impl Validator {
-    pub(super) fn upstreams(&mut self, s: &ConfigSpec) -> BTreeMap<String, UpstreamConfig> {
+    pub(super) fn upstreams(
+        &mut self,
+        s: &ConfigSpec,
+        base: &Path,
+    ) -> BTreeMap<String, UpstreamConfig> {
         let mut upstreams = BTreeMap::new();
         for (name, u) in &s.upstreams {
-            let cfg = self.upstream(name, u);
+            let cfg = self.upstream(name, u, base);
             upstreams.insert(name.clone(), cfg);
         }
         upstreams
@@ -41,7 +46,7 @@ impl Validator {
         }
     }
 
-    pub(super) fn upstream(&mut self, name: &str, u: &UpstreamSpec) -> UpstreamConfig {
+    pub(super) fn upstream(&mut self, name: &str, u: &UpstreamSpec, base: &Path) -> UpstreamConfig {
         let p = format!("upstreams.{name}");
         let balance = match u.balance.as_deref() {
             None | Some("round_robin") => Balance::RoundRobin,
@@ -80,18 +85,7 @@ impl Validator {
         let mut seen = HashSet::new();
         for (i, sv) in u.servers.iter().enumerate() {
             let sp = format!("{p}.servers[{i}]");
-            let addr = match sv.addr.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    match sv.addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-                        Some(a) => Some(a),
-                        None => {
-                            self.err(format!("{sp}.addr"), format!("{:?} is not a host:port address; write e.g. \"127.0.0.1:3000\"", sv.addr));
-                            None
-                        }
-                    }
-                }
-            };
+            let addr = self.server_addr(&format!("{sp}.addr"), &sv.addr);
             let sname = sv.name.clone().unwrap_or_else(|| sv.addr.clone());
             if !seen.insert(sname.clone()) {
                 self.err(format!("{sp}.name"), format!("{sname:?} names an earlier server of this upstream; server names must be unique"));
@@ -109,8 +103,13 @@ impl Validator {
                 );
             }
             if let Some(addr) = addr {
+                let host = match addr {
+                    ServerAddr::Unix(_) => String::new(),
+                    ServerAddr::Inet(_) => addr_host(&sv.addr).to_string(),
+                };
                 servers.push(ServerConfig {
                     name: sname,
+                    host,
                     addr,
                     weight: sv.weight.unwrap_or(1),
                     backup: sv.backup,
@@ -217,8 +216,41 @@ impl Validator {
                 failures: DEFAULT_OBSERVE_FAILURES,
                 statuses: Vec::new(),
             });
+        // A server without a host name (an IP or a Unix socket) gives no SNI to verify.
+        let ip_hosts = u
+            .servers
+            .iter()
+            .any(|s| s.addr.starts_with("unix:") || addr_host(&s.addr).parse::<IpAddr>().is_ok());
+        if matches!(balance, Balance::Hash { .. }) {
+            if let Some(i) = u.servers.iter().position(|s| s.addr.starts_with("unix:")) {
+                self.err(
+                    format!("{p}.servers[{i}].addr"),
+                    format!(
+                        "{:?}: balance: hash places servers by IP address and cannot place a unix: socket; use round_robin or least_conn, or an ip:port address",
+                        u.servers[i].addr
+                    ),
+                );
+            }
+        }
+        let tls = u
+            .tls
+            .as_ref()
+            .map(|t| self.upstream_tls(&format!("{p}.tls"), t, base, ip_hosts));
+        let resolve_every = self.duration(
+            &format!("{p}.resolve_every"),
+            u.resolve_every.as_ref(),
+            DEFAULT_RESOLVE_EVERY,
+        );
+        if resolve_every.is_zero() {
+            self.err(
+                format!("{p}.resolve_every"),
+                "0s would look the host up without pause; use e.g. 30s",
+            );
+        }
         UpstreamConfig {
             name: name.to_string(),
+            tls,
+            resolve_every,
             balance,
             servers,
             timeouts,
@@ -228,4 +260,46 @@ impl Validator {
             observe,
         }
     }
+}
+
+impl Validator {
+    /// `unix:/abs/path`, `ip:port` or `host:port` (resolved now; see README "Upstreams").
+    fn server_addr(&mut self, key: &str, addr: &str) -> Option<ServerAddr> {
+        if let Some(path) = addr.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                self.err(
+                    key.to_string(),
+                    format!("{addr:?}: a Unix socket needs an absolute path; write e.g. \"unix:/run/foreman.sock\""),
+                );
+                return None;
+            }
+            if std::os::unix::net::SocketAddr::from_pathname(path).is_err() {
+                self.err(
+                    key.to_string(),
+                    format!("{addr:?}: the path is too long for a Unix socket (at most 107 bytes); use a shorter path"),
+                );
+                return None;
+            }
+            return Some(ServerAddr::Unix(path.into()));
+        }
+        if let Ok(a) = addr.parse::<SocketAddr>() {
+            return Some(ServerAddr::Inet(a));
+        }
+        match addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+            Some(a) => Some(ServerAddr::Inet(a)),
+            None => {
+                self.err(
+                    key.to_string(),
+                    format!("{addr:?} is not a host:port address or a unix: socket; write e.g. \"127.0.0.1:3000\" or \"unix:/run/foreman.sock\""),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The host part of a `host:port` address as written (`[::1]:80` gives `::1`).
+fn addr_host(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
