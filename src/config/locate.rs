@@ -65,7 +65,8 @@ fn opens_key(body: &str, key: &str) -> bool {
 }
 
 /// The 1-based line where the item named by the key path starts in `text`, if it can be found.
-pub fn line_of(text: &str, path: &str) -> Option<usize> {
+#[cfg(test)]
+fn line_of(text: &str, path: &str) -> Option<usize> {
     position_of(text, path).map(|(line, _)| line)
 }
 
