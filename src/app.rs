@@ -25,6 +25,9 @@ use std::sync::Arc;
 /// Longest wait for the shared cache tier to connect before the gateway reports ready.
 pub const SHARED_CONNECT_BEFORE_READY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Longest wait for the Runtime API socket to be bound before a fresh start reports ready.
+const RUNTIME_SOCKET_BEFORE_READY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Read buffer per downstream connection.
 const L4_READ_BUFFER: usize = 16 * 1024;
 
@@ -163,6 +166,9 @@ impl BackgroundService for Background {
                 shutdown.clone(),
             )));
         }
+        // Settled when the runtime socket is bound (or failed to bind): a fresh start reports
+        // ready only after, so a script that waits for /readyz finds the socket there.
+        let (socket_settled, runtime_socket) = tokio::sync::oneshot::channel::<()>();
         if let Some(sock) = st.snapshot().config.admin.runtime_socket.clone() {
             // why: the runtime socket stops with the listeners, so during an upgrade the new
             // process (which waits for the path to be free) takes it over
@@ -171,7 +177,10 @@ impl BackgroundService for Background {
                 sock,
                 self.intake.watch(),
                 self.upgrade,
+                socket_settled,
             )));
+        } else {
+            drop(socket_settled);
         }
         // why: connect the shared cache tier before reporting ready, so a gateway restarted
         // during a storm reads what the others stored instead of rendering it again; bounded,
@@ -180,6 +189,11 @@ impl BackgroundService for Background {
             log::warn!(
                 "shared cache tier not connected within {SHARED_CONNECT_BEFORE_READY:?}; ready without it (it keeps reconnecting)"
             );
+        }
+        // why: not during an upgrade: the socket is freed only when the old process stops its
+        // listeners, which waits for this one to be ready
+        if !self.upgrade {
+            let _ = tokio::time::timeout(RUNTIME_SOCKET_BEFORE_READY, runtime_socket).await;
         }
         // Ready once every actively checked server has had its first check (bounded wait).
         let started = std::time::Instant::now();
@@ -229,6 +243,7 @@ async fn serve_runtime_socket(
     path: std::path::PathBuf,
     stop: ShutdownWatch,
     upgrade: bool,
+    settled: tokio::sync::oneshot::Sender<()>,
 ) {
     use crate::runtime_api::{bind_unix, serve, RuntimeApi, Stores};
     let patience = if upgrade {
@@ -249,6 +264,7 @@ async fn serve_runtime_socket(
             }
         }
     };
+    let _ = settled.send(());
     let api = Arc::new(RuntimeApi::new());
     let stores = Stores {
         maps: Arc::new(crate::control::maps::LiveMaps(st.clone())),

@@ -459,3 +459,21 @@ routes:
     assert_eq!(stat(&sock, "a", "stot").await, "2");
     assert_eq!(b.stats().requests, 0, "pinned requests never went to b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_socket_answers_as_soon_as_readyz_says_ready() {
+    let a = origin("a").await;
+    let b = origin("b").await;
+    // TestGateway::start returns at the first /readyz 200: the socket must be there already,
+    // so a deploy script that waits for readiness can drive the socket at once.
+    let gw = TestGateway::start(
+        &TWO.replace("@A@", &a.addr().to_string())
+            .replace("@B@", &b.addr().to_string())
+            .replace("@BALANCE@", "round_robin")
+            .replace("@MAX@", "4"),
+    )
+    .await;
+    let sock = gw.dir.join("rt.sock");
+    let conn = tokio::net::UnixStream::connect(&sock).await;
+    assert!(conn.is_ok(), "socket not bound at readiness: {conn:?}");
+}
