@@ -67,31 +67,32 @@ impl Admission {
                 }
                 return self.total_bound(st);
             }
-            // Act only on evidence: this class must have seen enough completions (two
-            // per slot, up to 32) for its service time to mean something; otherwise queue.
-            let needed = needed_grants(slots);
-            let own = st
-                .class_service
-                .get(&priority)
-                .filter(|(_, n)| *n >= needed as u64);
-            if let (Some(&(own_secs, _)), Some(global)) = (own, st.ewma_secs) {
-                // Everyone of this or a higher class is ahead (whatever groups they wait
-                // for), each costing its class's service time; the eligible slots serve the
-                // queue in parallel.
-                let ahead: f64 = st
-                    .classes
-                    .range(..=Reverse(priority))
-                    .map(|(Reverse(c), q)| {
-                        q.len() as f64 * st.class_service.get(c).map_or(global, |e| e.0)
-                    })
-                    .sum();
-                let estimate = (ahead + own_secs) / slots as f64;
+            if let Some(estimate) = Self::service_wait(st, priority, slots, 1) {
                 if estimate > s.timeout.as_secs_f64() {
                     return Err(RejectReason::FailFast);
                 }
             }
         }
         self.total_bound(st)
+    }
+
+    /// The wait from service times alone: everyone queued in this or a higher class (whatever
+    /// groups they wait for) costs its class's average hold time, plus `newcomers` of this
+    /// class; the slots serve the queue in parallel. `None` until this class has seen enough
+    /// completions (two per slot, up to 32) for its service time to mean something.
+    fn service_wait(st: &State, priority: i32, slots: usize, newcomers: usize) -> Option<f64> {
+        let needed = needed_grants(slots) as u64;
+        let &(own_secs, n) = st.class_service.get(&priority)?;
+        let global = st.ewma_secs?;
+        if n < needed || slots == 0 {
+            return None;
+        }
+        let ahead: f64 = st
+            .classes
+            .range(..=Reverse(priority))
+            .map(|(Reverse(c), q)| q.len() as f64 * st.class_service.get(c).map_or(global, |e| e.0))
+            .sum();
+        Some((ahead + newcomers as f64 * own_secs) / slots as f64)
     }
 
     /// Whether fail-fast had the drain evidence to judge a request of `priority` now.
