@@ -6,7 +6,7 @@
 //! keeps the request path free of gauge updates.
 
 use crate::policy::Hook;
-use crate::state::Snapshot;
+use crate::state::snapshot::Snapshot;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,

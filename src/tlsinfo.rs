@@ -52,7 +52,7 @@ impl ClientCert {
     pub fn with_values(mut self) -> Self {
         let v = |s: &str| http::HeaderValue::from_str(s).ok();
         let mut pem_url = String::new();
-        crate::rules::template::url_encode(&self.pem, &mut pem_url);
+        url_encode(&self.pem, &mut pem_url);
         self.values = CertValues {
             pem_flat: v(&self.pem_flat),
             pem_url: v(&pem_url),
@@ -170,6 +170,20 @@ impl TlsAccept for CaptureClientCert {
             }
         };
         Some(Arc::new(info.with_values()))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (newline becomes `%0A`).
+pub fn url_encode(s: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
     }
 }
 

@@ -153,7 +153,7 @@ fn push_var(v: Var, f: &Facts, out: &mut String) {
     let cert = |g: fn(&crate::tlsinfo::ClientCert) -> &str| f.cert.map(g).unwrap_or("");
     match v {
         Var::Cert => out.push_str(cert(|c| &c.pem_flat)),
-        Var::EscapedCert => url_encode(cert(|c| &c.pem), out),
+        Var::EscapedCert => crate::tlsinfo::url_encode(cert(|c| &c.pem), out),
         Var::SubjectDn => out.push_str(cert(|c| &c.subject_dn)),
         Var::SubjectDnLegacy => out.push_str(cert(|c| &c.subject_dn_legacy)),
         Var::IssuerDn => out.push_str(cert(|c| &c.issuer_dn)),
@@ -173,20 +173,6 @@ fn push_var(v: Var, f: &Facts, out: &mut String) {
             }
         }
         Var::ServerName => out.push_str(f.server_name),
-    }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters (newline becomes `%0A`).
-pub fn url_encode(s: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
-        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::parse::{help_list, Command};
+use super::command::{help_list, Command};
 use super::RuntimeApi;
 use crate::maps::{check_entry, MapSource, MapTable};
 

@@ -25,14 +25,16 @@
 //! Every live change is a whole-map [`MapStore::replace`] (O(map size)): for
 //! bulk changes use `prepare` + `add map @N` (payload) + `commit`, one swap.
 
+mod command;
 mod maps;
 mod parse;
 mod servers;
 #[cfg(test)]
 mod tests;
 
+pub use command::Command;
 pub use maps::{Change, MapInfo, MapStore, MAX_STAGED_VERSIONS};
-pub use parse::{parse_command, Command};
+pub use parse::parse_command;
 pub use servers::UpstreamStore;
 
 use std::io;
@@ -46,8 +48,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use command::help_list;
 use maps::Staging;
-use parse::{help_list, parse_words, split_line};
+use parse::{parse_words, split_line};
 
 /// Most concurrent socket connections; more are answered with an error and closed.
 pub const MAX_CONNECTIONS: usize = 32;

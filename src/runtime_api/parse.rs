@@ -1,79 +1,8 @@
 //! Runtime API command lines: `;`-separated commands of words, `\\` escapes, the `<<`
 //! payload of `add map`, and HAProxy's error answers and help list.
 
-use super::servers::{parse_server_words, ServerRef, StatFilter, HELP_SERVERS};
-use std::fmt::Write as _;
-
-/// One parsed Runtime API command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// `help`: list commands.
-    Help,
-    /// `prompt`: toggle interactive mode on the connection.
-    Prompt,
-    /// `quit`: close the connection.
-    Quit,
-    /// `show map`: list maps.
-    ShowMaps,
-    /// `show map [@ver] <map>`: dump the live or a staged version.
-    ShowMap { map: String, version: Option<u64> },
-    /// `get map <map> <key>`.
-    GetMap { map: String, key: String },
-    /// `set map <map> <key> <value>`: change an existing key.
-    SetMap {
-        map: String,
-        key: String,
-        value: String,
-    },
-    /// `add map [@ver] <map> <key> <value>` or with a payload (many entries).
-    AddMap {
-        map: String,
-        version: Option<u64>,
-        entries: Vec<(String, String)>,
-    },
-    /// `del map <map> <key>`.
-    DelMap { map: String, key: String },
-    /// `clear map [@ver] <map>`.
-    ClearMap { map: String, version: Option<u64> },
-    /// `prepare map <map>`.
-    PrepareMap { map: String },
-    /// `commit map @ver <map>`.
-    CommitMap { map: String, version: u64 },
-    /// `show stat [<upstream>|<iid> <type> <sid>]`: CSV, one line per upstream and server.
-    ShowStat { filter: StatFilter },
-    /// `show servers state [<upstream>]`.
-    ShowServersState { upstream: Option<String> },
-    /// `disable server <upstream>/<server>`: no new request; those in flight finish.
-    DisableServer { target: ServerRef },
-    /// `enable server <upstream>/<server>`.
-    EnableServer { target: ServerRef },
-    /// `set server <upstream>/<server> weight <w>` or `set weight <upstream>/<server> <w>`;
-    /// `<w>` is `N` or `N%` of the configured weight.
-    SetWeight { target: ServerRef, weight: String },
-    /// `get weight <upstream>/<server>`.
-    GetWeight { target: ServerRef },
-    /// `set server <upstream>/<server> state ready|drain|maint`.
-    SetState {
-        target: ServerRef,
-        state: crate::upstream::runtime::AdminState,
-    },
-}
-
-impl Command {
-    /// Whether this command acts on upstream servers (not maps).
-    pub fn is_server_command(&self) -> bool {
-        matches!(
-            self,
-            Command::ShowStat { .. }
-                | Command::ShowServersState { .. }
-                | Command::DisableServer { .. }
-                | Command::EnableServer { .. }
-                | Command::SetWeight { .. }
-                | Command::GetWeight { .. }
-                | Command::SetState { .. }
-        )
-    }
-}
+use super::command::{help_list, Command};
+use super::servers::parse_server_words;
 
 /// Splits a line into commands (`;`) of words (whitespace); `\` escapes the
 /// next character.
@@ -227,38 +156,6 @@ fn parse_payload(p: &str) -> Result<Vec<(String, String)>, String> {
         }
     }
     Ok(out)
-}
-
-const HELP: &[(&str, &str)] = &[
-    ("help", "list known commands"),
-    ("prompt", "toggle interactive mode with prompt"),
-    ("quit", "disconnect"),
-    (
-        "add map [@<ver>] <map> <key> <val>",
-        "add a map entry (payload supported instead of key/val)",
-    ),
-    ("clear map [@<ver>] <map>", "clear the contents of this map"),
-    ("commit map @<ver> <map>", "commit the map at this version"),
-    ("del map <map> <key>", "delete the map entry of <key>"),
-    ("get map <map> <key>", "report the value a key maps to"),
-    (
-        "prepare map <map>",
-        "prepare a new version for atomic map replacement",
-    ),
-    ("set map <map> <key> <value>", "modify a map entry"),
-    (
-        "show map [@ver] [map]",
-        "report available maps or dump a map's contents",
-    ),
-];
-
-pub(super) fn help_list(header: &str) -> String {
-    let mut out = format!("{header}\n");
-    for (cmd, what) in HELP.iter().chain(HELP_SERVERS) {
-        let _ = writeln!(out, "  {cmd:<40}: {what}");
-    }
-    out.pop();
-    out
 }
 
 fn unknown_command(words: &[String]) -> String {

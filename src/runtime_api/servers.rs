@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::parse::{help_list, Command};
+use super::command::{help_list, Command, ServerRef, StatFilter};
 use crate::upstream::runtime::{parse_weight, AdminState};
 use crate::upstream::Upstream;
 
@@ -20,70 +20,6 @@ pub trait UpstreamStore: Send + Sync {
     /// Every upstream in a stable order (the config's, by name); `iid` is the position + 1.
     fn upstreams(&self) -> Vec<Arc<Upstream>>;
 }
-
-/// `<upstream>/<server>` as typed; the server is a name or `ip:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerRef {
-    pub upstream: String,
-    pub server: String,
-}
-
-/// Which lines `show stat` prints: `show stat [<proxy>|<iid>|-1 [<type> [<sid>]]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatFilter {
-    /// An upstream name or `iid`; `None` (or `-1`) for all.
-    pub proxy: Option<String>,
-    /// Bit mask: 2 = BACKEND lines, 4 = server lines (1, frontends, has no lines here);
-    /// `-1` for all.
-    pub types: i32,
-    /// A server id (position + 1), or `-1` for all.
-    pub sid: i32,
-}
-
-impl Default for StatFilter {
-    fn default() -> Self {
-        StatFilter {
-            proxy: None,
-            types: -1,
-            sid: -1,
-        }
-    }
-}
-
-pub(super) const HELP_SERVERS: &[(&str, &str)] = &[
-    (
-        "show stat [<upstream> [<type> <sid>]]",
-        "report counters for each upstream and server (CSV)",
-    ),
-    (
-        "show servers state [<upstream>]",
-        "dump the state of the servers",
-    ),
-    (
-        "disable server <upstream>/<server>",
-        "stop sending new requests to a server (drain)",
-    ),
-    (
-        "enable server <upstream>/<server>",
-        "let a disabled server take requests again",
-    ),
-    (
-        "set server <upstream>/<server> weight <w>[%]",
-        "change a server's weight (0-256)",
-    ),
-    (
-        "set server <upstream>/<server> state <s>",
-        "ready, drain (no balanced request) or maint (none)",
-    ),
-    (
-        "set weight <upstream>/<server> <w>[%]",
-        "change a server's weight (0-256)",
-    ),
-    (
-        "get weight <upstream>/<server>",
-        "report a server's current and configured weight",
-    ),
-];
 
 /// HAProxy's first 33 `show stat` columns; those floodgate has no value for stay empty.
 pub const STAT_COLUMNS: &str = "pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,";

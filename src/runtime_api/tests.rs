@@ -404,7 +404,7 @@ fn upstream_of(stores: &Stores, name: &str) -> Arc<Upstream> {
 
 #[test]
 fn server_commands_parse_as_haproxy_spells_them() {
-    let r = |u: &str, s: &str| super::servers::ServerRef {
+    let r = |u: &str, s: &str| super::command::ServerRef {
         upstream: u.into(),
         server: s.into(),
     };
@@ -435,7 +435,7 @@ fn server_commands_parse_as_haproxy_spells_them() {
     assert_eq!(
         parse_command("show stat u 4 -1").unwrap(),
         Command::ShowStat {
-            filter: super::servers::StatFilter {
+            filter: super::command::StatFilter {
                 proxy: Some("u".into()),
                 types: 4,
                 sid: -1

@@ -56,7 +56,7 @@ routes:
     );
     let pem = std::fs::read_to_string(&cert).unwrap();
     let mut encoded = String::new();
-    floodgate::rules::template::url_encode(&pem, &mut encoded);
+    floodgate::tlsinfo::url_encode(&pem, &mut encoded);
     assert_eq!(
         h["x-client-cert"],
         encoded.as_str(),
