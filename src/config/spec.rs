@@ -428,6 +428,8 @@ pub struct MapSourceSpec {
     pub timeout: Option<String>,
     /// `map` (default) or `json`.
     pub format: Option<String>,
+    /// For an `https://` url: CA bundle, verify, SNI, client certificate (as `upstreams.NAME.tls`).
+    pub tls: Option<UpstreamTlsSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

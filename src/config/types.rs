@@ -445,6 +445,8 @@ pub struct MapSourceConfig {
     pub every: Duration,
     pub timeout: Duration,
     pub format: MapFormat,
+    /// TLS of an `https://` url; `None`: system CA store, verify, no client certificate.
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

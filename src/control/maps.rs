@@ -368,6 +368,11 @@ impl crate::maps::poller::Updater for PolledMap {
     fn current(&self) -> Option<Arc<MapTable>> {
         self.state.snapshot().maps.get(&self.map).cloned()
     }
+
+    fn fetch_failed(&self, _reason: &str) {
+        let source = MapSource::Poller(self.url.clone());
+        Writer::count_map(&self.state.metrics, &self.map, &source, "error");
+    }
 }
 
 pub fn spawn_pollers(
@@ -375,7 +380,7 @@ pub fn spawn_pollers(
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     use crate::maps::poller::{
-        http_get, run_poller, FetchFuture, MapFormat, PollerSettings, PollerStats,
+        fetch_url, run_poller, ClientTls, FetchFuture, MapFormat, PollerSettings, PollerStats,
     };
     let snap = state.snapshot();
     let mut tasks = Vec::new();
@@ -390,8 +395,19 @@ pub fn spawn_pollers(
                 crate::config::MapFormat::Json => MapFormat::Json,
             },
         };
-        let fetch = |u: String, t: std::time::Duration| -> FetchFuture {
-            Box::pin(async move { http_get(&u, t).await })
+        let tls = match &src.tls {
+            Some(t) => match ClientTls::new(t) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    log::error!("map {name}: source.tls: {e}; the poller does not start");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let fetch = move |u: String, t: std::time::Duration| -> FetchFuture {
+            let tls = tls.clone();
+            Box::pin(async move { fetch_url(&u, t, tls.as_deref()).await })
         };
         let on_update = PolledMap {
             state: state.clone(),

@@ -3,8 +3,7 @@
 //! caller, replacing the cron + Runtime API updater of the HAProxy setup.
 //!
 //! Owns the poll loop, its failure policy (keep the last good map, log once per
-//! failure streak, count) and a minimal HTTP/1.1 GET client ([`http_get`]) for
-//! plain `http://` URLs.
+//! failure streak, count); the HTTP(S) client is [`super::client`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,20 +13,16 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+pub(crate) use super::client::parse_url;
+pub use super::client::{fetch_url, http_get, ClientTls, MAX_BODY_BYTES};
 use super::{parse_map_json, parse_map_text_after, MapContent};
 
 /// Default poll period (the HAProxy setup's cron ran every minute).
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
 /// Default limit for one fetch, connect to last body byte.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest accepted response body; larger answers are errors.
-pub const MAX_BODY_BYTES: usize = 64 << 20;
-/// Largest accepted response head (status line + headers).
-const MAX_HEAD_BYTES: usize = 64 << 10;
 
 /// Body format of the polled source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +115,11 @@ pub async fn run_poller<F, U>(
                 continue;
             }
         };
+        if let PollOutcome::Failed(reason) = &outcome {
+            if !reason.starts_with(REJECTED) {
+                on_update.fetch_failed(reason);
+            }
+        }
         record(&settings.url, &stats, outcome);
     }
 }
@@ -157,7 +157,13 @@ pub trait Updater: Send + Sync {
     fn current(&self) -> Option<Arc<super::MapTable>> {
         None
     }
+    /// A fetch failed before [`apply`](Updater::apply) (transport, TLS, timeout, status,
+    /// parse); the live map is kept. Refusals by `apply` are the updater's own to count.
+    fn fetch_failed(&self, _reason: &str) {}
 }
+
+/// Start of a [`PollOutcome::Failed`] reason given when [`Updater::apply`] refused the map.
+const REJECTED: &str = "rejected: ";
 
 impl<F: Fn(MapContent) -> Result<bool, String> + Send + Sync> Updater for F {
     fn apply(&self, content: MapContent) -> Result<bool, String> {
@@ -232,241 +238,7 @@ where
                 PollOutcome::Unchanged
             }
         }
-        Err(e) => PollOutcome::Failed(format!("rejected: {e}")),
-    }
-}
-
-/// Host, port and request target of an `http://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HttpUrl {
-    /// Host without IPv6 brackets, for connecting.
-    host: String,
-    port: u16,
-    /// Authority as written, for the Host header.
-    authority: String,
-    /// Path and query, at least "/".
-    target: String,
-}
-
-fn parse_url(url: &str) -> Result<HttpUrl, String> {
-    let scheme_end = url
-        .find("://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
-    if !url[..scheme_end].eq_ignore_ascii_case("http") {
-        return Err(format!(
-            "{url:?}: only http:// is supported by the built-in client (use a local TLS-terminating proxy)"
-        ));
-    }
-    let rest = &url[scheme_end + 3..];
-    let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..split];
-    let mut target = rest[split..].split('#').next().unwrap_or("").to_string();
-    if !target.starts_with('/') {
-        target.insert(0, '/');
-    }
-    if authority.is_empty() || authority.contains('@') {
-        return Err(format!(
-            "{url:?}: expected http://host[:port]/path without credentials"
-        ));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url:?}: unclosed '['"))?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    let port = match port {
-        Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-        None => 80,
-    };
-    Ok(HttpUrl {
-        host: host.to_string(),
-        port,
-        authority: authority.to_string(),
-        target,
-    })
-}
-
-/// GETs a plain `http://host[:port]/path` URL with HTTP/1.1 and
-/// `Connection: close`. Handles Content-Length, chunked and close-delimited
-/// bodies, skips 1xx answers; fails on bodies over [`MAX_BODY_BYTES`], on
-/// malformed answers, and when the whole exchange exceeds `timeout`.
-/// Returns `(status, body)` for any status: the caller judges non-2xx.
-pub async fn http_get(url: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
-    let u = parse_url(url)?;
-    match tokio::time::timeout(timeout, get(&u)).await {
-        Ok(r) => r.map_err(|e| format!("GET {url}: {e}")),
-        Err(_) => Err(format!("GET {url}: timed out after {timeout:?}")),
-    }
-}
-
-/// Buffered reader over the response stream.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    /// Reads more bytes; Ok(0) at EOF.
-    async fn fill(&mut self) -> Result<usize, String> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self
-            .stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    async fn need(&mut self, n: usize) -> Result<(), String> {
-        while self.buf.len() < n {
-            if self.fill().await? == 0 {
-                return Err("connection closed before the end of the body".to_string());
-            }
-        }
-        Ok(())
-    }
-
-    /// One CRLF-terminated line, consumed, without the CRLF.
-    async fn line(&mut self) -> Result<String, String> {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
-                self.buf.drain(..i + 2);
-                return Ok(line);
-            }
-            if self.buf.len() > 4096 {
-                return Err("chunk header line too long".to_string());
-            }
-            if self.fill().await? == 0 {
-                return Err("connection closed inside a chunk header".to_string());
-            }
-        }
-    }
-}
-
-/// Response head fields the body reader needs.
-struct Head {
-    status: u16,
-    content_length: Option<usize>,
-    chunked: bool,
-}
-
-async fn get(u: &HttpUrl) -> Result<(u16, Vec<u8>), String> {
-    let stream = TcpStream::connect((u.host.as_str(), u.port))
-        .await
-        .map_err(|e| format!("connect to {}:{} failed: {e}", u.host, u.port))?;
-    let mut conn = Conn {
-        stream,
-        buf: Vec::with_capacity(16 * 1024),
-    };
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: floodgate-map-poller\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        u.target, u.authority
-    );
-    conn.stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("write failed: {e}"))?;
-    let head = loop {
-        let head = read_head(&mut conn).await?;
-        // 1xx (other than 101) precede the real answer.
-        if !(100..200).contains(&head.status) || head.status == 101 {
-            break head;
-        }
-    };
-    let body = if head.status == 204 || head.status == 304 {
-        Vec::new()
-    } else if head.chunked {
-        read_chunked(&mut conn).await?
-    } else if let Some(len) = head.content_length {
-        if len > MAX_BODY_BYTES {
-            return Err(format!(
-                "body of {len} bytes exceeds the {MAX_BODY_BYTES}-byte limit"
-            ));
-        }
-        conn.need(len).await?;
-        conn.buf.truncate(len);
-        conn.buf
-    } else {
-        while conn.fill().await? > 0 {
-            if conn.buf.len() > MAX_BODY_BYTES {
-                return Err(format!("body exceeds the {MAX_BODY_BYTES}-byte limit"));
-            }
-        }
-        conn.buf
-    };
-    Ok((head.status, body))
-}
-
-async fn read_head(conn: &mut Conn) -> Result<Head, String> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&conn.buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let status = resp.code.unwrap_or(0);
-                let mut head = Head {
-                    status,
-                    content_length: None,
-                    chunked: false,
-                };
-                for h in resp.headers.iter() {
-                    let value = String::from_utf8_lossy(h.value);
-                    if h.name.eq_ignore_ascii_case("content-length") {
-                        let len = value
-                            .trim()
-                            .parse()
-                            .map_err(|_| format!("bad Content-Length {value:?}"))?;
-                        head.content_length = Some(len);
-                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        head.chunked = value.to_ascii_lowercase().contains("chunked");
-                    }
-                }
-                conn.buf.drain(..n);
-                return Ok(head);
-            }
-            Ok(httparse::Status::Partial) => {
-                if conn.buf.len() > MAX_HEAD_BYTES {
-                    return Err("response head too large".to_string());
-                }
-                if conn.fill().await? == 0 {
-                    return Err("connection closed before a complete response head".to_string());
-                }
-            }
-            Err(e) => return Err(format!("malformed response head: {e}")),
-        }
-    }
-}
-
-async fn read_chunked(conn: &mut Conn) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let line = conn.line().await?;
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        if size == 0 {
-            // Trailers end with an empty line; a server closing right after
-            // the last chunk is tolerated.
-            while !conn.line().await.unwrap_or_default().is_empty() {}
-            return Ok(body);
-        }
-        if body.len() + size > MAX_BODY_BYTES {
-            return Err(format!("body exceeds the {MAX_BODY_BYTES}-byte limit"));
-        }
-        conn.need(size + 2).await?;
-        body.extend_from_slice(&conn.buf[..size]);
-        if &conn.buf[size..size + 2] != b"\r\n" {
-            return Err("chunk not followed by CRLF".to_string());
-        }
-        conn.buf.drain(..size + 2);
+        Err(e) => PollOutcome::Failed(format!("{REJECTED}{e}")),
     }
 }
 
@@ -474,6 +246,7 @@ async fn read_chunked(conn: &mut Conn) -> Result<Vec<u8>, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A tiny HTTP server answering every connection with the current canned
@@ -516,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn url_parsing_accepts_http_only() {
+    fn url_parsing_accepts_http_and_https_only() {
         let u = parse_url("http://[::1]:8080/a?b").unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.target.as_str()),
@@ -524,11 +297,16 @@ mod tests {
         );
         let u = parse_url("http://puppetdb").unwrap();
         assert_eq!((u.port, u.target.as_str()), (80, "/"), "defaults");
+        let u = parse_url("https://puppetdb:8081/pdb").unwrap();
+        assert!(u.https && u.port == 8081, "https with a port");
+        assert_eq!(
+            parse_url("HTTPS://puppetdb/").unwrap().port,
+            443,
+            "https default port"
+        );
         assert!(
-            parse_url("https://x/")
-                .unwrap_err()
-                .contains("only http://"),
-            "https refused"
+            parse_url("ftp://x/").unwrap_err().contains("only http://"),
+            "other schemes refused"
         );
         assert!(parse_url("http://u:p@x/").is_err(), "credentials refused");
     }

@@ -20,6 +20,7 @@ mod health;
 mod lifecycle;
 mod logging;
 mod maps;
+mod maps_tls;
 mod policy;
 mod runtime_servers;
 mod slow_clients;

@@ -22,13 +22,35 @@ impl Validator {
                 );
             }
             let source = m.source.as_ref().map(|src| {
-                if !src.url.starts_with("http://") {
+                let url = crate::maps::poller::parse_url(&src.url);
+                if let Err(e) = &url {
                     self.err(
                         format!("{p}.source.url"),
-                        format!("{:?} is not supported; use an http:// URL", src.url),
+                        format!("{e}; use an http:// or https:// URL such as https://puppetdb:8081/pdb/query/v4"),
+                    );
+                }
+                let https = url.as_ref().is_ok_and(|u| u.https);
+                if src.tls.is_some() && !https && url.is_ok() {
+                    self.err(
+                        format!("{p}.source.tls"),
+                        format!("is set but url {:?} is plain http://; use an https:// url or remove tls", src.url),
+                    );
+                }
+                let ip_host = url
+                    .as_ref()
+                    .is_ok_and(|u| u.host.parse::<std::net::IpAddr>().is_ok());
+                let tls = src
+                    .tls
+                    .as_ref()
+                    .map(|t| self.upstream_tls(&format!("{p}.source.tls"), t, base, ip_host));
+                if https && src.tls.is_none() && ip_host {
+                    self.err(
+                        format!("{p}.source.tls"),
+                        "the url's host is an IP address, so there is no host name to verify; add tls: { sni: NAME-IN-THE-CERTIFICATE } (or verify_hostname: false)",
                     );
                 }
                 MapSourceConfig {
+                    tls,
                     url: src.url.clone(),
                     every: self.duration(
                         &format!("{p}.source.every"),
