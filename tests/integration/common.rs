@@ -314,14 +314,36 @@ impl Drop for Scratch {
 
 /// The admin `/status` JSON of a gateway.
 pub async fn status(gw: &TestGateway) -> serde_json::Value {
+    admin_json(gw, "/status").await
+}
+
+/// The JSON answer of `GET <admin>path`.
+pub async fn admin_json(gw: &TestGateway, path: &str) -> serde_json::Value {
     client()
-        .get(gw.admin("/status"))
+        .get(gw.admin(path))
         .send()
         .await
-        .expect("status")
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
         .json()
         .await
-        .expect("status json")
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+}
+
+/// One Runtime API exchange as `echo "$input" | socat stdio unix:$sock` does it: connect, send,
+/// half-close, read the answer until the server closes.
+pub async fn runtime(sock: &std::path::Path, input: &str) -> String {
+    let exchange = async {
+        let mut s = tokio::net::UnixStream::connect(sock).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut s, input.as_bytes()).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut s).await?;
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("runtime API {input:?}: no answer within 5 s"))
+        .unwrap_or_else(|e| panic!("runtime API {input:?}: {e}"))
 }
 
 /// Captures floodgate's warnings and errors, and the access-log lines of refused requests, so

@@ -160,14 +160,7 @@ policy: {{ scripts: ["{script}"] }}
     }
     assert_eq!(answered, EDITS + (POLICY_RELOADS + CONFIG_RELOADS) as usize);
 
-    let nodes: Value = c
-        .get(gw.admin("/maps/nodes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: Value = admin_json(&gw, "/maps/nodes").await;
     let entries = nodes["entries"].as_object().unwrap();
     let missing: Vec<String> = (0..EDITS)
         .map(|i| format!("node{i}"))

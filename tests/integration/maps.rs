@@ -161,23 +161,6 @@ fn entries(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// One Runtime API exchange as `echo "$input" | socat stdio unix:$sock` does it: connect, send,
-/// half-close, read the answer until the server closes.
-async fn runtime(sock: &Path, input: &str) -> String {
-    let exchange = async {
-        let mut s = tokio::net::UnixStream::connect(sock).await?;
-        s.write_all(input.as_bytes()).await?;
-        s.shutdown().await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("runtime API {input:?}: no answer within 5 s"))
-        .unwrap_or_else(|e| panic!("runtime API {input:?}: {e}"))
-}
-
 /// A tiny HTTP server the map poller fetches from: answers every GET with the current body.
 struct MapServer {
     addr: SocketAddr,

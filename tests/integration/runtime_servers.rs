@@ -9,7 +9,6 @@
 use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TWO: &str = r#"
 listeners: [{ bind: "127.0.0.1:{PORT}" }]
@@ -44,22 +43,6 @@ async fn start(
         "the runtime socket accepts connections"
     );
     (gw, sock)
-}
-
-/// One exchange as `echo "$input" | socat stdio unix:$sock` does it.
-async fn runtime(sock: &Path, input: &str) -> String {
-    let exchange = async {
-        let mut s = tokio::net::UnixStream::connect(sock).await?;
-        s.write_all(input.as_bytes()).await?;
-        s.shutdown().await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("runtime API {input:?}: no answer within 5 s"))
-        .unwrap_or_else(|e| panic!("runtime API {input:?}: {e}"))
 }
 
 /// `show stat` as (pxname, svname) -> column -> value.
@@ -298,14 +281,7 @@ async fn admin_api_disables_enables_and_weighs_servers_and_a_reload_forgets_it()
         "least_conn skips the disabled server"
     );
 
-    let all: serde_json::Value = c
-        .get(gw.admin("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: serde_json::Value = admin_json(&gw, "/upstreams").await;
     assert_eq!(all["upstreams"][0]["servers"][1]["requests"], 10, "{all}");
     let st = status(&gw).await;
     assert_eq!(st["upstreams"]["u"]["servers"][0]["status"], "MAINT");
@@ -318,14 +294,7 @@ async fn admin_api_disables_enables_and_weighs_servers_and_a_reload_forgets_it()
     // A reload puts the server back in service (HAProxy without server-state-file).
     let r = c.post(gw.admin("/reload")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let v: serde_json::Value = c
-        .get(gw.admin("/upstreams/u/servers/a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = admin_json(&gw, "/upstreams/u/servers/a").await;
     assert_eq!(
         v["disabled"], false,
         "reload forgot the runtime change: {v}"
