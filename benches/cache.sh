@@ -150,14 +150,7 @@ worker_rlimit_nofile 20000;
 worker_processes $PROXY_THREADS;
 events { worker_connections 8192; multi_accept on; }
 http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
+$(nginx_http_basics $WORK/nginx)
   proxy_cache_path $WORK/nginx/cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=10m use_temp_path=off;
   upstream origin {
     server $ORIGIN_ADDR;

@@ -33,4 +33,18 @@ wait_port_free() { # addr: until nothing listens there (10 s)
   return 1
 }
 
+nginx_http_basics() { # dir: the lines every bench nginx puts in http {}: no access log,
+  # long keep-alive, temp files in dir (indented for the block)
+  cat <<EOF
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path $1;
+  proxy_temp_path $1;
+  fastcgi_temp_path $1;
+  uwsgi_temp_path $1;
+  scgi_temp_path $1;
+EOF
+}
+
 need() { command -v "$1" >/dev/null || { log "missing $1"; exit 1; }; }

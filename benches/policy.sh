@@ -100,14 +100,7 @@ worker_processes 1;
 worker_rlimit_nofile 20000;
 events { worker_connections 8192; multi_accept on; }
 http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $WORK/origin;
-  proxy_temp_path $WORK/origin;
-  fastcgi_temp_path $WORK/origin;
-  uwsgi_temp_path $WORK/origin;
-  scgi_temp_path $WORK/origin;
+$(nginx_http_basics $WORK/origin)
   server {
     listen $ORIGIN_ADDR backlog=4096;
     default_type text/plain;

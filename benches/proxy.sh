@@ -181,14 +181,7 @@ write_origin_conf() {
 worker_processes $ORIGIN_WORKERS;
 events { worker_connections 8192; multi_accept on; }
 http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $WORK/origin;
-  proxy_temp_path $WORK/origin;
-  fastcgi_temp_path $WORK/origin;
-  uwsgi_temp_path $WORK/origin;
-  scgi_temp_path $WORK/origin;
+$(nginx_http_basics $WORK/origin)
   server {
     listen $ORIGIN_ADDR backlog=4096;
     default_type text/plain;
@@ -206,14 +199,7 @@ write_nginx_conf() {
 worker_processes $PROXY_THREADS;
 events { worker_connections 8192; multi_accept on; }
 http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
+$(nginx_http_basics $WORK/nginx)
   upstream origin {
     server $ORIGIN_ADDR;
     keepalive 1024;

@@ -115,14 +115,7 @@ worker_processes 1;
 worker_rlimit_nofile 20000;
 events { worker_connections 8192; }
 http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
+$(nginx_http_basics $WORK/nginx)
   server {
     listen $ORIGIN1;
     listen $ORIGIN2;
