@@ -35,17 +35,24 @@ const TRIM: Leniency = Leniency {
 };
 
 impl Admission {
-    /// Whether a request with no free slot may enter the queue.
+    /// Slots of the `eligible` groups (unknown and unlimited groups count 0).
+    pub(super) fn eligible_slots(&self, eligible: &[usize]) -> usize {
+        eligible
+            .iter()
+            .filter_map(|&g| self.capacities.get(g).copied().flatten())
+            .sum()
+    }
+
+    /// Whether a request with no free slot may enter the queue. `drain` is
+    /// [`Self::drain_estimate`] for it, computed once by the caller (`None` without evidence
+    /// or without fail-fast).
     pub(super) fn check_queue(
         &self,
         st: &State,
         priority: i32,
-        eligible: &[usize],
+        slots: usize,
+        drain: Option<f64>,
     ) -> Result<(), RejectReason> {
-        let slots: usize = eligible
-            .iter()
-            .filter_map(|&g| self.capacities.get(g).copied().flatten())
-            .sum();
         if slots == 0 {
             // Only unknown groups or groups of capacity 0: waiting cannot help.
             return Err(RejectReason::NoEligibleGroup);
@@ -56,7 +63,7 @@ impl Admission {
             return Err(RejectReason::QueueFull);
         }
         if s.fail_fast {
-            if let Some(estimate) = self.drain_estimate(st, priority, in_class, slots) {
+            if let Some(estimate) = drain {
                 if estimate > s.timeout.as_secs_f64() {
                     log::debug!(
                         "fail_fast on arrival: class {priority}, {in_class} ahead, expected wait {estimate:.2}s > {:?} ({})",
@@ -93,16 +100,6 @@ impl Admission {
             .map(|(Reverse(c), q)| q.len() as f64 * st.class_service.get(c).map_or(global, |e| e.0))
             .sum();
         Some((ahead + newcomers as f64 * own_secs) / slots as f64)
-    }
-
-    /// Whether fail-fast had the drain evidence to judge a request of `priority` now.
-    pub(super) fn has_drain_evidence(&self, st: &State, priority: i32, eligible: &[usize]) -> bool {
-        let slots: usize = eligible
-            .iter()
-            .filter_map(|&g| self.capacities.get(g).copied().flatten())
-            .sum();
-        let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
-        self.drain_estimate(st, priority, in_class, slots).is_some()
     }
 
     /// Whether a request refused as `QueueFull` was refused only by the total bound (not by

@@ -397,7 +397,14 @@ impl Admission {
                 Duration::ZERO,
             )));
         }
-        match self.check_queue(&st, priority, eligible) {
+        let slots = self.eligible_slots(eligible);
+        let drain = if self.settings.fail_fast {
+            let in_class = st.classes.get(&Reverse(priority)).map_or(0, VecDeque::len);
+            self.drain_estimate(&st, priority, in_class, slots)
+        } else {
+            None
+        };
+        match self.check_queue(&st, priority, slots, drain) {
             Ok(()) => {}
             Err(RejectReason::QueueFull)
                 if self.room_by_displacing(&st, priority)
@@ -407,7 +414,7 @@ impl Admission {
                 return Start::Done(Err(self.reject(reason, Duration::ZERO)));
             }
         }
-        let unjudged = self.settings.fail_fast && !self.has_drain_evidence(&st, priority, eligible);
+        let unjudged = self.settings.fail_fast && drain.is_none();
         let id = st.next_id;
         st.next_id += 1;
         let (tx, rx) = oneshot::channel();
