@@ -89,6 +89,8 @@ mod strlib;
 #[cfg(test)]
 mod test_engine;
 #[cfg(test)]
+mod sandbox_tests;
+#[cfg(test)]
 mod tests;
 
 use std::cell::RefCell;
