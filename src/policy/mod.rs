@@ -84,12 +84,12 @@ mod pattern;
 #[cfg(test)]
 mod pattern_tests;
 mod sandbox;
+#[cfg(test)]
+mod sandbox_tests;
 mod shared;
 mod strlib;
 #[cfg(test)]
 mod test_engine;
-#[cfg(test)]
-mod sandbox_tests;
 #[cfg(test)]
 mod tests;
 
