@@ -27,10 +27,11 @@ pub(super) fn needed_grants(slots: usize) -> usize {
 /// Trimming a waiter that already queued needs this many times the evidence of the arrival
 /// check...
 pub(super) const TRIM_EVIDENCE: usize = 1;
-/// ...and is optimistic by two standard errors (it is checked at every grant, so it must not
-/// act on the low points of a noisy estimate) and by the pace of the last grants when faster.
+/// ...and is optimistic by one and a half standard errors (it is checked at every grant, so it
+/// must not act on the low points of a noisy estimate; the error is measured, see
+/// [`DrainRate`](super::drain::DrainRate)) and by the pace of the last grants when faster.
 const TRIM: Leniency = Leniency {
-    errors: 2.0,
+    errors: 1.5,
     recent: true,
 };
 
