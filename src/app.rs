@@ -144,12 +144,15 @@ impl BackgroundService for Background {
             st.clone(),
             shutdown.clone(),
         )));
+        let files = Arc::new(crate::control::watch::FileEvents::new());
         tasks.push(tokio::spawn(crate::control::maps::watch_files(
             st.clone(),
+            files.clone(),
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(crate::control::policy::watch_scripts(
             st.clone(),
+            files,
             shutdown.clone(),
         )));
         tasks.extend(crate::control::maps::spawn_pollers(&st, &shutdown));

@@ -266,11 +266,22 @@ impl MapStore for LiveMaps {
 
 /// Watches every map file of the current config and applies changes (in-place writes and
 /// renames over the file alike).
-pub async fn watch_files(state: Arc<AppState>, shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn watch_files(
+    state: Arc<AppState>,
+    files: Arc<super::watch::FileEvents>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut watches: HashMap<String, FileWatch> = HashMap::new();
     let mut shutdown = shutdown;
+    let mut events = files.subscribe();
     loop {
         let snap = state.snapshot();
+        files.follow(
+            snap.config
+                .maps
+                .values()
+                .filter_map(|mc| mc.file.as_deref()),
+        );
         for (name, mc) in &snap.config.maps {
             let Some(f) = &mc.file else { continue };
             let w =
@@ -326,7 +337,7 @@ pub async fn watch_files(state: Arc<AppState>, shutdown: tokio::sync::watch::Rec
         }
         watches.retain(|n, _| snap.config.maps.contains_key(n));
         tokio::select! {
-            _ = tokio::time::sleep(crate::maps::DEFAULT_WATCH_INTERVAL) => {}
+            _ = events.next() => {}
             _ = shutdown.changed() => return,
         }
     }

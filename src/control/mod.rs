@@ -8,11 +8,14 @@
 //! - [`maps`]: map edits from the admin API, the Runtime API socket, map file watchers and
 //!   pollers;
 //! - [`policy`]: the Lua scripts (`POST /policy/reload`, the script file watcher).
+//!
+//! Map files and scripts are noticed by one file watcher ([`watch::FileEvents`]).
 
 pub mod inputs;
 pub mod maps;
 pub mod policy;
 pub mod reload;
+pub mod watch;
 pub mod writer;
 
 pub use writer::{Applied, Change, MapEdit, Refused, ReloadReport, Writer};

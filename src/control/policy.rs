@@ -9,7 +9,7 @@ use crate::policy::{CompiledPolicy, PolicyEngine};
 use crate::state::AppState;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub use super::inputs::{read_scripts, settings};
 
@@ -48,7 +48,11 @@ fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 }
 
 /// Watches the script files; reloads the policy when one changes.
-pub async fn watch_scripts(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn watch_scripts(
+    state: Arc<AppState>,
+    files: Arc<super::watch::FileEvents>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let paths = |s: &AppState| {
         s.snapshot()
             .config
@@ -58,9 +62,12 @@ pub async fn watch_scripts(state: Arc<AppState>, mut shutdown: tokio::sync::watc
             .unwrap_or_default()
     };
     let mut seen = stamp(&paths(&state));
+    let mut events = files.subscribe();
     loop {
+        let followed = paths(&state);
+        files.follow(followed.iter().map(PathBuf::as_path));
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = events.next() => {}
             _ = shutdown.changed() => return,
         }
         let now = stamp(&paths(&state));

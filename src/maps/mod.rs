@@ -25,7 +25,7 @@ pub use text::{
     parse_map_text_with,
 };
 
-pub use watch::{watch_file, FileWatch, DEFAULT_WATCH_INTERVAL};
+pub use watch::FileWatch;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,14 +1,11 @@
 //! Noticing that a map file changed: a metadata poll (mtime, length, inode) plus a content
-//! hash, for in-place edits and rename-over alike.
+//! hash, for in-place edits and rename-over alike. When to look is the one file watcher's
+//! business ([`crate::control::watch`]).
 
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
-
-/// Default interval of [`watch_file`] polling.
-pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+use std::time::SystemTime;
 
 /// Identity of a file version as seen by `stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,73 +131,11 @@ impl FileWatch {
     }
 }
 
-/// Polls `watch` every `interval` (see [`DEFAULT_WATCH_INTERVAL`]) and calls
-/// `on_change` with the new content. Reads run on the blocking pool. I/O
-/// errors are logged once per failure streak and retried. Returns when
-/// `shutdown` becomes true or its sender is dropped.
-pub async fn watch_file(
-    watch: FileWatch,
-    interval: Duration,
-    mut on_change: impl FnMut(String) + Send,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut slot = Some(watch);
-    let mut failing = false;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = ticker.tick() => {}
-            r = shutdown.changed() => {
-                if r.is_err() { return; }
-                continue;
-            }
-        }
-        let Some(mut w) = slot.take() else { return };
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = w.changed();
-            (w, r)
-        })
-        .await;
-        let (w, result) = match joined {
-            Ok(pair) => pair,
-            Err(e) => {
-                log::error!("map file watcher task failed: {e}");
-                return;
-            }
-        };
-        match result {
-            Ok(Some(text)) => {
-                if failing {
-                    log::info!("map file {} readable again", w.path().display());
-                    failing = false;
-                }
-                on_change(text);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                if !failing {
-                    log::warn!(
-                        "cannot read map file {}: {e}; keeping the last map",
-                        w.path().display()
-                    );
-                    failing = true;
-                }
-            }
-        }
-        slot = Some(w);
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::persist::write_atomic;
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn file_watch_ignores_missing_file_and_same_content() {
@@ -235,54 +170,6 @@ mod tests {
         assert!(w.is_current(), "nothing rewrote it yet");
         write_atomic(&p, "a 1\n").unwrap();
         assert!(!w.is_current(), "rename-over by a persisted edit");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn watch_file_detects_in_place_rewrite_and_rename_over_within_2s() {
-        let dir = std::env::temp_dir().join(format!("maps-wf-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("n.map");
-        std::fs::write(&p, "a 1\n").unwrap();
-        let (w, first) = FileWatch::primed(&p).unwrap();
-        assert_eq!(first, "a 1\n");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(watch_file(
-            w,
-            Duration::from_millis(100),
-            move |t| {
-                let _ = tx.send(t);
-            },
-            stop_rx,
-        ));
-        let wait = Duration::from_secs(2);
-        // In-place rewrite: same inode, new content.
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&p)
-                .unwrap();
-            f.write_all(b"a 2\n").unwrap();
-        }
-        let got = tokio::time::timeout(wait, rx.recv())
-            .await
-            .expect("in-place edit seen in 2s");
-        assert_eq!(got.as_deref(), Some("a 2\n"));
-        // Rename-over.
-        let tmp = dir.join("n.map.new");
-        std::fs::write(&tmp, "a 3\n").unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-        let got = tokio::time::timeout(wait, rx.recv())
-            .await
-            .expect("rename-over seen in 2s");
-        assert_eq!(got.as_deref(), Some("a 3\n"));
-        stop_tx.send(true).unwrap();
-        tokio::time::timeout(wait, task)
-            .await
-            .expect("watcher stops on shutdown")
-            .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How long a file change may take to re-route (the brief's bound; the watcher polls every 500 ms).
+/// How long a file change may take to re-route (the brief's bound; inotify sees it at once).
 const FILE_CHANGE_BOUND: Duration = Duration::from_secs(2);
 
 /// Replaces each `{KEY}` placeholder of `yaml` (besides the harness's `{PORT}`/`{ADMIN}`/`{DIR}`).

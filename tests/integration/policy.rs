@@ -843,7 +843,7 @@ async fn syntax_error_on_reload_keeps_the_old_script_and_is_reported_with_file_a
     // The watcher and a config reload see the same broken file; neither replaces v1.
     let r = c.post(gw.admin("/reload")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the config itself is fine");
-    tokio::time::sleep(Duration::from_millis(600)).await; // why: let the 250 ms watcher run at least twice
+    tokio::time::sleep(Duration::from_millis(600)).await; // why: a window for the watcher to (wrongly) act: nothing may change in it
     for _ in 0..5 {
         assert_eq!(
             version().await.as_deref(),
