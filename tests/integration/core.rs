@@ -642,9 +642,11 @@ async fn reload_under_200_concurrent_clients_swaps_routes_and_upstream_without_a
     let start = Instant::now();
     let end = start + Duration::from_secs(2);
     let reloaded_at: Arc<parking_lot::Mutex<Option<Instant>>> = Arc::default();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..200 {
         let (c, url, reloaded_at) = (c.clone(), gw.url("/echo"), reloaded_at.clone());
+        let answered = answered.clone();
         tasks.push(tokio::spawn(async move {
             // (ok, failures, origins of requests sent after the reload finished)
             let mut ok = 0usize;
@@ -653,7 +655,9 @@ async fn reload_under_200_concurrent_clients_swaps_routes_and_upstream_without_a
             let mut seen = BTreeMap::<String, usize>::new();
             while Instant::now() < end {
                 let sent_after_reload = reloaded_at.lock().is_some();
-                match c.get(&url).send().await {
+                let res = c.get(&url).send().await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match res {
                     Ok(r) if r.status() == 200 => {
                         ok += 1;
                         let o = r
@@ -674,7 +678,15 @@ async fn reload_under_200_concurrent_clients_swaps_routes_and_upstream_without_a
             (ok, failures, after, seen)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The reload lands in the middle of the traffic: once every client has had an answer.
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let n = answered.load(std::sync::atomic::Ordering::Relaxed);
+            async move { n >= 400 }
+        })
+        .await,
+        "the clients got no answers before the reload"
+    );
     gw.write_config(&fill(RELOAD_V2, &vars));
     let r = c.post(gw.admin("/reload")).send().await.unwrap();
     let status = r.status();
