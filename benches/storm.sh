@@ -109,7 +109,8 @@ if [ -z "${TABLE_FROM:-}" ]; then
     [ -x "$b" ] || { log "no binary at $b"; exit 1; }
   done
   # Private copies: the whole run uses one build even if the target dir is rebuilt meanwhile.
-  cp "$FLOODGATE_BIN" "$KIT/sim-origin" "$KIT/sim-storm" "$WORK/"
+  cp "$FLOODGATE_BIN" "$WORK/floodgate"
+  cp "$KIT/sim-origin" "$KIT/sim-storm" "$WORK/"
   FLOODGATE_BIN=$WORK/floodgate
 fi
 
