@@ -33,7 +33,6 @@ pub(super) const TRIM_EVIDENCE: usize = 1;
 // why: 1.5 told more hosts within 1 s in the model (0.80-0.97) and on a quiet machine, but on
 // a machine at load 11 it turned away hosts that would have made it (burst 0.57-0.94 of the
 // limit against 0.92-0.94 with 2, alternating runs of benches/storm.sh).
-
 const TRIM: Leniency = Leniency {
     errors: 2.0,
     recent: true,
