@@ -19,6 +19,7 @@ mod header_rules;
 mod health;
 mod lifecycle;
 mod logging;
+mod map_pollers;
 mod maps;
 mod maps_tls;
 mod policy;
