@@ -13,6 +13,7 @@ mod common;
 mod config;
 mod control;
 mod convert;
+mod convert_tls;
 mod core;
 mod frontdoor;
 mod header_rules;
