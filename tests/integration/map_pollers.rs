@@ -136,7 +136,8 @@ async fn a_reload_moves_the_poller_to_the_new_source_and_stops_the_old_one() {
         .await,
         "the file's map applies"
     );
-    // why: the poller is stopped within one reconcile period (200 ms) of the reload; margin for a loaded machine
+    // why: the poller is stopped within one reconcile period (200 ms) of the reload; the rest
+    // is margin for a loaded machine
     tokio::time::sleep(Duration::from_millis(600)).await;
     let b_hits = b.hits();
     tokio::time::sleep(Duration::from_secs(1)).await;
