@@ -139,30 +139,26 @@ impl BackgroundService for Background {
         ready: ServiceReadyNotifier,
     ) {
         let st = self.state.clone();
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::upstream::health::run(
-            st.clone(),
-            shutdown.clone(),
-        )));
         let files = Arc::new(crate::control::watch::FileEvents::new());
-        tasks.push(tokio::spawn(crate::control::maps::watch_files(
-            st.clone(),
-            files.clone(),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(crate::control::policy::watch_scripts(
-            st.clone(),
-            files,
-            shutdown.clone(),
-        )));
-        tasks.extend(crate::control::maps::spawn_pollers(&st, &shutdown));
-        tasks.push(tokio::spawn(crate::upstream::resolve::run(
-            st.clone(),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(
-            st.cache.clone().sweep_expired(shutdown.clone()),
-        ));
+        let mut tasks = vec![
+            tokio::spawn(crate::upstream::health::run(st.clone(), shutdown.clone())),
+            tokio::spawn(crate::control::maps::watch_files(
+                st.clone(),
+                files.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::control::policy::watch_scripts(
+                st.clone(),
+                files,
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::control::pollers::run_pollers(
+                st.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::upstream::resolve::run(st.clone(), shutdown.clone())),
+            tokio::spawn(st.cache.clone().sweep_expired(shutdown.clone())),
+        ];
         if self.handle_sighup {
             tasks.push(tokio::spawn(crate::control::reload::sighup_loop(
                 st.clone(),

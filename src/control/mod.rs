@@ -6,7 +6,7 @@
 //! `Snapshot::build` is pure. The triggers:
 //! - [`reload`]: the config file (SIGHUP, `POST /reload`);
 //! - [`maps`]: map edits from the admin API, the Runtime API socket, map file watchers and
-//!   pollers;
+//!   pollers ([`pollers`] starts and stops them as reloads change the maps);
 //! - [`policy`]: the Lua scripts (`POST /policy/reload`, the script file watcher).
 //!
 //! Map files and scripts are noticed by one file watcher ([`watch::FileEvents`]).
@@ -14,6 +14,7 @@
 pub mod inputs;
 pub mod maps;
 pub mod policy;
+pub mod pollers;
 pub mod reload;
 pub mod watch;
 pub mod writer;

@@ -2,13 +2,17 @@
 //! `<VirtualHost>`, `<Proxy balancer://NAME>` with `BalancerMember URL max= acquire= timeout=`
 //! and `ProxySet lbmethod=`, `ProxyPass`/`ProxyPassReverse` (also inside `<Location>`, and
 //! `ProxyPass /path !`), `SSLEngine`, `SSLCertificateFile`, `SSLCertificateKeyFile`,
-//! `SSLCACertificateFile`, `SSLVerifyClient`, and `RequestHeader`/`Header` lines (as header
+//! `SSLCACertificateFile`, `SSLVerifyClient`, `https://` targets with `SSLProxyEngine`,
+//! `SSLProxyVerify`, `SSLProxyCACertificateFile`, `SSLProxyCheckPeerName` and
+//! `SSLProxyMachineCertificateFile` (as the upstream's `tls:`, see [`super::upstream_tls`]),
+//! and `RequestHeader`/`Header` lines (as header
 //! rules, see [`super::apache_headers`]). `ProxyPass /path !` becomes a route answering 404.
 
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 use super::apache_headers::{words, Rules, Side};
+use super::upstream_tls::{ip_host, ApacheProxyTls};
 use super::{ident, Converted, Notes};
 
 /// The `<VirtualHost>` being read.
@@ -19,25 +23,42 @@ struct VHost {
     ssl_on: bool,
     server_name: Option<String>,
     rules: Rules,
+    /// Its `SSLProxy*` lines, for the `https://` targets it names.
+    proxy_tls: ApacheProxyTls,
+}
+
+/// An upstream reached over `https://`: where it was first named and in which vhost (its index
+/// among the vhosts; `None`: outside any), and whether a member's host is an IP literal.
+struct HttpsUpstream {
+    line: usize,
+    vhost: Option<usize>,
+    ip_host: bool,
 }
 
 fn unquote(s: &str) -> &str {
     s.trim_matches('"')
 }
 
-/// `http://localhost:3000/x` → (`localhost:3000`, `/x`).
-fn split_url(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("http://")?;
+/// `http://localhost:3000/x` → (false, `localhost:3000`, `/x`); `https://h/` → (true,
+/// `h:443`, `/`).
+fn split_url(url: &str) -> Option<(bool, String, String)> {
+    let (https, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let host = if host.contains(':') {
+    let host = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         host.to_string()
     } else {
-        format!("{host}:80")
+        format!("{host}:{}", if https { 443 } else { 80 })
     };
-    Some((host, path.to_string()))
+    Some((https, host, path.to_string()))
 }
 
 /// Apache worker parameters on a member or a ProxyPass: the ones floodgate has.
@@ -94,6 +115,12 @@ pub fn convert(text: &str, source: &str) -> Converted {
     let mut vhost: Option<VHost> = None;
     // Header lines outside any vhost apply to every vhost.
     let mut server_rules = Rules::default();
+    // `SSLProxy*` outside any vhost, then each closed vhost's (in order).
+    let mut server_tls = ApacheProxyTls::default();
+    let mut vhost_tls: Vec<ApacheProxyTls> = Vec::new();
+    // Whether each upstream's targets are https://, and the https ones.
+    let mut schemes: BTreeMap<String, bool> = BTreeMap::new();
+    let mut https_ups: BTreeMap<String, HttpsUpstream> = BTreeMap::new();
 
     for (i, raw) in text.lines().enumerate() {
         let ln = i + 1;
@@ -103,6 +130,38 @@ pub fn convert(text: &str, source: &str) -> Converted {
         }
         let w: Vec<&str> = line.split_whitespace().collect();
         let d = w[0].to_ascii_lowercase();
+        if d.starts_with("sslproxy") {
+            let scope = vhost.as_mut().map_or(&mut server_tls, |v| &mut v.proxy_tls);
+            if scope.directive(&d, &w[1..]) {
+                continue;
+            }
+        }
+        // A target's scheme: the first one of an upstream wins, another is left out.
+        let mut scheme = |up: &str,
+                          https: bool,
+                          addr: &str,
+                          ln: usize,
+                          notes: &mut Notes|
+         -> bool {
+            match schemes.get(up) {
+                Some(was) if *was != https => {
+                    notes.skip(ln, format!("{addr}: upstream {up} is reached over {} elsewhere; floodgate sets TLS per upstream, so this target is left out", if *was { "https://" } else { "http://" }));
+                    return false;
+                }
+                _ => {
+                    schemes.insert(up.to_string(), https);
+                }
+            }
+            if https {
+                let at = https_ups.entry(up.to_string()).or_insert(HttpsUpstream {
+                    line: ln,
+                    vhost: vhost.as_ref().map(|_| vhost_tls.len()),
+                    ip_host: false,
+                });
+                at.ip_host |= ip_host(addr);
+            }
+            true
+        };
         match (d.as_str(), &w[1..]) {
             ("listen", [addr, ..]) => listens.push(if addr.contains(':') { addr.to_string() } else { format!("0.0.0.0:{addr}") }),
             ("<virtualhost", [addr, ..]) => {
@@ -111,10 +170,11 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     Some((h, p)) => format!("{}:{p}", if h == "*" || h == "_default_" { "0.0.0.0" } else { h }),
                     None => listens.first().cloned().unwrap_or_else(|| "0.0.0.0:80".into()),
                 };
-                vhost = Some(VHost { bind, line: ln, tls: Map::new(), ssl_on: false, server_name: None, rules: Rules::default() });
+                vhost = Some(VHost { bind, line: ln, tls: Map::new(), ssl_on: false, server_name: None, rules: Rules::default(), proxy_tls: ApacheProxyTls::default() });
             }
             ("</virtualhost>", _) => {
                 if let Some(vh) = vhost.take() {
+                    vhost_tls.push(vh.proxy_tls.clone());
                     let mut l = json!({ "name": format!("vhost-{}", vh.line), "bind": vh.bind });
                     if vh.ssl_on {
                         if vh.tls.contains_key("cert") && vh.tls.contains_key("key") {
@@ -141,10 +201,13 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     notes.skip(ln, "BalancerMember outside <Proxy balancer://...>");
                     continue;
                 };
-                let Some((addr, path)) = split_url(url) else {
-                    notes.skip(ln, format!("BalancerMember {url}: only http:// members are converted (https and unix: upstreams are another part of issue 14)"));
+                let Some((https, addr, path)) = split_url(url) else {
+                    notes.skip(ln, format!("BalancerMember {url}: only http:// and https:// members are converted (a unix: socket member is not, yet; write addr: \"unix:/path\" by hand)"));
                     continue;
                 };
+                if !scheme(&b, https, &addr, ln, &mut notes) {
+                    continue;
+                }
                 if path != "/" {
                     notes.approx(ln, format!("member path {path} dropped: floodgate sends the request path as received"));
                 }
@@ -212,15 +275,18 @@ pub fn convert(text: &str, source: &str) -> Converted {
                 let (upstream, tpath) = if let Some(rest) = target.strip_prefix("balancer://") {
                     let (b, p) = rest.split_once('/').map_or((rest, "/".to_string()), |(b, p)| (b, format!("/{p}")));
                     (ident(b), p)
-                } else if let Some((addr, p)) = split_url(target) {
+                } else if let Some((https, addr, p)) = split_url(target) {
                     let name = ident(&addr.replace(':', "_"));
+                    if !scheme(&name, https, &addr, ln, &mut notes) {
+                        continue;
+                    }
                     let up = upstreams.entry(name.clone()).or_default();
                     if !up.contains_key("servers") {
                         up.insert("servers".into(), json!([{ "addr": addr }]));
                     }
                     (name, p)
                 } else {
-                    notes.skip(ln, format!("ProxyPass to {target}: only http:// and balancer:// targets are converted (https and unix: upstreams are another part of issue 14)"));
+                    notes.skip(ln, format!("ProxyPass to {target}: only http://, https:// and balancer:// targets are converted (a unix: socket target is not, yet; write addr: \"unix:/path\" by hand)"));
                     continue;
                 };
                 if tpath.trim_end_matches('/') != trimmed {
@@ -281,6 +347,15 @@ pub fn convert(text: &str, source: &str) -> Converted {
             let mut l = json!({ "name": format!("listen-{i}"), "bind": l });
             with_rules(&mut l, &Rules::default(), &server_rules);
             listeners.push(l);
+        }
+    }
+    for (name, at) in &https_ups {
+        let scope = at
+            .vhost
+            .and_then(|i| vhost_tls.get(i))
+            .map_or(server_tls.clone(), |v| v.within(&server_tls));
+        if let Some(up) = upstreams.get_mut(name) {
+            up.insert("tls".into(), scope.block(at.ip_host, at.line, &mut notes));
         }
     }
     let mut doc = Map::new();
@@ -412,6 +487,48 @@ mod tests {
             .map(|n| n.line)
             .collect();
         assert_eq!(skipped, [2, 3, 5, 6, 7, 9, 10], "{:?}", c.notes);
+    }
+
+    #[test]
+    fn https_targets_take_the_vhosts_sslproxy_settings_as_tls() {
+        let c = convert(
+            "SSLProxyMachineCertificateFile /fm.pem\n<VirtualHost *:443>\nSSLProxyEngine on\nSSLProxyVerify require\nSSLProxyCACertificateFile \"/ca.pem\"\nSSLProxyCheckPeerName on\n<Proxy balancer://app>\n  BalancerMember https://app1.example.com:8443 max=10\n  BalancerMember http://app2.example.com:3000\n</Proxy>\nProxyPass / balancer://app/\nProxyPass /plain https://127.0.0.1\nSSLProxyProtocol all\n</VirtualHost>\n",
+            "t",
+        );
+        let y = yaml(&c);
+        let tls: serde_yaml::Value =
+            serde_yaml::from_str("{ verify: true, ca: /ca.pem, cert: /fm.pem, key: /fm.pem }")
+                .unwrap();
+        let app = &y["upstreams"]["app"];
+        assert_eq!(app["tls"], tls, "the vhost's settings over the server's");
+        assert_eq!(app["servers"][0]["addr"], "app1.example.com:8443");
+        assert_eq!(
+            app["servers"].as_sequence().unwrap().len(),
+            1,
+            "the http:// member is left out"
+        );
+        let direct = &y["upstreams"]["127_0_0_1_443"];
+        assert_eq!(
+            direct["servers"][0]["addr"], "127.0.0.1:443",
+            "https default port"
+        );
+        assert_eq!(direct["tls"]["verify_hostname"], false, "an IP host");
+        let notes: Vec<(usize, NoteKind)> = c.notes.iter().map(|n| (n.line, n.kind)).collect();
+        assert!(
+            notes.contains(&(9, NoteKind::NotConverted)),
+            "mixed member: {:?}",
+            c.notes
+        );
+        assert!(
+            notes.contains(&(13, NoteKind::NotConverted)),
+            "SSLProxyProtocol: {:?}",
+            c.notes
+        );
+        assert!(
+            notes.contains(&(12, NoteKind::Approximated)),
+            "IP host: {:?}",
+            c.notes
+        );
     }
 
     #[test]

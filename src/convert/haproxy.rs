@@ -2,12 +2,14 @@
 //! `defaults`, `frontend`, `backend`, `listen`; `bind` (with `ssl crt ca-file verify`),
 //! `server NAME ADDR maxconn maxqueue check inter rise fall backup weight`, `balance`,
 //! `use-server %[req.hdr(H),map(FILE)]`, `use_backend`/`default_backend`,
-//! `http-request set-priority-class`, `option httpchk`, `http-check expect status`,
+//! `http-request set-priority-class`, `option httpchk`, `http-check expect status`, server TLS
+//! (`ssl verify ca-file crt sni verifyhost`, see [`super::upstream_tls`]),
 //! `option redispatch`, `retries`, `timeout queue/connect/server/client`.
 
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
+use super::upstream_tls::HaproxyServerTls;
 use super::{ident, Converted, Notes};
 
 #[derive(Default, Clone)]
@@ -27,6 +29,8 @@ struct Backend {
     maxqueue: usize,
     check: Option<(Option<String>, Option<u32>, Option<u32>)>,
     pick: Option<(String, String)>, // (header, map file)
+    /// The first server's `tls:` block (`None`: plain HTTP), its name and line.
+    tls: Option<(Option<Value>, String, usize)>,
 }
 
 #[derive(Default)]
@@ -114,6 +118,8 @@ pub fn convert(text: &str, source: &str) -> Converted {
     let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
     let mut frontends: Vec<Frontend> = Vec::new();
     let mut runtime_socket: Option<String> = None;
+    // `ssl-server-verify` in global: whether servers are verified without `verify`.
+    let mut verify_servers = true;
     // Current section: kind and name.
     let mut section: (String, String) = (String::new(), String::new());
 
@@ -224,6 +230,7 @@ pub fn convert(text: &str, source: &str) -> Converted {
                 }
                 runtime_socket = Some(path.to_string());
             }
+            ("global", ["ssl-server-verify", v]) => verify_servers = *v != "none",
             (_, ["mode", "http"]) => {}
             (_, ["mode", m]) => notes.skip(ln, format!("mode {m}: floodgate proxies HTTP only")),
             (_, ["timeout", "client", t]) => notes.approx(
@@ -330,8 +337,14 @@ pub fn convert(text: &str, source: &str) -> Converted {
                 let mut i = 0;
                 let mut check = false;
                 let (mut inter, mut rise, mut fall) = (None, None, None);
+                let mut tls = HaproxyServerTls::default();
                 while i < opts.len() {
                     let next = opts.get(i + 1).copied();
+                    let taken = tls.take(sname, opts[i], next, ln, &mut notes);
+                    if taken > 0 {
+                        i += taken;
+                        continue;
+                    }
                     match (opts[i], next) {
                         ("maxconn", Some(n)) => {
                             s.insert("max_inflight".into(), json!(n.parse::<u64>().unwrap_or(0)));
@@ -362,9 +375,9 @@ pub fn convert(text: &str, source: &str) -> Converted {
                         ("backup", _) => {
                             s.insert("backup".into(), json!(true));
                         }
-                        (o @ ("ssl" | "verify" | "ca-file" | "crt" | "sni" | "resolvers" | "cookie" | "slowstart" | "fastinter" | "downinter" | "init-addr" | "send-proxy" | "send-proxy-v2" | "agent-check" | "observe" | "on-error" | "error-limit" | "port" | "addr" | "id" | "maxconn-queue" | "minconn"), n) => {
-                            notes.skip(ln, format!("server {sname}: option {o} (being added: upstream TLS is another part of issue 14)"));
-                            if n.is_some() && !matches!(o, "ssl" | "send-proxy" | "send-proxy-v2" | "agent-check") {
+                        (o @ ("resolvers" | "cookie" | "slowstart" | "fastinter" | "downinter" | "init-addr" | "send-proxy" | "send-proxy-v2" | "agent-check" | "observe" | "on-error" | "error-limit" | "port" | "addr" | "id" | "maxconn-queue" | "minconn"), n) => {
+                            notes.skip(ln, format!("server {sname}: option {o}"));
+                            if n.is_some() && !matches!(o, "send-proxy" | "send-proxy-v2" | "agent-check") {
                                 i += 1;
                             }
                         }
@@ -374,6 +387,15 @@ pub fn convert(text: &str, source: &str) -> Converted {
                 }
                 if check {
                     b.check = Some((inter, rise, fall));
+                }
+                let block = tls.block(sname, verify_servers, ln, &mut notes);
+                match &b.tls {
+                    None => b.tls = Some((block, sname.to_string(), ln)),
+                    Some((first, name, at)) if *first != block => notes.skip(
+                        ln,
+                        format!("server {sname}: its TLS settings differ from server {name}'s (line {at}); floodgate sets tls: per upstream, so {sname} gets {name}'s"),
+                    ),
+                    Some(_) => {}
                 }
                 b.servers.push(Value::Object(s));
             }
@@ -411,6 +433,9 @@ pub fn convert(text: &str, source: &str) -> Converted {
             }
         }
         u.insert("servers".into(), Value::Array(b.servers.clone()));
+        if let Some((Some(tls), _, _)) = &b.tls {
+            u.insert("tls".into(), tls.clone());
+        }
         let mut timeouts = Map::new();
         let mut queue = Map::new();
         for (what, (t, ln)) in &s.timeouts {
@@ -625,6 +650,36 @@ mod tests {
             lines.contains(&(12, NoteKind::Approximated)),
             "balance source: {:?}",
             c.notes
+        );
+    }
+
+    #[test]
+    fn server_ssl_options_become_the_upstreams_tls_and_a_differing_server_is_listed() {
+        let c = convert(
+            "global\n  ssl-server-verify required\nbackend p\n  server m1 10.0.0.1:8140 ssl verify required ca-file /ca.pem crt /fg.pem sni str(puppet.example.com) check\n  server m2 10.0.0.2:8140 ssl verify required ca-file /ca.pem crt /fg.pem sni str(puppet.example.com)\n  server m3 10.0.0.3:8140 check\nfrontend f\n  bind :8140\n  default_backend p\n",
+            "t",
+        );
+        let y = yaml(&c);
+        let tls: serde_yaml::Value = serde_yaml::from_str(
+            "{ verify: true, ca: /ca.pem, sni: puppet.example.com, cert: /fg.pem, key: /fg.pem }",
+        )
+        .unwrap();
+        assert_eq!(y["upstreams"]["p"]["tls"], tls);
+        let notes: Vec<(usize, NoteKind)> = c.notes.iter().map(|n| (n.line, n.kind)).collect();
+        assert_eq!(
+            notes,
+            [
+                (4, NoteKind::Approximated),
+                (5, NoteKind::Approximated),
+                (6, NoteKind::NotConverted)
+            ],
+            "the one-PEM crt twice, then m3 without ssl: {:?}",
+            c.notes
+        );
+        assert!(
+            c.notes[2].text.contains("differ from server m1"),
+            "{}",
+            c.notes[2]
         );
     }
 

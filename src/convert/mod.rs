@@ -5,6 +5,7 @@
 pub mod apache;
 mod apache_headers;
 pub mod haproxy;
+mod upstream_tls;
 
 use std::fmt;
 

@@ -7,7 +7,7 @@
 //! The live snapshot and its swap belong to the caller; [`crate::runtime_api`] (HAProxy
 //! Runtime API on a UNIX socket) and [`poller`] (periodic HTTP fetch) feed it.
 
-mod client;
+mod fetch;
 mod json;
 mod persist;
 mod policy;

@@ -3,7 +3,7 @@
 //! caller, replacing the cron + Runtime API updater of the HAProxy setup.
 //!
 //! Owns the poll loop, its failure policy (keep the last good map, log once per
-//! failure streak, count); the HTTP(S) client is [`super::client`].
+//! failure streak, count); the HTTP(S) GET is [`super::fetch`] (Pingora's connector).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-pub(crate) use super::client::parse_url;
-pub use super::client::{fetch_url, http_get, ClientTls, MAX_BODY_BYTES};
+pub(crate) use super::fetch::parse_url;
+pub use super::fetch::{Fetcher, MAX_BODY_BYTES};
 use super::{parse_map_json, parse_map_text_after, MapContent};
 
 /// Default poll period (the HAProxy setup's cron ran every minute).
@@ -77,7 +77,7 @@ pub enum PollOutcome {
     Failed(String),
 }
 
-/// Polls `settings.url` with `fetch` (normally [`http_get`]) right away and then
+/// Polls `settings.url` with `fetch` (normally [`Fetcher::get`]) right away and then
 /// every `settings.every`, until `shutdown` is true or its sender is dropped
 /// (an in-flight fetch is abandoned). `on_update` gets the parsed map only when
 /// the body differs (SHA-256) from the last applied one; it returns whether the
@@ -246,117 +246,7 @@ where
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// A tiny HTTP server answering every connection with the current canned
-    /// response (raw bytes, sent in two writes), then closing.
-    async fn canned_server(answer: Arc<Mutex<Vec<u8>>>) -> (String, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let answer = answer.lock().clone();
-                tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut b = [0u8; 1024];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    let mid = answer.len() / 2;
-                    let _ = s.write_all(&answer[..mid]).await;
-                    let _ = s.flush().await;
-                    let _ = s.write_all(&answer[mid..]).await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-        (format!("http://{addr}/pdb/query?x=1"), task)
-    }
-
-    fn ok_answer(body: &str) -> Vec<u8> {
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    }
-
-    #[test]
-    fn url_parsing_accepts_http_and_https_only() {
-        let u = parse_url("http://[::1]:8080/a?b").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.target.as_str()),
-            ("::1", 8080, "/a?b")
-        );
-        let u = parse_url("http://puppetdb").unwrap();
-        assert_eq!((u.port, u.target.as_str()), (80, "/"), "defaults");
-        let u = parse_url("https://puppetdb:8081/pdb").unwrap();
-        assert!(u.https && u.port == 8081, "https with a port");
-        assert_eq!(
-            parse_url("HTTPS://puppetdb/").unwrap().port,
-            443,
-            "https default port"
-        );
-        assert!(
-            parse_url("ftp://x/").unwrap_err().contains("only http://"),
-            "other schemes refused"
-        );
-        assert!(parse_url("http://u:p@x/").is_err(), "credentials refused");
-    }
-
-    #[tokio::test]
-    async fn http_get_reads_length_chunked_and_close_delimited_bodies() {
-        let answer = Arc::new(Mutex::new(ok_answer("n1 master1\n")));
-        let (url, server) = canned_server(answer.clone()).await;
-        let t = Duration::from_secs(5);
-        assert_eq!(
-            http_get(&url, t).await.unwrap(),
-            (200, b"n1 master1\n".to_vec()),
-            "content-length"
-        );
-        *answer.lock() = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nn1 \r\n8\r\nmaster1\n\r\n0\r\nX-T: y\r\n\r\n".to_vec();
-        assert_eq!(
-            http_get(&url, t).await.unwrap(),
-            (200, b"n1 master1\n".to_vec()),
-            "chunked after 100"
-        );
-        *answer.lock() = b"HTTP/1.0 200 OK\r\n\r\nuntil close".to_vec();
-        assert_eq!(
-            http_get(&url, t).await.unwrap(),
-            (200, b"until close".to_vec()),
-            "close-delimited"
-        );
-        *answer.lock() = b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno".to_vec();
-        assert_eq!(
-            http_get(&url, t).await.unwrap().0,
-            500,
-            "status passed through"
-        );
-        *answer.lock() = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort".to_vec();
-        assert!(
-            http_get(&url, t).await.is_err(),
-            "truncated body is an error"
-        );
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn http_get_times_out_on_a_silent_server() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let err = http_get(&url, Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(err.contains("timed out"), "{err}");
-        drop(listener);
-    }
+    use crate::maps::fetch::tests::{canned_server, fetcher, ok_answer};
 
     async fn wait_for(what: &str, cond: impl Fn() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -380,11 +270,15 @@ mod tests {
             format: MapFormat::Map,
         };
         let stats = Arc::new(PollerStats::default());
+        let fetcher = fetcher();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let poller = tokio::spawn(run_poller(
             settings,
-            |url, t| Box::pin(async move { http_get(&url, t).await }) as FetchFuture,
+            move |url, t| {
+                let f = fetcher.clone();
+                Box::pin(async move { f.get(&url, t).await }) as FetchFuture
+            },
             move |m| {
                 tx.send(m).map_err(|e| e.to_string())?;
                 Ok(true)

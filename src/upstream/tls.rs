@@ -51,10 +51,16 @@ impl PeerTls {
 
     /// A TLS peer for `server` (its address, SNI and our TLS options).
     pub fn peer(&self, server: &ServerConfig) -> HttpPeer {
+        self.peer_at(&server.addr, &server.host)
+    }
+
+    /// A TLS peer for `addr`, whose name is `host` (the default SNI and name to verify).
+    /// Also the map poller's peer for an `https://` source, so it speaks TLS as upstreams do.
+    pub fn peer_at(&self, addr: &ServerAddr, host: &str) -> HttpPeer {
         // why: Pingora turns verification off when the SNI is empty, so with verify on
         // the SNI is always set (validation refuses an IP addr without `sni:`).
-        let sni = self.cfg.sni.clone().unwrap_or_else(|| server.host.clone());
-        let mut peer = server_peer(&server.addr, true, sni);
+        let sni = self.cfg.sni.clone().unwrap_or_else(|| host.to_string());
+        let mut peer = server_peer(addr, true, sni);
         peer.options.verify_cert = self.cfg.verify;
         peer.options.verify_hostname = self.cfg.verify && self.cfg.verify_hostname;
         peer.options.ca = self.ca.clone();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn fixture(name: &str) -> String {
+pub(crate) fn fixture(name: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/convert")
         .join(name);
@@ -20,7 +20,7 @@ fn fixture(name: &str) -> String {
 }
 
 /// Runs `floodgate convert FROM FILE -o OUT`; returns (success, stderr, OUT's text).
-fn run_convert(from: &str, file: &Path) -> (bool, String, String) {
+pub(crate) fn run_convert(from: &str, file: &Path) -> (bool, String, String) {
     let out = file.with_extension("floodgate.yaml");
     let o = floodgate_cmd()
         .args(["convert", from])

@@ -53,7 +53,7 @@ pub(crate) async fn masters() -> Vec<OriginHandle> {
 }
 
 /// `{ name: master1, addr: "..." }, ...` for an upstream's `servers: [...]`.
-fn servers(ms: &[OriginHandle]) -> String {
+pub(crate) fn servers(ms: &[OriginHandle]) -> String {
     ms.iter()
         .map(|o| format!("{{ name: {}, addr: \"{}\" }}", o.name(), o.addr()))
         .collect::<Vec<_>>()
@@ -162,7 +162,7 @@ fn entries(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// A tiny HTTP server the map poller fetches from: answers every GET with the current body.
-struct MapServer {
+pub(crate) struct MapServer {
     addr: SocketAddr,
     body: Arc<parking_lot::Mutex<String>>,
     hits: Arc<AtomicUsize>,
@@ -170,7 +170,7 @@ struct MapServer {
 }
 
 impl MapServer {
-    async fn start(body: &str) -> MapServer {
+    pub(crate) async fn start(body: &str) -> MapServer {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let body = Arc::new(parking_lot::Mutex::new(body.to_string()));
@@ -205,15 +205,15 @@ impl MapServer {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn set(&self, body: &str) {
+    pub(crate) fn set(&self, body: &str) {
         *self.body.lock() = body.to_string();
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 }

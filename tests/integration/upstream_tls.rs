@@ -15,9 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// An HTTPS origin: answers every request `200` with a body naming the client certificate's
 /// subject (`client=CN=...` or `client=none`) and the path. With `client_ca` it requires a
 /// client certificate signed by that CA.
-struct TlsOrigin {
-    addr: std::net::SocketAddr,
-    hits: Arc<AtomicUsize>,
+pub(crate) struct TlsOrigin {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) hits: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,7 +27,7 @@ impl Drop for TlsOrigin {
     }
 }
 
-async fn tls_origin(cert: &Path, key: &Path, client_ca: Option<&Path>) -> TlsOrigin {
+pub(crate) async fn tls_origin(cert: &Path, key: &Path, client_ca: Option<&Path>) -> TlsOrigin {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
     b.set_certificate_chain_file(cert).unwrap();
     b.set_private_key_file(key, SslFiletype::PEM).unwrap();
