@@ -1,9 +1,8 @@
 //! Per-request context: everything a request acquires lives here, so dropping the context at
 //! the end of the request (on every path, errors included) releases it.
 
-use crate::config::RouteConfig;
 use crate::error::Failure;
-use crate::state::{AppState, Snapshot};
+use crate::state::{AppState, Route, Snapshot};
 use crate::upstream::admission::Permit;
 use crate::upstream::Upstream;
 use std::sync::atomic::Ordering;
@@ -44,7 +43,9 @@ pub struct Ctx {
     pub request_id: String,
     /// The client sent `X-Request-Id` itself (it is forwarded as is).
     pub client_request_id: bool,
-    pub route: Option<Arc<RouteConfig>>,
+    /// The matched route, resolved (its upstream, admission and metric handles).
+    pub route: Option<Arc<Route>>,
+    /// The route's upstream, or the one a policy chose.
     pub upstream: Option<Arc<Upstream>>,
     /// Held from admission until the request ends.
     pub route_permit: Option<Permit>,
