@@ -118,7 +118,7 @@ impl Gateway {
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .map(|a| ctx::ip_text(a.ip()));
         ctx.priority = plan.priority;
         ctx.pinned = plan.pinned;
         ctx.redispatch = plan.redispatch;
@@ -218,7 +218,7 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .map(|a| ctx::ip_text(a.ip()));
         match crate::frontdoor::target::normalize_target(session.req_header_mut()) {
             Ok(raw) => ctx.raw_target = raw,
             Err(r) => return reject(session, ctx, Failure::Refused(r)).await,
