@@ -178,10 +178,10 @@ impl AdminApp {
             }
         }
         for r in snap.routes.iter() {
-            if let Some(a) = &r.admission {
+            if let Some(limit) = &r.admission {
                 m.queue_depth
                     .with_label_values(&["route", &r.name])
-                    .set(a.queue_depth() as i64);
+                    .set(limit.queue.queue_depth() as i64);
             }
         }
         let cs = st.cache.stats();

@@ -13,6 +13,7 @@
 
 use super::{Metrics, CACHE_RESULTS, HEALTH_RESULTS};
 use crate::upstream::admission::RejectReason;
+use crate::upstream::health::Probe;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use std::fmt;
 use std::sync::OnceLock;
@@ -198,15 +199,22 @@ pub struct ServerHandles {
 }
 
 impl ServerHandles {
-    /// Counts one active check by its result label (one of [`HEALTH_RESULTS`]).
-    pub fn health_check(&self, result: &str) {
-        if let Some(c) = HEALTH_RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .and_then(|i| self.health.get(i))
-        {
+    /// Counts one active check by its result.
+    pub fn health_check(&self, p: &Probe) {
+        if let Some(c) = self.health.get(probe_slot(p)) {
             c.inc();
         }
+    }
+}
+
+/// Index of a probe's result label in [`HEALTH_RESULTS`].
+fn probe_slot(p: &Probe) -> usize {
+    match p {
+        Probe::Pass(_) => 0,
+        Probe::BadStatus(_) => 1,
+        Probe::Refused => 2,
+        Probe::Timeout => 3,
+        Probe::Error(_) => 4,
     }
 }
 
@@ -285,8 +293,6 @@ pub struct RouteHandles {
     /// `none` for a route answered locally); another upstream (chosen by a policy) is
     /// counted through the family.
     requests: ByStatus,
-    /// The route's own limit (`admission:`), if any.
-    pub admission: Option<AdmissionHandles>,
     /// `floodgate_map_lookups_total{map, result}` (`hit`, `miss`) with `pick_server`.
     map_lookups: Option<[IntCounter; 2]>,
     /// `floodgate_cache_requests_total{route, result}` with `cache:`, by [`CacheResult`].
@@ -294,19 +300,18 @@ pub struct RouteHandles {
 }
 
 impl RouteHandles {
-    /// `upstream`: the label of the route's own target (`none` without one).
+    /// `upstream`: the label of the route's own target (`none` without one). (The series of
+    /// the route's own limit are its [`AdmissionHandles`], kept with its queue.)
     pub fn new(
         m: &Metrics,
         route: &str,
         upstream: &str,
-        admission: bool,
         pick_map: Option<&str>,
         cached: bool,
     ) -> Self {
         RouteHandles {
             duration: LazyHistogram::new(&m.request_duration, &[route]),
             requests: ByStatus::new(&m.requests, route, upstream),
-            admission: admission.then(|| AdmissionHandles::new(m, "route", route)),
             map_lookups: pick_map
                 .map(|map| ["hit", "miss"].map(|r| m.map_lookups.with_label_values(&[map, r]))),
             cache: cached
@@ -345,6 +350,14 @@ impl fmt::Debug for RouteHandles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteHandles")
             .field("labels", &self.requests.labels())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for AdmissionHandles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionHandles")
+            .field("labels", &self.wait.labels)
             .finish_non_exhaustive()
     }
 }
@@ -389,12 +402,22 @@ mod tests {
         for (i, o) in GoneOutcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
         }
+        for p in [
+            Probe::Pass(200),
+            Probe::BadStatus(500),
+            Probe::Refused,
+            Probe::Timeout,
+            Probe::Error("x".into()),
+        ] {
+            assert_eq!(HEALTH_RESULTS[probe_slot(&p)], p.label());
+        }
     }
 
     #[test]
     fn handles_count_into_the_labelled_series() {
         let m = Metrics::new();
-        let r = RouteHandles::new(&m, "api", "app", true, Some("nodes"), true);
+        let r = RouteHandles::new(&m, "api", "app", Some("nodes"), true);
+        AdmissionHandles::new(&m, "route", "api");
         r.request(&m, "app", 200);
         r.request(&m, "app", 200);
         r.request(&m, "other", 503);
@@ -428,7 +451,7 @@ mod tests {
     #[test]
     fn series_by_code_and_durations_appear_with_their_first_event() {
         let m = Metrics::new();
-        let r = RouteHandles::new(&m, "api", "app", false, None, false);
+        let r = RouteHandles::new(&m, "api", "app", None, false);
         let u = UpstreamHandles::new(&m, "app", ["s1"].into_iter(), false);
         let text = exposition(&m);
         assert!(!text.contains("floodgate_requests_total{"), "{text}");

@@ -77,12 +77,9 @@ impl Gateway {
             }
             admit::BodyAhead::Broken => return client_gone(ctx),
         }
-        if let (Some(adm), Some(m), Some(a)) = (
-            &route.admission,
-            &route.metrics.admission,
-            &route.cfg.admission,
-        ) {
-            match admit::admit_route(session, ctx, adm, m, &a.queue.body).await {
+        if let Some(limit) = &route.admission {
+            let body = route.cfg.admission.as_ref().map_or("", |a| &a.queue.body);
+            match admit::admit_route(session, ctx, &limit.queue, &limit.metrics, body).await {
                 Admit::Granted(p) => ctx.route_permit = Some(p),
                 Admit::Rejected(f) => return reject(session, ctx, f).await,
                 Admit::ClientGone => return client_gone(ctx),

@@ -5,7 +5,7 @@
 pub mod route;
 pub mod snapshot;
 
-pub use route::{Route, Target};
+pub use route::{Route, RouteLimit, Target};
 pub use snapshot::{Built, Inputs, MapFile, Snapshot};
 
 use crate::control::writer::{Applied, Change, Refused, Writer};

@@ -4,7 +4,7 @@
 //! metric labels only.
 
 use crate::config::{RouteConfig, RouteTarget};
-use crate::metrics::handles::RouteHandles;
+use crate::metrics::handles::{AdmissionHandles, RouteHandles};
 use crate::metrics::Metrics;
 use crate::routing::RouteEntry;
 use crate::rules::local::LocalAnswer;
@@ -30,10 +30,18 @@ pub enum Target {
 pub struct Route {
     pub cfg: RouteConfig,
     pub target: Target,
-    /// The route's own limit (`admission:`), shared with the previous snapshot's route of
-    /// the same name while its settings are unchanged (so its queue carries on).
-    pub admission: Option<Arc<Admission>>,
+    /// The route's own limit (`admission:`), if any.
+    pub admission: Option<RouteLimit>,
     pub metrics: RouteHandles,
+}
+
+/// A route's own admission queue and its series.
+#[derive(Debug)]
+pub struct RouteLimit {
+    /// Shared with the previous snapshot's route of the same name while its settings are
+    /// unchanged (so its queue carries on).
+    pub queue: Arc<Admission>,
+    pub metrics: AdmissionHandles,
 }
 
 /// A route names an upstream the snapshot does not have. Validation refuses such a config
@@ -72,18 +80,20 @@ impl Route {
             }
             RouteTarget::Local(answer) => (Target::Local(answer.clone()), "none"),
         };
-        let admission = cfg.admission.as_ref().map(|a| {
-            prev.filter(|p| p.cfg.admission.as_ref() == Some(a))
-                .and_then(|p| p.admission.clone())
+        let admission = cfg.admission.as_ref().map(|a| RouteLimit {
+            queue: prev
+                .filter(|p| p.cfg.admission.as_ref() == Some(a))
+                .and_then(|p| p.admission.as_ref())
+                .map(|l| l.queue.clone())
                 .unwrap_or_else(|| {
                     Admission::new(vec![Some(a.max_inflight)], queue_settings(&a.queue))
-                })
+                }),
+            metrics: AdmissionHandles::new(metrics, "route", &cfg.name),
         });
         let metrics = RouteHandles::new(
             metrics,
             &cfg.name,
             label,
-            admission.is_some(),
             cfg.pick_server.as_ref().map(|p| p.map.as_str()),
             cfg.cache.is_some(),
         );
@@ -212,7 +222,7 @@ routes:
     fn a_routes_admission_is_kept_while_its_settings_are_unchanged() {
         let m = Arc::new(Metrics::new());
         let s = build(config(ONE, 4), None, &m);
-        let adm = |s: &Snapshot| route(s, "api").admission.clone().unwrap();
+        let adm = |s: &Snapshot| route(s, "api").admission.as_ref().unwrap().queue.clone();
         let same = build(config(TWO, 4), Some(&s), &m);
         assert!(
             Arc::ptr_eq(&adm(&s), &adm(&same)),

@@ -430,7 +430,10 @@ routes:
             &second.upstreams["puppet"]
         ));
         assert!(Arc::ptr_eq(&first.maps["nodes"], &second.maps["nodes"]));
-        let admission = |s: &Snapshot| s.routes.get("puppet").unwrap().admission.clone().unwrap();
+        let admission = |s: &Snapshot| {
+            let limit = s.routes.get("puppet").unwrap().admission.as_ref().unwrap();
+            limit.queue.clone()
+        };
         assert!(Arc::ptr_eq(&admission(&first), &admission(&second)));
         assert_eq!(
             second.policy.generation, 2,

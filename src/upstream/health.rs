@@ -201,7 +201,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
                         st.metrics
                             .health_check_duration
                             .observe(t0.elapsed().as_secs_f64());
-                        counted.metrics.servers[i].health_check(p.label());
+                        counted.metrics.servers[i].health_check(&p);
                         match apply(&sstate, p.passed(), hc.rise, hc.fall) {
                             Transition::Up => log::info!(
                                 "health: upstream {upname} server {sname} ({addr}) is UP: {}",
