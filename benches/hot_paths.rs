@@ -143,7 +143,11 @@ fn upstream(balance: &str, servers: usize) -> Upstream {
         list.join(", ")
     );
     let cfg = config(&y);
-    Upstream::build(&cfg.upstreams["u"], &|_| None)
+    Upstream::build(
+        &cfg.upstreams["u"],
+        &|_| None,
+        &floodgate::metrics::Metrics::new(),
+    )
 }
 
 fn bench_choose(c: &mut Criterion) {

@@ -177,10 +177,12 @@ impl AdminApp {
                     .set(i64::from(u.is_usable(i)));
             }
         }
-        for (name, a) in &snap.route_admission {
-            m.queue_depth
-                .with_label_values(&["route", name])
-                .set(a.queue_depth() as i64);
+        for r in snap.routes.iter() {
+            if let Some(limit) = &r.admission {
+                m.queue_depth
+                    .with_label_values(&["route", &r.name])
+                    .set(limit.queue.queue_depth() as i64);
+            }
         }
         let cs = st.cache.stats();
         m.cache_bytes

@@ -45,8 +45,15 @@ pub fn prepare(path: &Path) -> Result<Arc<AppState>, ConfigErrors> {
             message: m,
         }])
     })?;
-    let snap = first_snapshot(cfg, policy)?;
-    Ok(AppState::new(snap, path.to_path_buf(), engine, cache))
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let snap = first_snapshot(cfg, policy, &metrics)?;
+    Ok(AppState::new(
+        snap,
+        path.to_path_buf(),
+        engine,
+        cache,
+        metrics,
+    ))
 }
 
 /// Security settings that depend on the environment must take effect, or the start fails
@@ -117,7 +124,9 @@ pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
     environment_errors(&cfg)?;
     let (_, policy) =
         crate::control::policy::load(cfg.policy.as_ref(), &path.display().to_string())?;
-    let snap = first_snapshot(cfg, policy)?;
+    // (a registry of its own: nothing is served)
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let snap = first_snapshot(cfg, policy, &metrics)?;
     Ok((*snap.config).clone())
 }
 

@@ -136,13 +136,20 @@ pub fn compile_policy(
         .map_err(|e| to_config_errors(file, e))
 }
 
-/// The first snapshot of a config (version 1): reads its map files and builds on `policy`.
+/// The first snapshot of a config (version 1): reads its map files and builds on `policy`,
+/// with the metric handles of its routes and upstreams made in `metrics`.
 pub fn first_snapshot(
     config: Config,
     policy: Arc<CompiledPolicy>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Snapshot, ConfigErrors> {
     let map_files = read_map_files(&config, None);
-    let built = Snapshot::build(config, Inputs { map_files, policy }, None, 1)?;
+    let inputs = Inputs {
+        map_files,
+        policy,
+        metrics: metrics.clone(),
+    };
+    let built = Snapshot::build(config, inputs, None, 1)?;
     log_all_warnings(built.warnings);
     Ok(built.snapshot)
 }
@@ -155,6 +162,17 @@ fn log_all_warnings(warnings: Vec<(String, MapError)>) {
     for (m, ws) in by_map {
         log_warnings(&m, &ws);
     }
+}
+
+/// What a published snapshot changed, for [`Writer::publish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Published {
+    /// A config reload: everything may have changed (the policy too).
+    Config,
+    /// Another policy generation, on the same config.
+    Policy,
+    /// One map's content, on the same config and policy.
+    Map,
 }
 
 /// The current snapshot and the only way to replace it. See the module docs.
@@ -232,12 +250,20 @@ impl Writer {
     }
 
     /// Called only from [`Self::apply`], under the lock.
-    /// Swaps the snapshot in and creates the counter series it implies at 0
-    /// ([`Metrics::preset`]).
-    fn publish(&self, next: Snapshot) {
+    /// Swaps the snapshot in and creates at 0 the counter series that changed with it implies:
+    /// those of its routes and upstreams were made with their handles when it was built;
+    /// map update series follow a new config ([`Metrics::preset_config`]), policy run series a
+    /// new policy ([`Metrics::preset_policy`]). A map edit changes neither, so it presets
+    /// nothing: its cost does not grow with the config.
+    fn publish(&self, next: Snapshot, changed: Published) {
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
-        self.metrics.preset(&next, &|h| next.policy.has_hook(h));
+        if changed == Published::Config {
+            self.metrics.preset_config(&next.config);
+        }
+        if changed != Published::Map {
+            self.metrics.preset_policy(&|h| next.policy.has_hook(h));
+        }
     }
 
     fn reload_config(&self, prev: &Snapshot) -> Result<ReloadReport, ConfigErrors> {
@@ -264,12 +290,12 @@ impl Writer {
                 _ => prev.policy.clone(),
             };
             let map_files = read_map_files(&cfg, Some(prev));
-            let built = Snapshot::build(
-                cfg,
-                Inputs { map_files, policy },
-                Some(prev),
-                prev.version + 1,
-            )?;
+            let inputs = Inputs {
+                map_files,
+                policy,
+                metrics: self.metrics.clone(),
+            };
+            let built = Snapshot::build(cfg, inputs, Some(prev), prev.version + 1)?;
             Ok((built, needs_restart, compiled))
         });
         match outcome {
@@ -281,7 +307,7 @@ impl Writer {
                 for up in built.snapshot.upstreams.values() {
                     up.reset_runtime();
                 }
-                self.publish(built.snapshot);
+                self.publish(built.snapshot, Published::Config);
                 let policy_errors = match compiled {
                     Some(Err(e)) => {
                         self.count_policy(Err(&e));
@@ -332,7 +358,10 @@ impl Writer {
         match r {
             Ok(compiled) => {
                 let generation = compiled.generation;
-                self.publish(prev.with_policy(compiled, prev.version + 1));
+                self.publish(
+                    prev.with_policy(compiled, prev.version + 1),
+                    Published::Policy,
+                );
                 self.count_policy(Ok(generation));
                 Ok(generation)
             }
@@ -467,7 +496,7 @@ impl Writer {
                 }
             }
         }
-        self.publish(prev.with_map(name, table.clone(), version));
+        self.publish(prev.with_map(name, table.clone(), version), Published::Map);
         count("ok");
         let m = &self.metrics;
         m.map_entries

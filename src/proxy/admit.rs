@@ -4,11 +4,12 @@
 use super::ctx::Ctx;
 use crate::config::BodyTimeout;
 use crate::error::Failure;
+use crate::metrics::handles::AdmissionHandles;
 use crate::upstream::admission::{Admission, Permit, RejectReason, Rejection};
 use crate::upstream::{Eligible, Upstream};
 use pingora_proxy::Session;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How an admission attempt ended.
 pub enum Admit {
@@ -152,75 +153,40 @@ fn rejection_failure(r: &Rejection, body: &str) -> Failure {
     }
 }
 
-fn record(ctx: &Ctx, scope: &str, name: &str, res: &Result<Permit, Rejection>, gone: bool) {
-    let m = &ctx.state().metrics;
-    match (res, gone) {
-        (_, true) => m
-            .admission_abandoned
-            .with_label_values(&[scope, name])
-            .inc(),
-        (Ok(p), _) => m
-            .queue_wait
-            .with_label_values(&[scope, name])
-            .observe(p.waited().as_secs_f64()),
-        (Err(r), _) => {
-            m.admission_rejected
-                .with_label_values(&[scope, name, r.reason.as_str()])
-                .inc();
-            m.queue_wait
-                .with_label_values(&[scope, name])
-                .observe(r.waited.as_secs_f64());
-        }
-    }
-}
-
-/// Applies the route's own limit (if any).
+/// Applies the route's own limit `adm` (`m`: its metric handles).
 pub async fn admit_route(
     session: &mut Session,
     ctx: &mut Ctx,
     adm: &Arc<Admission>,
+    m: &AdmissionHandles,
     body: &str,
 ) -> Admit {
-    let route = ctx.route_name().to_string();
     let fut = adm.acquire(ctx.priority, &[0], &mut |free| free[0]);
     let res = race_client(session, fut).await;
-    finish(ctx, "route", &route, res, body)
+    finish(ctx, m, res, body)
 }
 
+/// Counts the outcome of an admission in `m` and turns it into an [`Admit`].
 fn finish(
     ctx: &mut Ctx,
-    scope: &str,
-    name: &str,
+    m: &AdmissionHandles,
     res: Option<Result<Permit, Rejection>>,
     body: &str,
 ) -> Admit {
     match res {
         None => {
-            record(
-                ctx,
-                scope,
-                name,
-                &Err(Rejection {
-                    reason: RejectReason::QueueTimeout,
-                    retry_after: Duration::ZERO,
-                    waited: Duration::ZERO,
-                }),
-                true,
-            );
+            m.abandoned();
             Admit::ClientGone
         }
-        Some(r) => {
-            record(ctx, scope, name, &r, false);
-            match r {
-                Ok(p) => {
-                    ctx.queue_wait += p.waited();
-                    Admit::Granted(p)
-                }
-                Err(rej) => {
-                    ctx.queue_wait += rej.waited;
-                    Admit::Rejected(rejection_failure(&rej, body))
-                }
-            }
+        Some(Ok(p)) => {
+            m.granted(p.waited());
+            ctx.queue_wait += p.waited();
+            Admit::Granted(p)
+        }
+        Some(Err(rej)) => {
+            m.rejected(rej.reason, rej.waited);
+            ctx.queue_wait += rej.waited;
+            Admit::Rejected(rejection_failure(&rej, body))
         }
     }
 }
@@ -259,7 +225,7 @@ pub async fn admit_server(session: &mut Session, ctx: &mut Ctx, up: &Arc<Upstrea
         // A request only one server may take waits in that server's queue (`show stat` qcur).
         let only = (list.len() == 1).then(|| &up.servers[list[0]].state.counters);
         let res = race_client(session, count_queued(fut, only)).await;
-        let out = finish(ctx, "upstream", up.name(), res, &up.cfg.queue.body);
+        let out = finish(ctx, &up.metrics.admission, res, &up.cfg.queue.body);
         let Admit::Granted(p) = out else {
             return out;
         };

@@ -14,6 +14,7 @@ use crate::cache::rules::{fingerprint_names, variant_fingerprint, CREDENTIAL_HEA
 use crate::cache::{canonical_key, FetchError, Outcome, ResponseCache, StoreRule, Tier};
 use crate::config::RouteConfig;
 use crate::error::Failure;
+use crate::metrics::handles::CacheResult;
 use crate::upstream::Upstream;
 use pingora_error::Result;
 use pingora_proxy::subrequest::Ctx as SubrequestCtx;
@@ -137,53 +138,51 @@ pub async fn serve(
     if let Some(original) = h2_head {
         *session.req_header_mut() = original;
     }
-    let st = ctx.state().clone();
-    let m = &st.metrics.cache_requests;
-    let label = |r: &str| m.with_label_values(&[route.name.as_str(), r]).inc();
+    let label = |r: CacheResult| route.metrics.cache(r);
     let (resp, x_cache, age) = match result {
         Ok((resp, outcome)) => {
             if !variant_matches(session, resp.variant.as_deref(), secret) {
-                label("variant_miss");
+                label(CacheResult::VariantMiss);
                 return Ok(CacheAnswer::Bypass);
             }
             match outcome {
                 Outcome::Hit { tier, age } => {
                     ctx.served = Served::CacheHit;
                     label(if tier == Tier::Memory {
-                        "hit"
+                        CacheResult::Hit
                     } else {
-                        "hit_shared"
+                        CacheResult::HitShared
                     });
                     (resp, "HIT", age)
                 }
                 Outcome::Miss => {
                     ctx.served = Served::CacheMiss;
-                    label("miss");
+                    label(CacheResult::Miss);
                     (resp, "MISS", Duration::ZERO)
                 }
                 Outcome::Coalesced => {
                     ctx.served = Served::CacheCoalesced;
-                    label("coalesced");
+                    label(CacheResult::Coalesced);
                     (resp, "MISS", Duration::ZERO)
                 }
             }
         }
         Err(FetchError::Upstream(e)) => match e.downcast_ref::<FillError>() {
             Some(FillError::TooLarge) => {
-                label("too_large");
+                label(CacheResult::TooLarge);
                 return Ok(CacheAnswer::Bypass);
             }
             Some(FillError::Failed(f)) => {
-                label("error");
+                label(CacheResult::Error);
                 return answer_failure(session, ctx, f.clone()).await;
             }
             None => {
-                label("error");
+                label(CacheResult::Error);
                 return answer_failure(session, ctx, Failure::UpstreamUnreachable).await;
             }
         },
         Err(e) => {
-            label("error");
+            label(CacheResult::Error);
             ::log::warn!("cache: {e}");
             return answer_failure(session, ctx, Failure::UpstreamTimeout).await;
         }

@@ -1,14 +1,38 @@
 //! Per-request context: everything a request acquires lives here, so dropping the context at
 //! the end of the request (on every path, errors included) releases it.
 
-use crate::config::RouteConfig;
 use crate::error::Failure;
-use crate::state::{AppState, Snapshot};
+use crate::state::{AppState, Route, Snapshot};
 use crate::upstream::admission::Permit;
 use crate::upstream::Upstream;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The client's address as text (`10.0.0.1`, `::1`), as logs, policies and
+/// `X-Forwarded-For` show it.
+/// why: `IpAddr`'s `Display` goes through the formatting machinery (about 1,300 instructions
+/// per request for an IPv4 address); the digits of four octets are written directly.
+pub fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if o >= 100 {
+            out.push(char::from(b'0' + o / 100));
+        }
+        if o >= 10 {
+            out.push(char::from(b'0' + o / 10 % 10));
+        }
+        out.push(char::from(b'0' + o % 10));
+    }
+    out
+}
 
 /// Counts the request in [`AppState::inflight`] for as long as it lives.
 pub struct InflightGuard(Arc<AppState>);
@@ -44,7 +68,9 @@ pub struct Ctx {
     pub request_id: String,
     /// The client sent `X-Request-Id` itself (it is forwarded as is).
     pub client_request_id: bool,
-    pub route: Option<Arc<RouteConfig>>,
+    /// The matched route, resolved (its upstream, admission and metric handles).
+    pub route: Option<Arc<Route>>,
+    /// The route's upstream, or the one a policy chose.
     pub upstream: Option<Arc<Upstream>>,
     /// Held from admission until the request ends.
     pub route_permit: Option<Permit>,
@@ -143,5 +169,31 @@ impl Ctx {
             (Some(u), Some(i)) => u.servers[i].cfg.name.as_str(),
             _ => "-",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_text;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn ip_text_is_the_display_form() {
+        for v4 in [
+            [0, 0, 0, 0],
+            [10, 0, 0, 1],
+            [127, 0, 0, 1],
+            [9, 99, 100, 255],
+            [192, 168, 10, 109],
+        ] {
+            let ip = IpAddr::V4(Ipv4Addr::from(v4));
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for o in 0..=255u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(o, 1, o, 10));
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert_eq!(ip_text(v6), "::1");
     }
 }

@@ -20,6 +20,7 @@ use crate::cache::rules::{store_decision, variant_fingerprint, vary_names};
 use crate::cache::{CachedResponse, Fetched};
 use crate::config::RouteConfig;
 use crate::error::Failure;
+use crate::state::Route;
 use crate::upstream::Upstream;
 use bytes::{Bytes, BytesMut};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -82,7 +83,7 @@ pub type FillResult = Result<Fetched, FillError>;
 
 /// What the parent request decided, handed to its fill subrequest.
 pub struct FillPlan {
-    pub route: Arc<RouteConfig>,
+    pub route: Arc<Route>,
     pub upstream: Arc<Upstream>,
     pub priority: i32,
     pub pinned: Option<usize>,

@@ -2,35 +2,10 @@
 
 use super::ctx::{Ctx, Served};
 use crate::config::LogFormat;
+use crate::metrics::handles::status_label;
 use crate::state::AppState;
 use pingora_error::Error;
 use pingora_proxy::Session;
-
-fn status_label(code: u16) -> &'static str {
-    // why: a static label avoids one allocation per request for the common statuses
-    match code {
-        0 => "0",
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        c if c < 300 => "2xx",
-        c if c < 400 => "3xx",
-        c if c < 500 => "4xx",
-        _ => "5xx",
-    }
-}
 
 pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &Ctx) {
     let status = session
@@ -41,20 +16,27 @@ pub fn record(state: &AppState, session: &mut Session, e: Option<&Error>, ctx: &
     let route = ctx.route_name();
     let upstream = ctx.upstream_name();
     let m = &state.metrics;
-    let code = status_label(status);
     // A cache fill is the upstream side of a client request counted on its own.
     if ctx.served != Served::Fill {
-        m.requests.with_label_values(&[route, upstream, code]).inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        match ctx.route.as_deref() {
+            Some(r) => {
+                r.metrics.request(m, upstream, status);
+                r.metrics.duration.observe(elapsed);
+            }
+            None => {
+                m.requests
+                    .with_label_values(&[route, upstream, status_label(status)])
+                    .inc();
+                m.request_duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
     }
     if let (Some(up), Some(i), Some(st)) =
         (ctx.upstream.as_deref(), ctx.server, ctx.upstream_status)
     {
-        m.upstream_requests
-            .with_label_values(&[up.name(), up.servers[i].cfg.name.as_str(), status_label(st)])
-            .inc();
+        up.metrics.servers[i].responses.inc(st);
     }
     if let Some(crate::error::Failure::Refused(r)) = &ctx.failure {
         // one refusal line (reason, client, listener) instead of the request line

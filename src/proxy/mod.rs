@@ -11,11 +11,13 @@ pub mod owned;
 pub mod policy;
 pub mod respond;
 
-use crate::config::{OnMiss, RouteTarget};
+use crate::config::OnMiss;
 use crate::error::Failure;
+use crate::metrics::handles::GoneOutcome;
 use crate::policy::Hook;
 use crate::routing::{normalize_host, RequestView};
-use crate::state::AppState;
+use crate::state::{AppState, Route, Target};
+use crate::upstream::Upstream;
 use admit::Admit;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -60,12 +62,7 @@ impl Gateway {
 
 impl Gateway {
     /// Route limit, then a server slot; `Ok(false)` lets Pingora proxy the request.
-    async fn admit(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        route: &crate::config::RouteConfig,
-    ) -> Result<bool> {
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx, route: &Route) -> Result<bool> {
         let Some(up) = ctx.upstream.clone() else {
             return reject(session, ctx, Failure::NoRoute).await;
         };
@@ -80,13 +77,9 @@ impl Gateway {
             }
             admit::BodyAhead::Broken => return client_gone(ctx),
         }
-        if let Some(adm) = ctx.snap.route_admission.get(&route.name).cloned() {
-            let body = route
-                .admission
-                .as_ref()
-                .map(|a| a.queue.body.clone())
-                .unwrap_or_default();
-            match admit::admit_route(session, ctx, &adm, &body).await {
+        if let Some(limit) = &route.admission {
+            let body = route.cfg.admission.as_ref().map_or("", |a| &a.queue.body);
+            match admit::admit_route(session, ctx, &limit.queue, &limit.metrics, body).await {
                 Admit::Granted(p) => ctx.route_permit = Some(p),
                 Admit::Rejected(f) => return reject(session, ctx, f).await,
                 Admit::ClientGone => return client_gone(ctx),
@@ -122,7 +115,7 @@ impl Gateway {
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .map(|a| ctx::ip_text(a.ip()));
         ctx.priority = plan.priority;
         ctx.pinned = plan.pinned;
         ctx.redispatch = plan.redispatch;
@@ -146,11 +139,8 @@ async fn reject(session: &mut Session, ctx: &mut Ctx, f: Failure) -> Result<bool
 }
 
 /// Writes `/register/health`-style answers: 200 with the healthy servers, 503 without.
-async fn upstream_health(session: &mut Session, ctx: &mut Ctx, name: &str) -> Result<bool> {
+async fn upstream_health(session: &mut Session, ctx: &mut Ctx, up: &Upstream) -> Result<bool> {
     ctx.served = Served::Local;
-    let Some(up) = ctx.snap.upstream(name).cloned() else {
-        return reject(session, ctx, Failure::NoRoute).await;
-    };
     let healthy: Vec<&str> = (0..up.servers.len())
         .filter(|&i| up.is_usable(i))
         .map(|i| up.servers[i].cfg.name.as_str())
@@ -158,7 +148,7 @@ async fn upstream_health(session: &mut Session, ctx: &mut Ctx, name: &str) -> Re
     let ok = !healthy.is_empty();
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "unavailable" },
-        "upstream": name,
+        "upstream": up.name(),
         "healthy": healthy,
         "total": up.servers.len(),
     })
@@ -225,7 +215,7 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .map(|a| ctx::ip_text(a.ip()));
         match crate::frontdoor::target::normalize_target(session.req_header_mut()) {
             Ok(raw) => ctx.raw_target = raw,
             Err(r) => return reject(session, ctx, Failure::Refused(r)).await,
@@ -266,20 +256,16 @@ impl ProxyHttp for Gateway {
             ctx.priority = route.priority;
         }
         ctx.route = Some(route.clone());
-        let up_name = match &route.target {
-            RouteTarget::UpstreamHealth(name) => {
-                return upstream_health(session, ctx, &name.clone()).await
-            }
-            RouteTarget::Upstream(name) => name.clone(),
-            RouteTarget::Local(answer) => {
+        // The matched route carries its upstream: no lookup by name.
+        let up = match &route.target {
+            Target::UpstreamHealth(up) => return upstream_health(session, ctx, up).await,
+            Target::Upstream(up) => up.clone(),
+            Target::Local(answer) => {
                 // never admitted, queued or sent upstream
                 ctx.served = Served::Local;
                 respond::write_answer(session, ctx, answer).await?;
                 return Ok(true);
             }
-        };
-        let Some(up) = ctx.snap.upstream(&up_name).cloned() else {
-            return reject(session, ctx, Failure::NoRoute).await;
         };
         ctx.upstream = Some(up);
         if let policy::Verdict::Reject(f) =
@@ -307,9 +293,7 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok());
             let map = ctx.snap.maps.get(&ps.map);
             let hit = key.and_then(|k| map.and_then(|m| m.get(k)));
-            let m = &self.state.metrics.map_lookups;
-            m.with_label_values(&[ps.map.as_str(), if hit.is_some() { "hit" } else { "miss" }])
-                .inc();
+            route.metrics.map_lookup(hit.is_some());
             ctx.redispatch = ps.redispatch;
             match (hit, &ps.on_miss) {
                 (Some(server), _) => ctx.pinned = up.server_index(server),
@@ -418,11 +402,7 @@ impl ProxyHttp for Gateway {
                     e.etype().as_str()
                 );
             }
-            self.state
-                .metrics
-                .upstream_requests
-                .with_label_values(&[up.name(), up.servers[i].cfg.name.as_str(), "connect_error"])
-                .inc();
+            up.metrics.servers[i].connect_errors.inc();
             ctx.tried.push(i);
             ctx.server_permit = None;
             ctx.server = None;
@@ -593,19 +573,16 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.server.is_some() && client_left(session) {
-            let outcome = if ctx.upstream_done {
-                "completed"
-            } else if matches!(ctx.failure, Some(Failure::UpstreamTimeout)) {
-                "timeout"
-            } else {
-                "error"
-            };
-            self.state
-                .metrics
-                .client_gone_at_upstream
-                .with_label_values(&[ctx.upstream_name(), outcome])
-                .inc();
+        if let (Some(up), Some(_)) = (&ctx.upstream, ctx.server) {
+            if client_left(session) {
+                up.metrics.client_gone(if ctx.upstream_done {
+                    GoneOutcome::Completed
+                } else if matches!(ctx.failure, Some(Failure::UpstreamTimeout)) {
+                    GoneOutcome::Timeout
+                } else {
+                    GoneOutcome::Error
+                });
+            }
         }
         ctx.server_permit = None;
         ctx.route_permit = None;

@@ -14,32 +14,65 @@ pub struct RequestView<'a> {
     pub header: &'a dyn Fn(&str) -> Option<&'a str>,
 }
 
+/// What a [`RouteTable`] holds: anything that has a route's config. The snapshot's table
+/// holds resolved routes (`state::Route`: the config plus its upstream, admission and metric
+/// handles), so matching hands the request everything it needs at once.
+pub trait RouteEntry {
+    fn config(&self) -> &RouteConfig;
+}
+
+impl RouteEntry for Arc<RouteConfig> {
+    fn config(&self) -> &RouteConfig {
+        self
+    }
+}
+
 /// Ordered routes, built once per snapshot.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    routes: Vec<Arc<RouteConfig>>,
+#[derive(Debug)]
+pub struct RouteTable<R = Arc<RouteConfig>> {
+    routes: Vec<R>,
+}
+
+impl<R> Default for RouteTable<R> {
+    fn default() -> Self {
+        RouteTable { routes: Vec::new() }
+    }
+}
+
+impl<R: Clone> Clone for RouteTable<R> {
+    fn clone(&self) -> Self {
+        RouteTable {
+            routes: self.routes.clone(),
+        }
+    }
 }
 
 impl RouteTable {
+    /// A table of bare configs (matching only).
     pub fn new(routes: &[RouteConfig]) -> Self {
-        RouteTable {
-            routes: routes.iter().cloned().map(Arc::new).collect(),
-        }
+        Self::from_entries(routes.iter().cloned().map(Arc::new).collect())
+    }
+}
+
+impl<R: RouteEntry> RouteTable<R> {
+    /// A table of `routes`, in matching order.
+    pub fn from_entries(routes: Vec<R>) -> Self {
+        RouteTable { routes }
     }
 
     /// The first matching route, with its index.
-    pub fn resolve(&self, req: &RequestView<'_>) -> Option<(usize, &Arc<RouteConfig>)> {
+    pub fn resolve(&self, req: &RequestView<'_>) -> Option<(usize, &R)> {
         self.routes
             .iter()
             .enumerate()
-            .find(|(_, r)| matches(&r.matcher, req))
+            .find(|(_, r)| matches(&r.config().matcher, req))
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<RouteConfig>> {
-        self.routes.iter().find(|r| r.name == name)
+    pub fn get(&self, name: &str) -> Option<&R> {
+        self.routes.iter().find(|r| r.config().name == name)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<RouteConfig>> {
+    pub fn iter(&self) -> impl Iterator<Item = &R> {
         self.routes.iter()
     }
 }

@@ -100,7 +100,13 @@ fn mem_upstreams() -> Arc<MemUpstreams> {
     Arc::new(MemUpstreams(
         ["u", "v"]
             .iter()
-            .map(|n| Arc::new(Upstream::build(&cfg.upstreams[*n], &|_| None)))
+            .map(|n| {
+                Arc::new(Upstream::build(
+                    &cfg.upstreams[*n],
+                    &|_| None,
+                    &crate::metrics::Metrics::new(),
+                ))
+            })
             .collect(),
     ))
 }

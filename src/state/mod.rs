@@ -2,8 +2,10 @@
 //! plane's [`Writer`], the only way to publish one) and what is not hot-swapped: metrics, the
 //! lifecycle phase, the in-flight count, the policy runtime and the response cache.
 
+pub mod route;
 pub mod snapshot;
 
+pub use route::{Route, RouteLimit, Target};
 pub use snapshot::{Built, Inputs, MapFile, Snapshot};
 
 use crate::control::writer::{Applied, Change, Refused, Writer};
@@ -34,11 +36,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// `metrics`: the registry whose handles `snapshot` holds (see [`first_snapshot`]).
+    ///
+    /// [`first_snapshot`]: crate::control::writer::first_snapshot
     pub fn new(
         snapshot: Snapshot,
         config_path: PathBuf,
         policy: Arc<crate::policy::PolicyEngine>,
         cache: crate::cache::ResponseCache,
+        metrics: Arc<Metrics>,
     ) -> Arc<AppState> {
         let admin_token = snapshot
             .config
@@ -48,7 +54,6 @@ impl AppState {
             .and_then(|v| std::env::var(v).ok())
             .filter(|t| !t.is_empty());
         let (phase, _) = tokio::sync::watch::channel(Phase::Starting);
-        let metrics = Arc::new(Metrics::new());
         let state = Arc::new(AppState {
             writer: Writer::new(
                 snapshot,
@@ -67,8 +72,10 @@ impl AppState {
                 .unwrap_or_else(|_| "floodgate-default-cache-key".into())
                 .into_bytes(),
         });
+        // (the snapshot's handles made the series of its routes and upstreams)
         let snap = state.snapshot();
-        state.metrics.preset(&snap, &|h| snap.policy.has_hook(h));
+        state.metrics.preset_config(&snap.config);
+        state.metrics.preset_policy(&|h| snap.policy.has_hook(h));
         state
     }
 

@@ -6,12 +6,13 @@
 //! [`Snapshot::build`] is pure: the files it needs (map files) are read beforehand by the
 //! control plane (`crate::control`) and passed in as [`Inputs`], with the compiled policy.
 
+use super::route::Route;
 use crate::config::{Config, ConfigError, ConfigErrors, RouteTarget};
 use crate::maps::{load_map_text, MapError, MapSource, MapTable};
+use crate::metrics::Metrics;
 use crate::policy::CompiledPolicy;
 use crate::routing::RouteTable;
-use crate::upstream::admission::Admission;
-use crate::upstream::{queue_settings, Upstream};
+use crate::upstream::Upstream;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,10 +23,11 @@ pub struct Snapshot {
     /// Increases by one with every published change.
     pub version: u64,
     pub config: Arc<Config>,
-    pub routes: RouteTable,
+    /// The routes in matching order, each resolved to its upstream (one of `upstreams`),
+    /// its admission queue and its metric handles.
+    pub routes: RouteTable<Arc<Route>>,
+    /// By name: for a policy's choice, health checks, the admin and Runtime APIs.
     pub upstreams: HashMap<String, Arc<Upstream>>,
-    /// Per-route admission limits, by route name.
-    pub route_admission: HashMap<String, Arc<Admission>>,
     pub maps: HashMap<String, Arc<MapTable>>,
     /// The Lua scripts every hook of a request runs (one generation per request).
     pub policy: Arc<CompiledPolicy>,
@@ -52,6 +54,8 @@ pub struct Inputs {
     pub map_files: HashMap<String, MapFile>,
     /// The policy the new snapshot runs.
     pub policy: Arc<CompiledPolicy>,
+    /// Where the metric handles of routes and upstreams are made.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A built snapshot and what its maps' policies tolerated (to be logged by the caller).
@@ -121,7 +125,9 @@ impl Snapshot {
     /// Builds a snapshot from a validated config and its [`Inputs`], reusing what `prev`
     /// already has: unchanged upstreams (same `Arc`, so queues and in-flight counts carry on),
     /// server health of kept servers, unchanged route limits, and the live content of maps
-    /// whose config did not change. Pure: no I/O (the files were read into `inputs`).
+    /// whose config did not change. Routes are resolved to this snapshot's upstreams. Pure:
+    /// no I/O (the files were read into `inputs`); it makes the metric handles of new routes
+    /// and upstreams (which shows their config-implied series at 0).
     pub fn build(
         config: Config,
         inputs: Inputs,
@@ -144,23 +150,10 @@ impl Snapshot {
                                 .map(|os| os.state.clone())
                         })
                     };
-                    Arc::new(Upstream::build(cfg, &old_state))
+                    Arc::new(Upstream::build(cfg, &old_state, &inputs.metrics))
                 }
             };
             upstreams.insert(name.clone(), up);
-        }
-        let mut route_admission = HashMap::new();
-        for r in &config.routes {
-            if let Some(a) = &r.admission {
-                let prev_route = prev.and_then(|p| p.routes.get(&r.name));
-                let reuse = prev_route
-                    .filter(|pr| pr.admission.as_ref() == Some(a))
-                    .and_then(|_| prev.and_then(|p| p.route_admission.get(&r.name)).cloned());
-                let adm = reuse.unwrap_or_else(|| {
-                    Admission::new(vec![Some(a.max_inflight)], queue_settings(&a.queue))
-                });
-                route_admission.insert(r.name.clone(), adm);
-            }
         }
         let file = config.file.display().to_string();
         let mut maps = HashMap::new();
@@ -214,13 +207,40 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        // (after the maps: a refused build makes no route handles, so no series)
+        let prev_routes: HashMap<&str, &Route> = prev
+            .map(|p| p.routes.iter().map(|r| (r.name.as_str(), &**r)).collect())
+            .unwrap_or_default();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let prev_route = prev_routes.get(r.name.as_str()).copied();
+            match Route::resolve(i, r, &upstreams, prev_route, &inputs.metrics) {
+                Ok(route) => routes.push(Arc::new(route)),
+                Err(e) => errors.push(ConfigError {
+                    file: file.clone(),
+                    path: e.path,
+                    message: format!(
+                        "{:?} is not a defined upstream (defined: {})",
+                        e.upstream,
+                        config
+                            .upstreams
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
         let snapshot = Snapshot {
             version,
             has_cache_routes: config.routes.iter().any(|r| r.cache.is_some()),
-            routes: RouteTable::new(&config.routes),
+            routes: RouteTable::from_entries(routes),
             config: Arc::new(config),
             upstreams,
-            route_admission,
             maps,
             policy: inputs.policy,
         };
@@ -249,9 +269,8 @@ impl Snapshot {
         Snapshot {
             version,
             config: self.config.clone(),
-            routes: RouteTable::new(&self.config.routes),
+            routes: self.routes.clone(),
             upstreams: self.upstreams.clone(),
-            route_admission: self.route_admission.clone(),
             maps: self.maps.clone(),
             policy: self.policy.clone(),
             has_cache_routes: self.has_cache_routes,
@@ -295,6 +314,7 @@ routes:
                 .map(|(n, f)| (n.to_string(), f.clone()))
                 .collect(),
             policy: policy(generation),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -322,7 +342,7 @@ routes:
             s.maps["nodes"].version, 7,
             "a built map has the snapshot's version"
         );
-        assert!(s.route_admission.contains_key("puppet"));
+        assert!(s.routes.get("puppet").unwrap().admission.is_some());
     }
 
     #[test]
@@ -410,10 +430,11 @@ routes:
             &second.upstreams["puppet"]
         ));
         assert!(Arc::ptr_eq(&first.maps["nodes"], &second.maps["nodes"]));
-        assert!(Arc::ptr_eq(
-            &first.route_admission["puppet"],
-            &second.route_admission["puppet"]
-        ));
+        let admission = |s: &Snapshot| {
+            let limit = s.routes.get("puppet").unwrap().admission.as_ref().unwrap();
+            limit.queue.clone()
+        };
+        assert!(Arc::ptr_eq(&admission(&first), &admission(&second)));
         assert_eq!(
             second.policy.generation, 2,
             "the policy given is the one published"

@@ -164,7 +164,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
                 let made = tokio::task::spawn_blocking(|| Connector::new(None)).await;
                 connector = Some(Arc::new(made.unwrap_or_else(|_| Connector::new(None))));
             }
-            for s in &up.servers {
+            for (i, s) in up.servers.iter().enumerate() {
                 let key = (
                     up.name().to_string(),
                     s.cfg.name.clone(),
@@ -181,6 +181,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
                 due.insert(key.clone(), now + hc.interval);
                 let st = state.clone();
                 let sstate = s.state.clone();
+                let counted = up.clone();
                 let (upname, sname, addr) = key.clone();
                 let hc = hc.clone();
                 let mut peer = s.peer();
@@ -200,10 +201,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receive
                         st.metrics
                             .health_check_duration
                             .observe(t0.elapsed().as_secs_f64());
-                        st.metrics
-                            .health_checks
-                            .with_label_values(&[&upname, &sname, p.label()])
-                            .inc();
+                        counted.metrics.servers[i].health_check(&p);
                         match apply(&sstate, p.passed(), hc.rise, hc.fall) {
                             Transition::Up => log::info!(
                                 "health: upstream {upname} server {sname} ({addr}) is UP: {}",

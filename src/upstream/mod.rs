@@ -14,6 +14,8 @@ pub mod runtime;
 pub mod tls;
 
 use crate::config::{Balance, RetryAfterSetting, ServerConfig, UpstreamConfig};
+use crate::metrics::handles::UpstreamHandles;
+use crate::metrics::Metrics;
 use admission::{Admission, QueueSettings, RetryAfter};
 use arc_swap::ArcSwap;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -169,6 +171,8 @@ pub struct Upstream {
     /// Most requests in flight on the whole upstream at once (`show stat` BACKEND smax).
     pub max_inflight_seen: AtomicUsize,
     by_name: HashMap<String, usize>,
+    /// Its metric series (queue, clients gone, each server's), resolved when it is built.
+    pub metrics: UpstreamHandles,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -195,10 +199,12 @@ pub fn queue_settings(q: &crate::config::QueueConfig) -> QueueSettings {
 
 impl Upstream {
     /// Builds a pool; `old_state` supplies the state of servers that already existed
-    /// (looked up by server name and address).
+    /// (looked up by server name and address). Its metric handles are made in `metrics`
+    /// (which creates the series the config implies at 0).
     pub fn build(
         cfg: &UpstreamConfig,
         old_state: &dyn Fn(&ServerConfig) -> Option<Arc<ServerState>>,
+        metrics: &Metrics,
     ) -> Upstream {
         let tls = cfg.tls.as_ref().map(|t| tls::PeerTls::new(&cfg.name, t));
         let servers: Vec<Server> = cfg
@@ -241,6 +247,12 @@ impl Upstream {
             weight_writer: parking_lot::Mutex::new(()),
             max_inflight_seen: AtomicUsize::new(0),
             by_name,
+            metrics: UpstreamHandles::new(
+                metrics,
+                &cfg.name,
+                cfg.servers.iter().map(|s| s.name.as_str()),
+                cfg.health.is_some(),
+            ),
         }
     }
 
@@ -399,7 +411,11 @@ mod tests {
             "listeners: [{{ bind: \"127.0.0.1:0\" }}]\nupstreams:\n  u: {{ balance: {balance}, hash_key: \"header:x-k\", servers: {yaml_servers} }}\nroutes: [{{ name: r, upstream: u }}]\n"
         );
         let cfg = parse_config(&y, Path::new("t.yaml")).unwrap();
-        Upstream::build(&cfg.upstreams["u"], &|_| None)
+        Upstream::build(
+            &cfg.upstreams["u"],
+            &|_| None,
+            &crate::metrics::Metrics::new(),
+        )
     }
 
     #[test]

@@ -380,7 +380,11 @@ mod tests {
             "listeners: [{{ bind: \"127.0.0.1:0\" }}]\nupstreams:\n  u: {{ balance: {balance}, hash_key: \"header:x-k\", servers: [{{ name: a, addr: \"127.0.0.1:1\" }}, {{ name: b, addr: \"127.0.0.1:2\" }}] }}\nroutes: [{{ name: r, upstream: u }}]\n"
         );
         let cfg = parse_config(&y, Path::new("t.yaml")).unwrap();
-        Upstream::build(&cfg.upstreams["u"], &|_| None)
+        Upstream::build(
+            &cfg.upstreams["u"],
+            &|_| None,
+            &crate::metrics::Metrics::new(),
+        )
     }
 
     #[test]

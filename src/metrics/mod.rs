@@ -5,8 +5,10 @@
 //! health, map sizes) are refreshed from the current snapshot when `/metrics` is scraped, which
 //! keeps the request path free of gauge updates.
 
+pub mod handles;
+
+use crate::config::Config;
 use crate::policy::Hook;
-use crate::state::snapshot::Snapshot;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -43,6 +45,12 @@ pub struct Metrics {
     pub admin_auth_failures: IntCounter,
     pub phase: IntGaugeVec,
     pub inflight_requests: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -308,14 +316,12 @@ impl Metrics {
         m
     }
 
-    /// Creates at 0 every labelled counter series the config implies, so a `rate()` or
-    /// `increase()` alert has data before the first event: map updates by source and result,
-    /// map lookups, policy runs of the hooks the scripts define, admission rejections and
-    /// abandons, health checks, cache lookups, clients gone at the upstream, connect errors
-    /// per server. (Series by status code appear with their first answer: codes are open.) Called at start,
-    /// after each reload and after each policy reload (new names get their series then).
-    pub fn preset(&self, snap: &Snapshot, has_hook: &dyn Fn(Hook) -> bool) {
-        let config = &snap.config;
+    /// Creates at 0 the labelled counter series a config implies that no snapshot handle
+    /// creates ([`handles`] make those of routes, upstreams and servers when a config is
+    /// built), so a `rate()` or `increase()` alert has data before the first event: map
+    /// updates by source and result. Called when a config is published (start, reload), not
+    /// on map edits or policy reloads, which change no name.
+    pub fn preset_config(&self, config: &Config) {
         for (name, m) in &config.maps {
             let mut sources = vec!["api", "runtime_api"];
             if m.file.is_some() {
@@ -330,40 +336,11 @@ impl Metrics {
                 }
             }
         }
-        for r in &config.routes {
-            if let Some(ps) = &r.pick_server {
-                for result in ["hit", "miss"] {
-                    self.map_lookups.with_label_values(&[&ps.map, result]);
-                }
-            }
-            if r.cache.is_some() {
-                for result in CACHE_RESULTS {
-                    self.cache_requests.with_label_values(&[&r.name, result]);
-                }
-            }
-            if r.admission.is_some() {
-                self.preset_admission("route", &r.name);
-            }
-        }
-        for (name, u) in &config.upstreams {
-            self.preset_admission("upstream", name);
-            for s in &u.servers {
-                self.upstream_requests
-                    .with_label_values(&[name, &s.name, "connect_error"]);
-            }
-            for outcome in ["completed", "timeout", "error"] {
-                self.client_gone_at_upstream
-                    .with_label_values(&[name, outcome]);
-            }
-            if u.health.is_some() {
-                for s in &u.servers {
-                    for result in HEALTH_RESULTS {
-                        self.health_checks
-                            .with_label_values(&[name, &s.name, result]);
-                    }
-                }
-            }
-        }
+    }
+
+    /// Creates at 0 the policy run series of the hooks the running scripts define. Called
+    /// when a policy generation is published (start, reload, policy reload).
+    pub fn preset_policy(&self, has_hook: &dyn Fn(Hook) -> bool) {
         for hook in Hook::ALL {
             if has_hook(hook) {
                 for outcome in POLICY_OUTCOMES {
@@ -371,14 +348,6 @@ impl Metrics {
                 }
             }
         }
-    }
-
-    fn preset_admission(&self, scope: &str, name: &str) {
-        for reason in ["full", "timeout", "fail_fast", "no_eligible"] {
-            self.admission_rejected
-                .with_label_values(&[scope, name, reason]);
-        }
-        self.admission_abandoned.with_label_values(&[scope, name]);
     }
 
     /// Text exposition format.
