@@ -112,6 +112,7 @@ ssldir = $S/etc/ssl
 vardir = $S/var
 rundir = $S/run
 logdir = $S/log
+publicdir = $S/public
 codedir = $S/code
 [server]
 cadir = $S/ca
@@ -310,6 +311,7 @@ ssldir = $A/ssl
 vardir = $A/var
 rundir = $A/run
 logdir = $A/log
+publicdir = $A/public
 [agent]
 http_extra_headers = X-Node-Name:$NODE
 report = true
