@@ -94,12 +94,7 @@ pub async fn probe(connector: &Connector, peer: &HttpPeer, hc: &HealthConfig) ->
             Err(e) if e.etype() == &ErrorType::ConnectRefused => return Probe::Refused,
             Err(e) => return Probe::Error(format!("connect: {e}")),
         };
-        // why: a Unix socket has no authority to name; app servers behind one (Puma)
-        // accept any Host.
-        let host = hc.host.clone().unwrap_or_else(|| match peer.address() {
-            SocketAddr::Inet(a) => a.to_string(),
-            SocketAddr::Unix(_) => "localhost".to_string(),
-        });
+        let host = probe_host(hc.host.as_deref(), peer);
         let req = match request(&hc.path, &host) {
             Ok(r) => r,
             Err(e) => return Probe::Error(format!("request: {e}")),
@@ -122,6 +117,26 @@ pub async fn probe(connector: &Connector, peer: &HttpPeer, hc: &HealthConfig) ->
     match tokio::time::timeout(hc.timeout, work).await {
         Ok(p) => p,
         Err(_) => Probe::Timeout,
+    }
+}
+
+/// The `Host` of a probe: `health.host`, else for HTTPS the SNI (a name the server's
+/// certificate carries), else the address.
+///
+/// why: Jetty (puppetserver, PuppetDB) answers `400 Host does not match SNI` when the Host
+/// is not a name of its certificate, so `Host: 10.0.0.1:8140` with SNI `puppet` fails
+/// every check; a Unix socket has no authority to name, and app servers behind one (Puma)
+/// accept any Host.
+pub fn probe_host(configured: Option<&str>, peer: &HttpPeer) -> String {
+    if let Some(h) = configured {
+        return h.to_string();
+    }
+    if peer.is_tls() && !peer.sni().is_empty() {
+        return peer.sni().to_string();
+    }
+    match peer.address() {
+        SocketAddr::Inet(a) => a.to_string(),
+        SocketAddr::Unix(_) => "localhost".to_string(),
     }
 }
 
@@ -259,6 +274,18 @@ mod tests {
         let s = ServerState::new(true);
         assert_eq!(apply(&s, false, 2, 3), Transition::None);
         assert!(!s.is_healthy());
+    }
+
+    #[test]
+    fn probe_host_is_the_setting_then_the_sni_of_tls_then_the_address() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 8140));
+        let tls = HttpPeer::new(addr, true, "puppet".into());
+        assert_eq!(probe_host(None, &tls), "puppet");
+        assert_eq!(probe_host(Some("master1"), &tls), "master1");
+        let plain = HttpPeer::new(addr, false, String::new());
+        assert_eq!(probe_host(None, &plain), "127.0.0.1:8140");
+        let uds = HttpPeer::new_uds("/run/foreman.sock", false, String::new()).unwrap();
+        assert_eq!(probe_host(None, &uds), "localhost");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use crate::tls::{make_pki, sh};
-use pingora_core::tls::ssl::{SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+use pingora_core::tls::ssl::{NameType, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
 use pingora_core::tls::tokio_ssl::SslStream;
 use std::path::Path;
 use std::pin::Pin;
@@ -28,6 +28,17 @@ impl Drop for TlsOrigin {
 }
 
 pub(crate) async fn tls_origin(cert: &Path, key: &Path, client_ca: Option<&Path>) -> TlsOrigin {
+    tls_origin_with(cert, key, client_ca, false).await
+}
+
+/// With `sni_host_check`, a request whose `Host` (port left out) is not the SNI gets `400`,
+/// as Jetty (puppetserver, PuppetDB) answers `400 Host does not match SNI`.
+async fn tls_origin_with(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    sni_host_check: bool,
+) -> TlsOrigin {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
     b.set_certificate_chain_file(cert).unwrap();
     b.set_private_key_file(key, SslFiletype::PEM).unwrap();
@@ -64,6 +75,25 @@ pub(crate) async fn tls_origin(cert: &Path, key: &Path, client_ca: Option<&Path>
                 h.fetch_add(1, Ordering::SeqCst);
                 let head = String::from_utf8_lossy(&buf).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let host = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("host").then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let host_name = host.rsplit_once(':').map_or(host.as_str(), |(n, _)| n);
+                let sni = s.ssl().servername(NameType::HOST_NAME).unwrap_or("");
+                if sni_host_check && host_name != sni {
+                    let body = "Host does not match SNI\n";
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                    return;
+                }
                 let client = s
                     .ssl()
                     .peer_certificate()
@@ -143,6 +173,33 @@ async fn upstream_with_the_right_ca_and_client_certificate_is_reached_over_mtls_
     assert!(
         o.hits.load(Ordering::SeqCst) >= 2,
         "check and request hit the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_health_checks_send_the_sni_as_host_so_a_jetty_style_server_answers_200() {
+    let pki = Scratch::new("up-snihost");
+    make_pki(&pki.0);
+    let o = tls_origin_with(&pki.path("server.pem"), &pki.path("server.key"), None, true).await;
+    let tls = format!(
+        r#"{{ ca: "{}/ca.pem", sni: localhost }}
+    health: {{ path: /status/v1/simple, interval: 100ms, timeout: 2s, expect: 2xx }}"#,
+        pki.0.display()
+    );
+    let gw = TestGateway::start(&gateway_yaml(o.addr, &tls)).await;
+    let pass = [("upstream", "secure"), ("result", "pass")];
+    let bad = [("upstream", "secure"), ("result", "bad_status")];
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            gw.metric("floodgate_health_checks_total", &pass).await >= 2.0
+        })
+        .await,
+        "checks with Host = SNI pass (Host = the address would get 400)"
+    );
+    assert_eq!(
+        gw.metric("floodgate_health_checks_total", &bad).await,
+        0.0,
+        "no check was answered 400"
     );
 }
 
