@@ -104,6 +104,8 @@ pub struct Ctx {
     pub listener: usize,
     /// The client certificate as policies see it (`req.tls`), filled when a policy is loaded.
     pub tls: Option<crate::policy::TlsInfo>,
+    /// `request_id` as a header value, made once (it goes upstream and back to the client).
+    request_id_header: Option<http::HeaderValue>,
     guard: InflightGuard,
 }
 
@@ -114,6 +116,7 @@ impl Ctx {
             start: Instant::now(),
             request_id: String::new(),
             client_request_id: false,
+            request_id_header: None,
             route: None,
             upstream: None,
             route_permit: None,
@@ -142,10 +145,15 @@ impl Ctx {
         }
     }
 
-    /// `request_id` as a header value (validated when it was taken from the request).
-    pub fn request_id_value(&self) -> http::HeaderValue {
-        http::HeaderValue::from_str(&self.request_id)
-            .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+    /// `request_id` as a header value (validated when it was taken from the request), built
+    /// on first use and shared after (a clone is a reference count, not a copy).
+    pub fn request_id_value(&mut self) -> http::HeaderValue {
+        self.request_id_header
+            .get_or_insert_with(|| {
+                http::HeaderValue::from_str(&self.request_id)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+            })
+            .clone()
     }
 
     /// The process state (metrics, phase) this request runs under.

@@ -83,8 +83,14 @@ impl Forwarding {
                 }
             }
         }
-        v.push_str(ours);
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        // why: the common case (the client sent none) writes ours without building a string
+        let value = if v.is_empty() {
+            HeaderValue::from_str(ours)
+        } else {
+            v.push_str(ours);
+            HeaderValue::from_str(&v)
+        };
+        if let Ok(v) = value {
             h.set(&n, v);
         }
     }
