@@ -5,6 +5,7 @@
 //! `SSLCACertificateFile`, `SSLVerifyClient`, `https://` targets with `SSLProxyEngine`,
 //! `SSLProxyVerify`, `SSLProxyCACertificateFile`, `SSLProxyCheckPeerName` and
 //! `SSLProxyMachineCertificateFile` (as the upstream's `tls:`, see [`super::upstream_tls`]),
+//! `unix:/path|http://name/` targets and members (as `unix:` servers),
 //! and `RequestHeader`/`Header` lines (as header
 //! rules, see [`super::apache_headers`]). `ProxyPass /path !` becomes a route answering 404.
 
@@ -41,7 +42,17 @@ fn unquote(s: &str) -> &str {
 
 /// `http://localhost:3000/x` → (false, `localhost:3000`, `/x`); `https://h/` → (true,
 /// `h:443`, `/`).
+/// mod_proxy's Unix-socket form `unix:/run/foreman.sock|http://foreman/x` → (false,
+/// `unix:/run/foreman.sock`, `/x`); `unix:...|https://` is not converted (`None`).
 fn split_url(url: &str) -> Option<(bool, String, String)> {
+    if let Some(rest) = url.strip_prefix("unix:") {
+        let (sock, url) = rest.split_once('|')?;
+        let (https, _, path) = split_url(url)?;
+        if https || !sock.starts_with('/') || url.starts_with("unix:") {
+            return None;
+        }
+        return Some((false, format!("unix:{sock}"), path));
+    }
     let (https, rest) = match url.strip_prefix("https://") {
         Some(rest) => (true, rest),
         None => (false, url.strip_prefix("http://")?),
@@ -59,6 +70,18 @@ fn split_url(url: &str) -> Option<(bool, String, String)> {
         format!("{host}:{}", if https { 443 } else { 80 })
     };
     Some((https, host, path.to_string()))
+}
+
+/// The note for a `unix:` target: without `ProxyPreserveHost On` Apache sends `Host: NAME`
+/// (the name after `|http://`), floodgate always sends the client's.
+fn unix_host_note(url: &str, preserve_host: bool, ln: usize, notes: &mut Notes) {
+    if preserve_host || !url.starts_with("unix:") {
+        return;
+    }
+    let name = url
+        .split_once("|http://")
+        .map_or("", |(_, u)| u.split(['/', ':']).next().unwrap_or(""));
+    notes.approx(ln, format!("{url}: without ProxyPreserveHost On Apache sends Host: {name}; floodgate always sends the client's Host (it cannot set Host), so the app must accept the names clients use"));
 }
 
 /// Apache worker parameters on a member or a ProxyPass: the ones floodgate has.
@@ -121,6 +144,11 @@ pub fn convert(text: &str, source: &str) -> Converted {
     // Whether each upstream's targets are https://, and the https ones.
     let mut schemes: BTreeMap<String, bool> = BTreeMap::new();
     let mut https_ups: BTreeMap<String, HttpsUpstream> = BTreeMap::new();
+    // `ProxyPreserveHost On` anywhere in the file (read as applying to every vhost).
+    let preserve_host = text.lines().any(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        matches!(w.as_slice(), [d, v] if d.eq_ignore_ascii_case("proxypreservehost") && v.eq_ignore_ascii_case("on"))
+    });
 
     for (i, raw) in text.lines().enumerate() {
         let ln = i + 1;
@@ -202,9 +230,10 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     continue;
                 };
                 let Some((https, addr, path)) = split_url(url) else {
-                    notes.skip(ln, format!("BalancerMember {url}: only http:// and https:// members are converted (a unix: socket member is not, yet; write addr: \"unix:/path\" by hand)"));
+                    notes.skip(ln, format!("BalancerMember {url}: only http://, https:// and unix:/path|http:// members are converted"));
                     continue;
                 };
+                unix_host_note(url, preserve_host, ln, &mut notes);
                 if !scheme(&b, https, &addr, ln, &mut notes) {
                     continue;
                 }
@@ -276,6 +305,7 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     let (b, p) = rest.split_once('/').map_or((rest, "/".to_string()), |(b, p)| (b, format!("/{p}")));
                     (ident(b), p)
                 } else if let Some((https, addr, p)) = split_url(target) {
+                    unix_host_note(target, preserve_host, ln, &mut notes);
                     let name = ident(&addr.replace(':', "_"));
                     if !scheme(&name, https, &addr, ln, &mut notes) {
                         continue;
@@ -286,7 +316,7 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     }
                     (name, p)
                 } else {
-                    notes.skip(ln, format!("ProxyPass to {target}: only http://, https:// and balancer:// targets are converted (a unix: socket target is not, yet; write addr: \"unix:/path\" by hand)"));
+                    notes.skip(ln, format!("ProxyPass to {target}: only http://, https://, unix:/path|http:// and balancer:// targets are converted"));
                     continue;
                 };
                 if tpath.trim_end_matches('/') != trimmed {
@@ -529,6 +559,42 @@ mod tests {
             "IP host: {:?}",
             c.notes
         );
+    }
+
+    #[test]
+    fn unix_socket_targets_become_unix_servers() {
+        let c = convert(
+            "<VirtualHost *:80>\n<Proxy balancer://puma>\n  BalancerMember unix:/run/foreman.sock|http://foreman max=5\n</Proxy>\nProxyPass /rhsm balancer://puma/rhsm\nProxyPass / unix:/run/foreman.sock|http://foreman/\nProxyPass /x unix:/run/x.sock|https://x/x\n</VirtualHost>\n",
+            "t",
+        );
+        let y = yaml(&c);
+        assert_eq!(
+            y["upstreams"]["puma"]["servers"][0]["addr"],
+            "unix:/run/foreman.sock"
+        );
+        let direct = &y["upstreams"]["unix__run_foreman_sock"];
+        assert_eq!(direct["servers"][0]["addr"], "unix:/run/foreman.sock");
+        assert_eq!(y["routes"][1]["upstream"], "unix__run_foreman_sock");
+        assert_eq!(y["routes"][1]["match"]["path_prefix"], "/");
+        assert_eq!(y["routes"].as_sequence().unwrap().len(), 2);
+        let notes: Vec<(usize, NoteKind)> = c.notes.iter().map(|n| (n.line, n.kind)).collect();
+        assert_eq!(
+            notes,
+            [
+                (3, NoteKind::Approximated), // Host: foreman (no ProxyPreserveHost On)
+                (3, NoteKind::Approximated), // max=
+                (6, NoteKind::Approximated), // Host: foreman
+                (7, NoteKind::NotConverted)  // https over a socket
+            ],
+            "{:?}",
+            c.notes
+        );
+        assert!(c.notes[0].text.contains("Host: foreman;"), "{}", c.notes[0]);
+        let preserved = convert(
+            "ProxyPreserveHost On\nProxyPass / unix:/run/foreman.sock|http://foreman/\n",
+            "t",
+        );
+        assert!(preserved.notes.is_empty(), "{:?}", preserved.notes);
     }
 
     #[test]

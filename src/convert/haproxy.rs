@@ -1,6 +1,7 @@
 //! haproxy.cfg → floodgate config. Read: `global` (`stats socket` → the Runtime API socket),
 //! `defaults`, `frontend`, `backend`, `listen`; `bind` (with `ssl crt ca-file verify`),
-//! `server NAME ADDR maxconn maxqueue check inter rise fall backup weight`, `balance`,
+//! `server NAME ADDR maxconn maxqueue check inter rise fall backup weight` (and the same options
+//! on `default-server` in `defaults` or a backend; `unix@/path` and `/path` addresses), `balance`,
 //! `use-server %[req.hdr(H),map(FILE)]`, `use_backend`/`default_backend`,
 //! `http-request set-priority-class`, `option httpchk`, `http-check expect status`, server TLS
 //! (`ssl verify ca-file crt sni verifyhost`, see [`super::upstream_tls`]),
@@ -20,6 +21,9 @@ struct Settings {
     expect: Option<Value>,
     redispatch: bool,
     retries: Option<u32>,
+    /// `default-server` options in order (defaults' first, then the backend's), each with its
+    /// line: read before a `server` line's own options, so later ones override earlier ones.
+    default_server: Vec<(String, usize)>,
 }
 
 #[derive(Default)]
@@ -67,6 +71,16 @@ fn bind_addr(s: &str) -> Option<String> {
         host
     };
     Some(format!("{host}:{port}"))
+}
+
+/// A server address: HAProxy's Unix-socket forms `unix@/path` and `/path` become floodgate's
+/// `unix:/path`; others are kept.
+fn server_addr(s: &str) -> String {
+    match s.strip_prefix("unix@") {
+        Some(path) => format!("unix:{path}"),
+        None if s.starts_with('/') => format!("unix:{s}"),
+        None => s.to_string(),
+    }
 }
 
 /// `%[req.hdr(X-Node-Name),map(/etc/haproxy/n.map)]` (or `hdr(..)`, `map_str(..)`, with a
@@ -210,6 +224,11 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     s.redispatch = true;
                     true
                 }
+                (Some(s), ["default-server", opts @ ..]) => {
+                    s.default_server
+                        .extend(opts.iter().map(|o| (o.to_string(), ln)));
+                    true
+                }
                 (Some(s), ["retries", n]) => match n.parse() {
                     Ok(n) => {
                         s.retries = Some(n);
@@ -329,29 +348,40 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     notes.skip(ln, "set-priority-class in a backend: put priority: on the routes to it");
                 }
             }
-            (_, ["server", sname, addr, opts @ ..]) if is_be => {
+            (_, ["server", sname, addr, own @ ..]) if is_be => {
                 let b = backends.get_mut(&name).expect("backend");
                 let mut s = Map::new();
                 s.insert("name".into(), json!(sname));
-                s.insert("addr".into(), json!(addr));
+                s.insert("addr".into(), json!(server_addr(addr)));
+                // The default-server options, then the line's own: a later option overrides.
+                let mut opts: Vec<(&str, usize)> = b
+                    .settings
+                    .default_server
+                    .iter()
+                    .map(|(o, at)| (o.as_str(), *at))
+                    .collect();
+                opts.extend(own.iter().map(|o| (*o, ln)));
                 let mut i = 0;
                 let mut check = false;
+                let mut maxqueue = 0;
                 let (mut inter, mut rise, mut fall) = (None, None, None);
                 let mut tls = HaproxyServerTls::default();
                 while i < opts.len() {
-                    let next = opts.get(i + 1).copied();
-                    let taken = tls.take(sname, opts[i], next, ln, &mut notes);
+                    // An option's argument is on the same line as the option.
+                    let (o, ln) = opts[i];
+                    let next = opts.get(i + 1).filter(|(_, at)| *at == ln).map(|(n, _)| *n);
+                    let taken = tls.take(sname, o, next, ln, &mut notes);
                     if taken > 0 {
                         i += taken;
                         continue;
                     }
-                    match (opts[i], next) {
+                    match (o, next) {
                         ("maxconn", Some(n)) => {
                             s.insert("max_inflight".into(), json!(n.parse::<u64>().unwrap_or(0)));
                             i += 1;
                         }
                         ("maxqueue", Some(n)) => {
-                            b.maxqueue += n.parse::<usize>().unwrap_or(0);
+                            maxqueue = n.parse::<usize>().unwrap_or(0);
                             notes.approx(ln, format!("maxqueue {n}: floodgate queues per upstream (queue.max = the sum over its servers), binding the server late"));
                             i += 1;
                         }
@@ -372,8 +402,12 @@ pub fn convert(text: &str, source: &str) -> Converted {
                             i += 1;
                         }
                         ("check", _) => check = true,
+                        ("no-check", _) => check = false,
                         ("backup", _) => {
                             s.insert("backup".into(), json!(true));
+                        }
+                        ("no-backup", _) => {
+                            s.remove("backup");
                         }
                         (o @ ("resolvers" | "cookie" | "slowstart" | "fastinter" | "downinter" | "init-addr" | "send-proxy" | "send-proxy-v2" | "agent-check" | "observe" | "on-error" | "error-limit" | "port" | "addr" | "id" | "maxconn-queue" | "minconn"), n) => {
                             notes.skip(ln, format!("server {sname}: option {o}"));
@@ -385,6 +419,7 @@ pub fn convert(text: &str, source: &str) -> Converted {
                     }
                     i += 1;
                 }
+                b.maxqueue += maxqueue;
                 if check {
                     b.check = Some((inter, rise, fall));
                 }
@@ -684,11 +719,62 @@ mod tests {
     }
 
     #[test]
+    fn default_server_sets_every_later_server_and_the_line_overrides_it() {
+        let c = convert(
+            "defaults\n  default-server inter 3s fall 5 maxconn 100 maxqueue 7\nbackend b\n  default-server check maxconn 200 ssl verify none\n  server m1 10.0.0.1:1\n  server m2 10.0.0.2:1 maxconn 50 no-ssl\n  server m3 10.0.0.3:1 backup\nbackend u\n  server s1 unix@/run/a.sock\n  server s2 /run/b.sock\nfrontend f\n  bind :80\n  use_backend u if { path_beg /u }\n  default_backend b\n",
+            "t",
+        );
+        let y = yaml(&c);
+        let b = &y["upstreams"]["b"];
+        assert_eq!(
+            b["servers"][0]["max_inflight"], 200,
+            "backend over defaults"
+        );
+        assert_eq!(b["servers"][1]["max_inflight"], 50, "the line over both");
+        assert_eq!(b["servers"][2]["max_inflight"], 200);
+        assert_eq!(b["servers"][2]["backup"], true);
+        assert_eq!(b["queue"]["max"], 21, "7 per server from defaults");
+        assert_eq!(b["health"]["interval"], "3s");
+        assert_eq!(b["health"]["fall"], 5);
+        assert_eq!(b["tls"]["verify"], false);
+        let u = &y["upstreams"]["u"];
+        assert_eq!(u["servers"][0]["addr"], "unix:/run/a.sock");
+        assert_eq!(u["servers"][1]["addr"], "unix:/run/b.sock");
+        assert_eq!(
+            u["servers"][1]["max_inflight"], 100,
+            "the defaults section's"
+        );
+        assert!(u.get("health").is_none(), "check was the backend b's only");
+        let notes: Vec<(usize, NoteKind, &str)> = c
+            .notes
+            .iter()
+            .map(|n| (n.line, n.kind, n.text.as_str()))
+            .collect();
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert_eq!(
+            (notes[0].0, notes[0].1),
+            (2, NoteKind::Approximated),
+            "maxqueue, once: {notes:?}"
+        );
+        assert!(
+            notes[1].2.contains("server m2: verify without ssl"),
+            "m2's no-ssl drops the default verify: {notes:?}"
+        );
+        assert!(
+            notes[2].2.contains("server m2") && notes[2].2.contains("differ"),
+            "m2's no-ssl: {notes:?}"
+        );
+    }
+
+    #[test]
     fn times_and_addresses() {
         assert_eq!(duration("5000").as_deref(), Some("5000ms"));
         assert_eq!(duration("30s").as_deref(), Some("30s"));
         assert_eq!(duration("5x"), None);
         assert_eq!(bind_addr("*:80").as_deref(), Some("0.0.0.0:80"));
         assert_eq!(bind_addr("/run/sock"), None);
+        assert_eq!(server_addr("unix@/run/s.sock"), "unix:/run/s.sock");
+        assert_eq!(server_addr("/run/s.sock"), "unix:/run/s.sock");
+        assert_eq!(server_addr("10.0.0.1:80"), "10.0.0.1:80");
     }
 }

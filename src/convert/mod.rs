@@ -82,7 +82,10 @@ impl Notes {
             text: text.into(),
         });
     }
+    /// The notes by line, each once (a `default-server` option is read for every server).
     pub(crate) fn finish(mut self) -> Vec<Note> {
+        let mut seen = std::collections::HashSet::new();
+        self.0.retain(|n| seen.insert((n.line, n.text.clone())));
         self.0.sort_by_key(|n| n.line);
         self.0
     }

@@ -14,6 +14,7 @@ mod config;
 mod control;
 mod convert;
 mod convert_tls;
+mod convert_unix;
 mod core;
 mod frontdoor;
 mod header_rules;
