@@ -123,7 +123,12 @@ impl Gateway {
         ctx.set_headers = plan.set_headers;
         ctx.remove_headers = plan.remove_headers;
         ctx.served = Served::Fill;
-        ctx.fill = Some(fill::FillSink::new(&plan.route, plan.secret, plan.reply));
+        ctx.fill = Some(fill::FillSink::new(
+            &plan.route,
+            plan.secret,
+            plan.hold,
+            plan.reply,
+        ));
         ctx.upstream = Some(plan.upstream);
         ctx.route = Some(plan.route.clone());
         self.admit(session, ctx, &plan.route).await

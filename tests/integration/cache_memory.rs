@@ -148,7 +148,7 @@ async fn fill_one_client(
             b"secret",
         );
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut sink = FillSink::new(route, b"secret".to_vec(), tx);
+        let mut sink = FillSink::new(route, b"secret".to_vec(), cache.hold(), tx);
         let req =
             RequestHeader::build("GET", format!("/register?{query}").as_bytes(), None).unwrap();
         let mut head = ResponseHeader::build(200, None).unwrap();
