@@ -347,7 +347,8 @@ impl MemoryCache {
 
     /// [`MemoryCache::put`] for a fill that reserved `held` bytes for its answer: the
     /// reservation is released under the same lock as the insert (it becomes the entry's
-    /// charge), also when nothing is stored.
+    /// charge), also when nothing is stored: when other fills' reservations leave no room
+    /// for the entry even with every entry evicted, it is not stored.
     pub fn put_held(&self, key: CacheKey, resp: Arc<CachedResponse>, held: usize) -> bool {
         let charge = Self::charge(&key, &resp);
         if charge > self.max_entry_bytes || resp.is_expired_at(SystemTime::now()) {
@@ -358,8 +359,10 @@ impl MemoryCache {
         lru.reserved -= held.min(lru.reserved);
         lru.remove(&key.full);
         while lru.bytes + lru.reserved + charge > self.max_bytes {
+            // why: with every entry gone, only other fills' reservations hold the rest;
+            // storing would grow the cache beyond its bound.
             let Some((_, oldest)) = lru.order.pop_first() else {
-                break;
+                return false;
             };
             if let Some(e) = lru.map.remove(&oldest) {
                 lru.bytes -= e.charge;

@@ -277,6 +277,12 @@ impl FillSink {
         }
     }
 
+    /// Whether the sink gave up for want of room in the memory cache: the subrequest should
+    /// end now rather than read an answer nobody takes (its waiters fetch on their own).
+    pub fn abandoned(&self) -> bool {
+        self.collect == Collect::NoRoom
+    }
+
     /// The end of the subrequest: sends what it has (or the failure) if not sent yet.
     pub fn finish(&mut self, failure: Option<&Failure>) {
         match failure {
