@@ -5,7 +5,8 @@
 //! ([`MemoryCache::charge`]: each allocation of the key, header names and values, body and
 //! variant as the allocator rounds it, plus [`ENTRY_OVERHEAD_BYTES`] for the fixed-size parts),
 //! and inserting evicts the least recently read/written entries until the total fits
-//! `max_bytes`. Expired entries are removed when read and by [`MemoryCache::purge_expired`],
+//! `max_bytes`; answers still being filled reserve their bytes against the same bound
+//! ([`super::hold`]). Expired entries are removed when read and by [`MemoryCache::purge_expired`],
 //! which the gateway runs every second. One `parking_lot::Mutex` guards a `HashMap` (key -> entry) and a
 //! `BTreeMap` (use tick -> key) that orders entries by last use: O(log n) per operation.
 //! The key text is stored once per entry (an `Arc<str>` shared by both maps; the path for
@@ -248,6 +249,8 @@ struct Lru {
     order: BTreeMap<u64, Arc<str>>,
     next_tick: u64,
     bytes: usize,
+    /// Bytes reserved by fills still buffering their answers ([`super::hold::Hold`]).
+    reserved: usize,
 }
 
 impl Lru {
@@ -335,18 +338,31 @@ impl MemoryCache {
     }
 
     /// Stores `resp` under `key` (replacing any previous entry) and evicts least recently
-    /// used entries until the total fits. Returns `false` (and stores nothing) when the
-    /// entry alone exceeds the per-entry limit or is already expired.
+    /// used entries until the total (entries and fills' reservations) fits. Returns `false`
+    /// (and stores nothing) when the entry alone exceeds the per-entry limit or is already
+    /// expired.
     pub fn put(&self, key: CacheKey, resp: Arc<CachedResponse>) -> bool {
+        self.put_held(key, resp, 0)
+    }
+
+    /// [`MemoryCache::put`] for a fill that reserved `held` bytes for its answer: the
+    /// reservation is released under the same lock as the insert (it becomes the entry's
+    /// charge), also when nothing is stored: when other fills' reservations leave no room
+    /// for the entry even with every entry evicted, it is not stored.
+    pub fn put_held(&self, key: CacheKey, resp: Arc<CachedResponse>, held: usize) -> bool {
         let charge = Self::charge(&key, &resp);
         if charge > self.max_entry_bytes || resp.is_expired_at(SystemTime::now()) {
+            self.release(held);
             return false;
         }
         let mut lru = self.inner.lock();
+        lru.reserved -= held.min(lru.reserved);
         lru.remove(&key.full);
-        while lru.bytes + charge > self.max_bytes {
+        while lru.bytes + lru.reserved + charge > self.max_bytes {
+            // why: with every entry gone, only other fills' reservations hold the rest;
+            // storing would grow the cache beyond its bound.
             let Some((_, oldest)) = lru.order.pop_first() else {
-                break;
+                return false;
             };
             if let Some(e) = lru.map.remove(&oldest) {
                 lru.bytes -= e.charge;
@@ -368,12 +384,37 @@ impl MemoryCache {
         true
     }
 
+    /// Reserves `n` bytes for an answer being filled, evicting least recently used entries
+    /// to make room; `false` (nothing reserved) when even an empty cache has no room.
+    pub(super) fn reserve(&self, n: usize) -> bool {
+        let mut lru = self.inner.lock();
+        while lru.bytes + lru.reserved + n > self.max_bytes {
+            let Some((_, oldest)) = lru.order.pop_first() else {
+                return false;
+            };
+            if let Some(e) = lru.map.remove(&oldest) {
+                lru.bytes -= e.charge;
+            }
+        }
+        lru.reserved += n;
+        true
+    }
+
+    /// Releases `n` reserved bytes.
+    pub(super) fn release(&self, n: usize) {
+        if n > 0 {
+            let mut lru = self.inner.lock();
+            lru.reserved -= n.min(lru.reserved);
+        }
+    }
+
     /// Removes every entry; returns how many were removed.
     pub fn purge_all(&self) -> usize {
         let mut lru = self.inner.lock();
         let n = lru.map.len();
         *lru = Lru {
             next_tick: lru.next_tick,
+            reserved: lru.reserved,
             ..Lru::default()
         };
         n
@@ -392,9 +433,10 @@ impl MemoryCache {
         self.inner.lock().retain(|_, e| !e.resp.is_expired_at(now))
     }
 
-    /// Bytes currently charged.
+    /// Bytes currently charged: entries plus the reservations of fills in progress.
     pub fn bytes(&self) -> usize {
-        self.inner.lock().bytes
+        let lru = self.inner.lock();
+        lru.bytes + lru.reserved
     }
 
     /// Number of entries (including expired ones not yet read).

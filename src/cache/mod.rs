@@ -19,6 +19,7 @@
 //! The proxy writes the returned [`CachedResponse`] to the client; it strips hop-by-hop and
 //! per-client headers (`Set-Cookie`, `Connection`, ...) in the fetch before returning.
 
+pub mod hold;
 pub mod key;
 pub mod memory;
 pub mod rules;
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use hold::{Hold, Room};
 pub use key::{canonical_key, CacheKey};
 pub use memory::{CachedResponse, MemoryCache};
 pub use shared::{SharedError, SharedSettings, SharedTier};
@@ -98,11 +100,18 @@ pub struct StoreRule {
 pub struct Fetched {
     pub resp: CachedResponse,
     pub store: Option<rules::StoreDecision>,
+    /// The bytes the fill reserved for the answer ([`ResponseCache::hold`]): they become the
+    /// entry's charge when it is stored and are released otherwise.
+    pub hold: Option<Hold>,
 }
 
 impl From<CachedResponse> for Fetched {
     fn from(resp: CachedResponse) -> Self {
-        Fetched { resp, store: None }
+        Fetched {
+            resp,
+            store: None,
+            hold: None,
+        }
     }
 }
 
@@ -435,6 +444,12 @@ impl ResponseCache {
         }
     }
 
+    /// A reservation in the memory tier for an answer a fill is about to buffer (see
+    /// [`hold`]); empty until it grows.
+    pub fn hold(&self) -> Hold {
+        Hold::new(self.inner.clone())
+    }
+
     /// Keys currently being fetched.
     pub fn in_flight(&self) -> usize {
         self.inner.flights.in_flight()
@@ -497,7 +512,11 @@ impl Inner {
         let fetched = tokio::spawn(fetch)
             .await
             .unwrap_or(Err(FetchError::Aborted));
-        let Fetched { mut resp, store } = match fetched {
+        let Fetched {
+            mut resp,
+            store,
+            mut hold,
+        } = match fetched {
             Ok(f) => f.into(),
             Err(e) => {
                 guard.publish(Err(e));
@@ -530,8 +549,10 @@ impl Inner {
         let store = !ttl.is_zero() && status_ok && size_ok;
         if store {
             this.counters.stores.fetch_add(1, Ordering::Relaxed);
-            this.memory.put(key.clone(), resp.clone());
+            let held = hold.as_mut().map_or(0, Hold::take);
+            this.memory.put_held(key.clone(), resp.clone(), held);
         }
+        drop(hold);
         // why: publish before the Redis write so no client waits on the shared tier.
         guard.publish(Ok((resp.clone(), Source::Origin)));
         if store {

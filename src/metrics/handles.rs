@@ -275,6 +275,7 @@ pub enum CacheResult {
     Coalesced,
     VariantMiss,
     TooLarge,
+    NoRoom,
     Error,
 }
 
@@ -296,7 +297,7 @@ pub struct RouteHandles {
     /// `floodgate_map_lookups_total{map, result}` (`hit`, `miss`) with `pick_server`.
     map_lookups: Option<[IntCounter; 2]>,
     /// `floodgate_cache_requests_total{route, result}` with `cache:`, by [`CacheResult`].
-    cache: Option<[IntCounter; 7]>,
+    cache: Option<[IntCounter; 8]>,
 }
 
 impl RouteHandles {

@@ -78,13 +78,14 @@ fn hist(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>
 }
 
 /// `floodgate_cache_requests_total{result}` values (`proxy::cached`).
-const CACHE_RESULTS: [&str; 7] = [
+const CACHE_RESULTS: [&str; 8] = [
     "hit",
     "hit_shared",
     "miss",
     "coalesced",
     "variant_miss",
     "too_large",
+    "no_room",
     "error",
 ];
 /// `floodgate_health_checks_total{result}` values (`upstream::health::Probe::label`).
@@ -264,7 +265,7 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("register: {e}"));
                 c
             },
-            cache_bytes: single("floodgate_cache_bytes", "Bytes held by the memory cache"),
+            cache_bytes: single("floodgate_cache_bytes", "Bytes charged to the memory cache: entries plus answers being filled"),
             cache_entries: single(
                 "floodgate_cache_entries",
                 "Entries held by the memory cache",

@@ -5,7 +5,8 @@
 //! proxied request and runs detached from the client. Every waiter, the leader's client
 //! included, then gets the flight's answer written locally. Answers that may not be shared
 //! with this request (another variant of the origin's `Vary`, or larger than the route's
-//! `max_entry_size`) are not written from the cache: the request is proxied on its own.
+//! `max_entry_size`, or with no room in the memory cache while it was filled) are not written
+//! from the cache: the request is proxied on its own.
 
 use super::ctx::{Ctx, Served};
 use super::fill::{FillError, FillPlan};
@@ -106,6 +107,7 @@ pub async fn serve(
     let remove_headers = ctx.remove_headers.clone();
     let (request_id, client_request_id) = (ctx.request_id.clone(), ctx.client_request_id);
     let (fill_route, secret_owned) = (route.clone(), secret.to_vec());
+    let fill_cache = cache.clone();
     let fetch = move || {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let plan = Some(FillPlan {
@@ -120,6 +122,7 @@ pub async fn serve(
             request_id,
             client_request_id,
             secret: secret_owned,
+            hold: fill_cache.hold(),
             reply,
         });
         let sub_ctx = SubrequestCtx::builder().user_ctx(Box::new(plan)).build();
@@ -170,6 +173,10 @@ pub async fn serve(
         Err(FetchError::Upstream(e)) => match e.downcast_ref::<FillError>() {
             Some(FillError::TooLarge) => {
                 label(CacheResult::TooLarge);
+                return Ok(CacheAnswer::Bypass);
+            }
+            Some(FillError::NoRoom) => {
+                label(CacheResult::NoRoom);
                 return Ok(CacheAnswer::Bypass);
             }
             Some(FillError::Failed(f)) => {

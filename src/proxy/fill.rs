@@ -15,9 +15,15 @@
 //! and sends it back once, as a [`Fetched`] with the RFC 9111 storing decision. Dropping the
 //! sink without a result (any early end) closes the channel, which the cache reports as an
 //! aborted fetch to every waiter.
+//!
+//! The body being collected is charged to the memory cache as it grows (a [`Hold`]: the
+//! buffer's capacity, evicting entries for room); stored, that becomes the entry's charge.
+//! When the cache has no room even after evicting every entry (other fills hold it), the fill
+//! stops collecting and answers [`FillError::NoRoom`] at once: every waiter is proxied on its
+//! own, uncached, and the cache never grows beyond `max_bytes` for answers in flight.
 
 use crate::cache::rules::{store_decision, variant_fingerprint, vary_names};
-use crate::cache::{CachedResponse, Fetched};
+use crate::cache::{CachedResponse, Fetched, Hold, Room};
 use crate::config::RouteConfig;
 use crate::error::Failure;
 use crate::state::Route;
@@ -66,6 +72,9 @@ pub enum FillError {
     /// The answer was larger than the route's `max_entry_size` and [`SHARE_MAX`]: callers
     /// proxy on their own.
     TooLarge,
+    /// The memory cache had no room for the answer while it was collected, even after
+    /// evicting every entry (other fills' answers hold it): callers proxy on their own.
+    NoRoom,
 }
 
 impl std::fmt::Display for FillError {
@@ -73,6 +82,7 @@ impl std::fmt::Display for FillError {
         match self {
             FillError::Failed(x) => f.write_str(x.reason()),
             FillError::TooLarge => f.write_str("answer too large to share"),
+            FillError::NoRoom => f.write_str("no room in the memory cache for the answer"),
         }
     }
 }
@@ -95,6 +105,8 @@ pub struct FillPlan {
     pub client_request_id: bool,
     /// Key for hashing the values of the origin's `Vary` headers.
     pub secret: Vec<u8>,
+    /// The memory cache's reservation for the answer's bytes.
+    pub hold: Hold,
     pub reply: oneshot::Sender<FillResult>,
 }
 
@@ -156,7 +168,19 @@ pub struct FillSink {
     limit: usize,
     head: Option<Head>,
     body: BytesMut,
-    too_large: bool,
+    collect: Collect,
+    /// The body's bytes reserved in the memory cache; `None` once not collecting.
+    hold: Option<Hold>,
+}
+
+/// Whether the sink is still collecting the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collect {
+    Body,
+    /// Over the limit: the answer goes to nobody from here.
+    TooLarge,
+    /// No room in the memory cache: already answered [`FillError::NoRoom`].
+    NoRoom,
 }
 
 struct Head {
@@ -170,6 +194,7 @@ impl FillSink {
     pub fn new(
         route: &RouteConfig,
         secret: Vec<u8>,
+        hold: Hold,
         reply: oneshot::Sender<FillResult>,
     ) -> FillSink {
         let rc = route.cache.as_ref();
@@ -185,7 +210,8 @@ impl FillSink {
             }),
             head: None,
             body: BytesMut::new(),
-            too_large: false,
+            collect: Collect::Body,
+            hold: Some(hold),
         }
     }
 
@@ -213,8 +239,8 @@ impl FillSink {
             .and_then(|v| v.parse::<usize>().ok())
         {
             if len > self.limit {
-                self.too_large = true;
-            } else {
+                self.stop(Collect::TooLarge);
+            } else if self.charge(len) == Room::Reserved {
                 self.body.reserve(len);
             }
         }
@@ -229,18 +255,32 @@ impl FillSink {
     /// A chunk of the origin's body; at the end of the body the answer is sent back.
     pub fn on_body(&mut self, chunk: Option<&Bytes>, end: bool) {
         if let Some(c) = chunk {
-            if !self.too_large {
-                if self.body.len() + c.len() > self.limit {
-                    self.too_large = true;
-                    self.body = BytesMut::new();
-                } else {
+            if self.collect == Collect::Body {
+                let needed = self.body.len() + c.len();
+                if needed > self.limit {
+                    self.stop(Collect::TooLarge);
+                } else if needed <= self.body.capacity() {
                     self.body.extend_from_slice(c);
+                } else {
+                    // Grow as a `Vec` would (doubling), charged before it is allocated.
+                    let target = needed.max(2 * self.body.capacity()).min(self.limit);
+                    if self.charge(target) == Room::Reserved {
+                        self.body.reserve(target - self.body.len());
+                        self.body.extend_from_slice(c);
+                        let _ = self.charge(self.body.capacity());
+                    }
                 }
             }
         }
         if end {
             self.complete();
         }
+    }
+
+    /// Whether the sink gave up for want of room in the memory cache: the subrequest should
+    /// end now rather than read an answer nobody takes (its waiters fetch on their own).
+    pub fn abandoned(&self) -> bool {
+        self.collect == Collect::NoRoom
     }
 
     /// The end of the subrequest: sends what it has (or the failure) if not sent yet.
@@ -251,12 +291,32 @@ impl FillSink {
         }
     }
 
+    /// Charges the body's buffer at `bytes` to the memory cache; without room the sink stops
+    /// collecting and answers [`FillError::NoRoom`].
+    fn charge(&mut self, bytes: usize) -> Room {
+        let room = self.hold.as_mut().map_or(Room::Full, |h| h.grow_to(bytes));
+        if room == Room::Full {
+            self.stop(Collect::NoRoom);
+            self.send(Err(FillError::NoRoom));
+        }
+        room
+    }
+
+    /// Stops collecting: the buffer and its reservation are freed.
+    fn stop(&mut self, why: Collect) {
+        self.collect = why;
+        self.body = BytesMut::new();
+        self.hold = None;
+    }
+
     fn complete(&mut self) {
         if self.reply.is_none() {
             return;
         }
-        if self.too_large {
-            return self.send(Err(FillError::TooLarge));
+        match self.collect {
+            Collect::Body => {}
+            Collect::TooLarge => return self.send(Err(FillError::TooLarge)),
+            Collect::NoRoom => return self.send(Err(FillError::NoRoom)),
         }
         let Some(head) = self.head.take() else {
             return self.send(Err(FillError::Failed(Failure::UpstreamProtocol)));
@@ -270,9 +330,11 @@ impl FillSink {
             expires_at: now,
             variant: head.variant,
         };
+        let hold = self.hold.take();
         self.send(Ok(Fetched {
             resp,
             store: Some(head.store),
+            hold,
         }));
     }
 

@@ -123,7 +123,12 @@ impl Gateway {
         ctx.set_headers = plan.set_headers;
         ctx.remove_headers = plan.remove_headers;
         ctx.served = Served::Fill;
-        ctx.fill = Some(fill::FillSink::new(&plan.route, plan.secret, plan.reply));
+        ctx.fill = Some(fill::FillSink::new(
+            &plan.route,
+            plan.secret,
+            plan.hold,
+            plan.reply,
+        ));
         ctx.upstream = Some(plan.upstream);
         ctx.route = Some(plan.route.clone());
         self.admit(session, ctx, &plan.route).await
@@ -487,6 +492,9 @@ impl ProxyHttp for Gateway {
         ctx.upstream_status = Some(resp.status.as_u16());
         if let Some(sink) = ctx.fill.as_mut() {
             sink.on_head(resp, _session.req_header());
+            if sink.abandoned() {
+                return Err(fill_abandoned());
+            }
         }
         if let (Some(up), Some(i)) = (ctx.upstream.as_deref(), ctx.server) {
             if up.observe_status(i, resp.status.as_u16()) {
@@ -530,6 +538,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<std::time::Duration>> {
         if let Some(sink) = ctx.fill.as_mut() {
             sink.on_body(_body.as_ref(), end_of_stream);
+            if sink.abandoned() {
+                return Err(fill_abandoned());
+            }
         }
         if end_of_stream {
             // The upstream is done with this request: free its slot now, not when a slow
@@ -541,6 +552,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if ctx.fill.as_ref().is_some_and(fill::FillSink::abandoned) {
+            // Nobody reads a fill's own answer; its waiters were told already.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let failure = ctx.failure.clone().or_else(|| classify(e));
         // why: Pingora keeps the downstream connection only for errors before an upstream was
         // chosen; say so to the client instead of letting it reuse a connection we close
@@ -569,7 +587,7 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
         // our access log already records every failure with its reason
-        ctx.failure.is_some()
+        ctx.failure.is_some() || ctx.fill.as_ref().is_some_and(fill::FillSink::abandoned)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -598,6 +616,15 @@ impl ProxyHttp for Gateway {
             policy::log(&self.state.policy, session, ctx);
         }
     }
+}
+
+/// Ends a fill subrequest whose sink gave up for want of room in the memory cache (its
+/// waiters proxy on their own), so the origin's answer is not read twice.
+fn fill_abandoned() -> Box<Error> {
+    Error::explain(
+        ErrorType::InternalError,
+        "cache fill abandoned: no room in the memory cache",
+    )
 }
 
 /// Whether the client closed its side of an HTTP/1 connection during the request.
