@@ -167,10 +167,12 @@ async fn upstream_health(session: &mut Session, ctx: &mut Ctx, up: &Upstream) ->
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = Ctx;
+    // why: boxed, so that Pingora's per-request future (which holds the context inline, and
+    // which `process_new_http` copies twice) stays small
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new(&self.state)
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx::new(&self.state))
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
@@ -178,7 +180,7 @@ impl ProxyHttp for Gateway {
         // allocation and three boxed filter calls per request; floodgate never compresses.
     }
 
-    fn allow_spawning_subrequest(&self, session: &Session, ctx: &Ctx) -> bool {
+    fn allow_spawning_subrequest(&self, session: &Session, ctx: &Self::CTX) -> bool {
         // Only cached routes fill through subrequests (GET, and HEAD answered from GET).
         ctx.snap.has_cache_routes
             && session.subrequest_ctx.is_none()
@@ -188,7 +190,7 @@ impl ProxyHttp for Gateway {
             )
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         if let Some(plan) = fill::take_plan(session) {
             return self.start_fill(session, ctx, plan).await;
         }
@@ -320,7 +322,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_received += b.len() as u64;
@@ -339,7 +341,11 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         let Some(up) = ctx.upstream.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
@@ -374,7 +380,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(up), Some(i)) = (ctx.upstream.clone(), ctx.server) {
@@ -425,7 +431,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let raw_path = ctx.route.as_ref().is_some_and(|r| r.raw_path);
         crate::frontdoor::target::restore_raw_target(req, raw_path, ctx.raw_target.as_ref());
@@ -482,7 +488,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
         if let Some(sink) = ctx.fill.as_mut() {
@@ -505,7 +511,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id_value())?;
         headers::response_rules(session, ctx, resp);
@@ -526,7 +532,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(sink) = ctx.fill.as_mut() {
             sink.on_body(_body.as_ref(), end_of_stream);
@@ -540,7 +546,12 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         let failure = ctx.failure.clone().or_else(|| classify(e));
         // why: Pingora keeps the downstream connection only for errors before an upstream was
         // chosen; say so to the client instead of letting it reuse a connection we close
@@ -567,12 +578,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _e: &Error) -> bool {
         // our access log already records every failure with its reason
         ctx.failure.is_some()
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         if let (Some(up), Some(_)) = (&ctx.upstream, ctx.server) {
             if client_left(session) {
                 up.metrics.client_gone(if ctx.upstream_done {
