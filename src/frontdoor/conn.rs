@@ -8,6 +8,7 @@ use super::head::{self, Framing, HeadEnd, Progress};
 use super::target::{self, Form};
 use super::{FrontDoor, Refusal, Shared};
 use crate::error::{failure_response, Failure};
+use crate::lifecycle::Phase;
 use bytes::{Buf, BytesMut};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora_core::protocols::http::ServerSession;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long a kept-alive connection may sit idle before its next request: Pingora's default,
@@ -58,16 +60,17 @@ pub(super) async fn serve(
     let accepted = Instant::now();
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut first = true;
+    let mut phase = fd.shared.state.phase.subscribe();
     loop {
-        let (buf, check) = match read_request(&fd.shared, &mut stream, door, first, accepted).await
-        {
-            Next::Request(buf, check) => (buf, check),
-            Next::Closed => return,
-            Next::Refuse(reason, seen) => {
-                refuse(&fd.shared, stream, door, reason, &seen).await;
-                return;
-            }
-        };
+        let (buf, check) =
+            match read_request(&fd.shared, &mut stream, &mut phase, door, first, accepted).await {
+                Next::Request(buf, check) => (buf, check),
+                Next::Closed => return,
+                Next::Refuse(reason, seen) => {
+                    refuse(&fd.shared, stream, door, reason, &seen).await;
+                    return;
+                }
+            };
         let stream_in = match check {
             Some(check) => {
                 let shared = fd.shared.clone();
@@ -107,10 +110,31 @@ pub(super) async fn serve(
     }
 }
 
+/// Waits for the next request's first bytes on a kept-alive connection: `None` when the
+/// process is stopping or the connection stayed idle until `idle_until`.
+async fn wait_read(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    phase: &mut watch::Receiver<Phase>,
+    idle_until: Instant,
+) -> Option<std::io::Result<usize>> {
+    // why: an idle kept-alive connection stays open through the drain (its next request is
+    // answered with `Connection: close`) and closes when the process stops; closing it at the
+    // shutdown broadcast races a client that is just sending its next request, which then sees
+    // a reset (src/lifecycle/handoff.rs).
+    tokio::select! {
+        biased;
+        r = stream.read_buf(buf) => Some(r),
+        _ = phase.wait_for(|p| *p == Phase::Stopping) => None,
+        _ = tokio::time::sleep_until(idle_until) => None,
+    }
+}
+
 /// Reads and checks one request head (and the start of a chunked body).
 async fn read_request(
     shared: &Shared,
     stream: &mut Stream,
+    phase: &mut watch::Receiver<Phase>,
     door: usize,
     first: bool,
     accepted: Instant,
@@ -138,14 +162,9 @@ async fn read_request(
                 // request is answered with `Connection: close`) and closes when the process
                 // stops; closing it at the shutdown broadcast races a client that is just
                 // sending its next request, which then sees a reset (src/lifecycle/handoff.rs).
-                let mut phase = shared.state.phase.subscribe();
-                let read = tokio::select! {
-                    biased;
-                    r = stream.read_buf(&mut buf) => r,
-                    _ = phase.wait_for(|p| *p == crate::lifecycle::Phase::Stopping) => {
-                        return Next::Closed
-                    }
-                    _ = tokio::time::sleep_until(idle_until) => return Next::Closed,
+                let read = match wait_read(stream, &mut buf, phase, idle_until).await {
+                    Some(r) => r,
+                    None => return Next::Closed,
                 };
                 match read {
                     Ok(0) | Err(_) => return Next::Closed,

@@ -68,7 +68,7 @@ impl HeadEnd {
     /// Looks at `buf` (the bytes received so far, leading blank lines already dropped).
     pub fn advance(&mut self, buf: &[u8], limits: &Limits) -> Progress {
         let mut i = self.scanned;
-        while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        while let Some(off) = memchr::memchr(b'\n', &buf[i..]) {
             let lf = i + off;
             if self.first_lf.is_none() {
                 self.first_lf = Some(lf);
@@ -151,6 +151,23 @@ const fn value_table() -> [bool; 256] {
 static TCHAR: [bool; 256] = tchar_table();
 static VALUE: [bool; 256] = value_table();
 
+/// How many leading bytes of `s` are in `set`: eight at a time while all are, then one by one.
+#[inline]
+pub(super) fn span(s: &[u8], set: &[bool; 256]) -> usize {
+    let mut i = 0;
+    for c in s.chunks_exact(8) {
+        let all = c.iter().fold(true, |ok, &b| ok & set[b as usize]);
+        if !all {
+            break;
+        }
+        i += 8;
+    }
+    i + s[i..]
+        .iter()
+        .position(|&b| !set[b as usize])
+        .unwrap_or(s.len() - i)
+}
+
 fn trim_ows(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
@@ -164,9 +181,7 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 /// The byte index of the CR ending the line that starts at `from`, checking that the LF is
 /// preceded by CR and that no other CR appears on the way.
 fn line_end(head: &[u8], from: usize) -> Result<usize, Refusal> {
-    let lf = head[from..]
-        .iter()
-        .position(|&b| b == b'\n')
+    let lf = memchr::memchr(b'\n', &head[from..])
         .map(|p| from + p)
         .ok_or(Refusal::BareLf)?;
     if lf == from || head[lf - 1] != b'\r' {
@@ -180,14 +195,8 @@ fn line_end(head: &[u8], from: usize) -> Result<usize, Refusal> {
 fn request_line(
     line: &[u8],
 ) -> Result<((usize, usize), (usize, usize), (usize, usize), bool), Refusal> {
-    let sp1 = line
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or(Refusal::RequestLine)?;
-    let sp2 = line
-        .iter()
-        .rposition(|&b| b == b' ')
-        .ok_or(Refusal::RequestLine)?;
+    let sp1 = memchr::memchr(b' ', line).ok_or(Refusal::RequestLine)?;
+    let sp2 = memchr::memrchr(b' ', line).ok_or(Refusal::RequestLine)?;
     if sp1 == 0 || sp2 == sp1 || sp2 == sp1 + 1 {
         return Err(Refusal::RequestLine);
     }
@@ -243,10 +252,8 @@ pub fn parse(head: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         if fields > limits.max_fields {
             return Err(Refusal::TooManyHeaders);
         }
-        let mut j = pos;
-        while j < head.len() && TCHAR[head[j] as usize] {
-            j += 1;
-        }
+        // why: slice scans without per-byte bounds checks; this loop runs for every request
+        let j = pos + span(&head[pos..], &TCHAR);
         if j == pos || head.get(j) != Some(&b':') {
             // covers a space before the colon, a missing colon and a bare LF inside the name
             return Err(if head.get(j) == Some(&b'\n') {
@@ -257,14 +264,12 @@ pub fn parse(head: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         }
         let name = &head[pos..j];
         let vstart = j + 1;
-        let mut k = vstart;
-        let cr = loop {
-            match head.get(k) {
-                Some(b'\r') if head.get(k + 1) == Some(&b'\n') => break k,
-                Some(b'\n') | None => return Err(Refusal::BareLf),
-                Some(&b) if VALUE[b as usize] => k += 1,
-                Some(_) => return Err(Refusal::HeaderSyntax),
-            }
+        // the first byte that is not a field-value byte must be the CR of a CRLF
+        let k = vstart + span(&head[vstart..], &VALUE);
+        let cr = match head.get(k) {
+            Some(b'\r') if head.get(k + 1) == Some(&b'\n') => k,
+            Some(b'\n') | None => return Err(Refusal::BareLf),
+            Some(_) => return Err(Refusal::HeaderSyntax),
         };
         let value = trim_ows(&head[vstart..cr]);
         match name.len() {

@@ -112,6 +112,20 @@ pub fn path_of(t: &[u8]) -> &[u8] {
     t.iter().position(|&b| b == b'?').map_or(t, |q| &t[..q])
 }
 
+const fn host_name_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    t
+}
+
+/// Bytes of a host name in `Host` or an absolute-form authority.
+static HOST_NAME: [bool; 256] = host_name_table();
+
 /// `host[:port]` where host is a name of letters, digits, `-`, `.`, `_`, `~` or a bracketed
 /// IPv6 address, and port is 1 to 5 digits up to 65535. An empty value is not a host.
 pub fn valid_host(v: &[u8]) -> bool {
@@ -125,16 +139,10 @@ pub fn valid_host(v: &[u8]) -> bool {
             &v[close + 1..],
         )
     } else {
-        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
-        let name = &v[..end];
-        (
-            !name.is_empty()
-                && name.len() <= 253
-                && name
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')),
-            &v[end..],
-        )
+        // the name ends at its first byte that is not a name byte: `:` (a port follows) or
+        // a byte that makes the whole value invalid (`rest` then starts with it)
+        let end = super::head::span(v, &HOST_NAME);
+        (end > 0 && end <= 253, &v[end..])
     };
     if !host_ok {
         return false;
@@ -145,10 +153,7 @@ pub fn valid_host(v: &[u8]) -> bool {
             !port.is_empty()
                 && port.len() <= 5
                 && port.iter().all(u8::is_ascii_digit)
-                && std::str::from_utf8(port)
-                    .ok()
-                    .and_then(|p| p.parse::<u32>().ok())
-                    .is_some_and(|p| p <= 65535)
+                && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
         }
         Some(_) => false,
     }

@@ -172,10 +172,12 @@ async fn upstream_health(session: &mut Session, ctx: &mut Ctx, up: &Upstream) ->
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = Ctx;
+    // why: boxed, so that Pingora's per-request future (which holds the context inline, and
+    // which `process_new_http` copies twice) stays small
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new(&self.state)
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx::new(&self.state))
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
@@ -183,7 +185,7 @@ impl ProxyHttp for Gateway {
         // allocation and three boxed filter calls per request; floodgate never compresses.
     }
 
-    fn allow_spawning_subrequest(&self, session: &Session, ctx: &Ctx) -> bool {
+    fn allow_spawning_subrequest(&self, session: &Session, ctx: &Self::CTX) -> bool {
         // Only cached routes fill through subrequests (GET, and HEAD answered from GET).
         ctx.snap.has_cache_routes
             && session.subrequest_ctx.is_none()
@@ -193,7 +195,7 @@ impl ProxyHttp for Gateway {
             )
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         if let Some(plan) = fill::take_plan(session) {
             return self.start_fill(session, ctx, plan).await;
         }
@@ -325,7 +327,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_received += b.len() as u64;
@@ -344,7 +346,11 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         let Some(up) = ctx.upstream.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
@@ -379,7 +385,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(up), Some(i)) = (ctx.upstream.clone(), ctx.server) {
@@ -430,7 +436,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let raw_path = ctx.route.as_ref().is_some_and(|r| r.raw_path);
         crate::frontdoor::target::restore_raw_target(req, raw_path, ctx.raw_target.as_ref());
@@ -487,7 +493,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
         if let Some(sink) = ctx.fill.as_mut() {
@@ -513,7 +519,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id_value())?;
         headers::response_rules(session, ctx, resp);
@@ -534,7 +540,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(sink) = ctx.fill.as_mut() {
             sink.on_body(_body.as_ref(), end_of_stream);
@@ -551,7 +557,12 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         if ctx.fill.as_ref().is_some_and(fill::FillSink::abandoned) {
             // Nobody reads a fill's own answer; its waiters were told already.
             return FailToProxy {
@@ -585,12 +596,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _e: &Error) -> bool {
         // our access log already records every failure with its reason
         ctx.failure.is_some() || ctx.fill.as_ref().is_some_and(fill::FillSink::abandoned)
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         if let (Some(up), Some(_)) = (&ctx.upstream, ctx.server) {
             if client_left(session) {
                 up.metrics.client_gone(if ctx.upstream_done {
