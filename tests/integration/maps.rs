@@ -18,6 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a file change may take to re-route (the brief's bound; inotify sees it at once).
 const FILE_CHANGE_BOUND: Duration = Duration::from_secs(2);
+/// How long a refused file may take to show in the error counter: not a promised bound (the
+/// routing bound above is), so generous for a loaded CI machine.
+const ERROR_SEEN_BOUND: Duration = Duration::from_secs(10);
 
 /// Replaces each `{KEY}` placeholder of `yaml` (besides the harness's `{PORT}`/`{ADMIN}`/`{DIR}`).
 fn fill(yaml: &str, vars: &[(&str, String)]) -> String {
@@ -842,7 +845,7 @@ async fn bad_map_file_keeps_the_old_routing_and_is_logged_and_counted() {
 
     rename_over(&path, "node1 master2\nlonely\nnode2 master3\n");
     assert!(
-        eventually(FILE_CHANGE_BOUND, || async { updates(&gw, "file", "error").await == 1.0 }).await,
+        eventually(ERROR_SEEN_BOUND, || async { updates(&gw, "file", "error").await == 1.0 }).await,
         "a line without a value is counted as floodgate_map_updates_total{{result=\"error\"}} within {FILE_CHANGE_BOUND:?}"
     );
     assert_eq!(
@@ -858,7 +861,7 @@ async fn bad_map_file_keeps_the_old_routing_and_is_logged_and_counted() {
 
     rewrite_in_place(&path, "node1 master2\nnode2 master9\n");
     assert!(
-        eventually(FILE_CHANGE_BOUND, || async {
+        eventually(ERROR_SEEN_BOUND, || async {
             updates(&gw, "file", "error").await >= 2.0
         })
         .await,
