@@ -218,14 +218,15 @@ async fn ramp_3000_hosts_reach_95_percent_of_the_physical_limit() {
 #[tokio::test(start_paused = true)]
 async fn burst_1500_hosts_reach_95_percent_of_the_physical_limit() {
     // why: in a burst the evidence needs about half a second to form (32 grants), and the
-    // hosts that arrived before it are told from the back of the queue as it does: most
-    // within 1 s (0.69-0.88 over these seeds), the rest within about 2 s. Several seeds, as
-    // the share turns on how fast the estimate's measured spread narrows.
-    for seed in 4..=7 {
+    // hosts that arrived before it are told from the back of the queue as it does, trusting
+    // the estimate more as their first second ends: 0.82-1.00 within 1 s over these seeds
+    // (0.63-0.88 with two standard errors throughout). Several seeds, as the share turns on
+    // how close the estimate of the burst's first second comes to the later drain.
+    for seed in 4..=11 {
         judge(
             &format!("burst 1500 (seed {seed})"),
             &storm(1500, Duration::ZERO, seed).await,
-            0.65,
+            0.8,
         );
     }
 }
