@@ -236,11 +236,9 @@ impl Admission {
             return false;
         }
         let ahead = st.classes.get(&class).map_or(0, VecDeque::len) - 1;
-        let left = self
-            .settings
-            .timeout
-            .saturating_sub(now.saturating_duration_since(tail.arrived));
-        let lenient = trim_leniency(now.saturating_duration_since(tail.arrived));
+        let waited = now.saturating_duration_since(tail.arrived);
+        let left = self.settings.timeout.saturating_sub(waited);
+        let lenient = trim_leniency(waited);
         let Some(wait) = st
             .drain
             .get(&class.0)
