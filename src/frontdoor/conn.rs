@@ -158,10 +158,6 @@ async fn read_request(
         }
         match deadline {
             None => {
-                // why: an idle kept-alive connection stays open through the drain (its next
-                // request is answered with `Connection: close`) and closes when the process
-                // stops; closing it at the shutdown broadcast races a client that is just
-                // sending its next request, which then sees a reset (src/lifecycle/handoff.rs).
                 let read = match wait_read(stream, &mut buf, phase, idle_until).await {
                     Some(r) => r,
                     None => return Next::Closed,

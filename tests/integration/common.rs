@@ -257,6 +257,21 @@ pub async fn origin(name: &str) -> OriginHandle {
     .expect("origin")
 }
 
+/// Reads one request head (up to and including its blank line) from a raw origin's
+/// connection; `None` when the peer closes or fails first.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(buf)
+}
+
 /// Polls `cond` every 20 ms until it holds or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
 where

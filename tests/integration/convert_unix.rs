@@ -8,7 +8,7 @@
 use crate::common::*;
 use crate::convert::{fixture, run_convert};
 use std::path::Path;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[test]
 fn haproxy_default_server_lines_reach_every_server_and_the_result_passes_check() {
@@ -63,14 +63,9 @@ fn echo_origin(path: &Path) -> tokio::task::JoinHandle<()> {
                 return;
             };
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                let Some(buf) = crate::common::read_head(&mut s).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&buf).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or("");
                 let host = head

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// An HTTPS map server requiring a client certificate signed by `client_ca`; answers every
 /// GET with the current body. `served` counts answers (completed handshakes only).
@@ -55,13 +55,8 @@ impl TlsMapServer {
                     if Pin::new(&mut s).accept().await.is_err() {
                         return;
                     }
-                    let mut head = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&chunk[..n]),
-                        }
+                    if crate::common::read_head(&mut s).await.is_none() {
+                        return;
                     }
                     let text = bd.lock().clone();
                     sv.fetch_add(1, Ordering::SeqCst);

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// An HTTPS origin: answers every request `200` with a body naming the client certificate's
 /// subject (`client=CN=...` or `client=none`) and the path. With `client_ca` it requires a
@@ -64,14 +64,9 @@ async fn tls_origin_with(
                 if Pin::new(&mut s).accept().await.is_err() {
                     return;
                 }
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                let Some(buf) = crate::common::read_head(&mut s).await else {
+                    return;
+                };
                 h.fetch_add(1, Ordering::SeqCst);
                 let head = String::from_utf8_lossy(&buf).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or("").to_string();

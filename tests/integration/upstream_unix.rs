@@ -5,7 +5,7 @@ use crate::common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// An HTTP/1.1 origin on a Unix socket: `200 unix-origin path=...` to every request.
 struct UnixOrigin {
@@ -30,14 +30,9 @@ fn unix_origin(path: &std::path::Path) -> UnixOrigin {
             };
             let h = h.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                let Some(buf) = crate::common::read_head(&mut s).await else {
+                    return;
+                };
                 h.fetch_add(1, Ordering::SeqCst);
                 let head = String::from_utf8_lossy(&buf).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or("").to_string();
