@@ -49,6 +49,11 @@ fn rss_bytes() -> usize {
 /// Runs `test` (this module's test function of that name) alone in a child process and fails
 /// when the child fails; returns true in the child, which then measures.
 fn in_child_process(test: &str) -> bool {
+    in_child_process_with(test, &[])
+}
+
+/// [`in_child_process`] with `env` set in the child.
+fn in_child_process_with(test: &str, env: &[(&str, &str)]) -> bool {
     if std::env::var_os(CHILD_ENV).is_some() {
         return true;
     }
@@ -60,6 +65,7 @@ fn in_child_process(test: &str) -> bool {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run the test binary again");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -189,15 +195,20 @@ async fn fill_one_client(
     }
 }
 
+/// The runtime of a measuring child process: two workers, as the gateway under test runs.
+fn two_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Fills `entries` answers of `body_len` bytes from `clients` concurrent tasks under the
 /// 16 MiB bound after a warm-up, and checks the resident growth against the bound and, when
 /// `by_charge`, against the charge.
 fn fill_and_measure(entries: usize, body_len: usize, clients: usize, by_charge: bool) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     rt.block_on(async {
         let route = register_route();
         let body = Bytes::from(vec![b'x'; body_len]);
@@ -377,31 +388,19 @@ async fn with_peak<T>(
     (sampler.join().unwrap(), out)
 }
 
-/// The mimalloc setting src/main.rs makes at start (freed memory returned after 10 ms).
-fn tune_allocator_as_main_does() {
-    extern "C" {
-        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    }
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: stores an integer option (15 = `mi_option_purge_delay`); see src/main.rs.
-        unsafe { mi_option_set(15, 10) };
-    }
-}
-
 #[test]
 fn one_mebibyte_answers_through_the_gateway_stay_within_the_resident_bound() {
-    if !in_child_process("one_mebibyte_answers_through_the_gateway_stay_within_the_resident_bound")
-    {
+    // why: the allocator as the gateway binary sets it (src/main.rs `tune_allocator`: a 10 ms
+    // purge delay), through mimalloc's own variable, read when the child starts
+    if !in_child_process_with(
+        "one_mebibyte_answers_through_the_gateway_stay_within_the_resident_bound",
+        &[("MIMALLOC_PURGE_DELAY", "10")],
+    ) {
         return;
     }
-    tune_allocator_as_main_does();
     const CLIENTS: usize = 48;
     const PER_CLIENT: usize = 3;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     rt.block_on(async {
         let origin = start_large_origin(std::time::Duration::from_millis(20)).await;
         let gw = crate::common::TestGateway::start(&format!(
