@@ -53,11 +53,7 @@ pub fn facts<'a>(session: &'a Session, ctx: &'a Ctx) -> Facts<'a> {
 pub fn forwarding(session: &Session, ctx: &Ctx, req: &mut RequestHeader) {
     let Some(l) = listener(ctx) else { return };
     let f = facts(session, ctx);
-    let host = session
-        .req_header()
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok());
+    let host = session.req_header().headers.get(http::header::HOST);
     l.forwarding.apply(&f, host, req);
 }
 

@@ -25,6 +25,26 @@ pub struct Forwarding {
     pub mode: ForwardMode,
     /// Also write RFC 7239 `Forwarded: for=...;host=...;proto=...`.
     pub rfc7239: bool,
+    /// `X-Forwarded-Server`: the listener's `server_name`, made once per config (`None`
+    /// sends none).
+    pub server: Option<HeaderValue>,
+}
+
+/// Our value of one forwarding header: text, or a header value already made.
+#[derive(Clone, Copy)]
+enum Ours<'a> {
+    Text(&'a str),
+    /// Known to be text (checked by the caller).
+    Value(&'a HeaderValue),
+}
+
+impl Ours<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Ours::Text(s) => s,
+            Ours::Value(v) => v.to_str().unwrap_or(""),
+        }
+    }
 }
 
 fn name(s: &'static str) -> WriteName {
@@ -37,18 +57,20 @@ fn name(s: &'static str) -> WriteName {
 impl Forwarding {
     /// Writes the forwarding headers into the upstream request `h`; `host` is the `Host` the
     /// client sent.
-    pub fn apply(&self, f: &Facts, host: Option<&str>, h: &mut impl HeaderTarget) {
+    pub fn apply(&self, f: &Facts, host: Option<&HeaderValue>, h: &mut impl HeaderTarget) {
         if self.mode == ForwardMode::Off {
             return;
         }
         if let Some(ip) = f.client_ip {
-            self.put(h, name("x-forwarded-for"), ip);
+            self.put(h, name("x-forwarded-for"), Ours::Text(ip));
         }
-        if let Some(host) = host {
-            self.put(h, name("x-forwarded-host"), host);
+        // why: a `Host` that is not text is not repeated (nor in `Forwarded`)
+        let host = host.filter(|v| v.to_str().is_ok());
+        if let Some(v) = host {
+            self.put(h, name("x-forwarded-host"), Ours::Value(v));
         }
-        if !f.server_name.is_empty() {
-            self.put(h, name("x-forwarded-server"), f.server_name);
+        if let Some(v) = &self.server {
+            self.put(h, name("x-forwarded-server"), Ours::Value(v));
         }
         let proto = if f.https { "https" } else { "http" };
         h.set(&name("x-forwarded-proto"), HeaderValue::from_static(proto));
@@ -61,17 +83,17 @@ impl Forwarding {
                     el.push_str(&format!("for={ip};"));
                 }
             }
-            if let Some(host) = host {
+            if let Some(host) = host.and_then(|v| v.to_str().ok()) {
                 el.push_str(&format!("host=\"{}\";", host.replace(['"', '\\'], "")));
             }
             el.push_str("proto=");
             el.push_str(proto);
-            self.put(h, name("forwarded"), &el);
+            self.put(h, name("forwarded"), Ours::Text(&el));
         }
     }
 
     /// `append`: the client's lines joined, then ours; `replace`: ours alone.
-    fn put(&self, h: &mut impl HeaderTarget, n: WriteName, ours: &str) {
+    fn put(&self, h: &mut impl HeaderTarget, n: WriteName, ours: Ours) {
         let mut v = String::new();
         if self.mode == ForwardMode::Append {
             for prev in h.map().get_all(&n.name) {
@@ -84,11 +106,14 @@ impl Forwarding {
             }
         }
         // why: the common case (the client sent none) writes ours without building a string
-        let value = if v.is_empty() {
-            HeaderValue::from_str(ours)
-        } else {
-            v.push_str(ours);
-            HeaderValue::from_str(&v)
+        // (and a value that already is one, such as the client's `Host`, is shared, not copied)
+        let value = match ours {
+            Ours::Value(ours) if v.is_empty() => Ok(ours.clone()),
+            Ours::Text(ours) if v.is_empty() => HeaderValue::from_str(ours),
+            ours => {
+                v.push_str(ours.as_str());
+                HeaderValue::from_str(&v)
+            }
         };
         if let Ok(v) = value {
             h.set(&n, v);

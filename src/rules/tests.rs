@@ -262,9 +262,14 @@ fn forwarding_append_replace_off_and_rfc7239() {
         ("x-forwarded-host", "evil.example"),
         ("x-forwarded-proto", "https"),
     ];
-    let fw = |mode, rfc7239| Forwarding { mode, rfc7239 };
+    let fw = |mode, rfc7239| Forwarding {
+        mode,
+        rfc7239,
+        server: Some(HeaderValue::from_static("gw1.example.com")),
+    };
+    let hv = HeaderValue::from_static;
     let mut m = map(&client);
-    fw(ForwardMode::Append, false).apply(&f, Some("foreman.example.com:8443"), &mut m);
+    fw(ForwardMode::Append, false).apply(&f, Some(&hv("foreman.example.com:8443")), &mut m);
     assert_eq!(m["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
     assert_eq!(
         m["x-forwarded-host"],
@@ -275,7 +280,7 @@ fn forwarding_append_replace_off_and_rfc7239() {
     assert!(m.get("forwarded").is_none());
 
     let mut m = map(&client);
-    fw(ForwardMode::Replace, true).apply(&f, Some("h"), &mut m);
+    fw(ForwardMode::Replace, true).apply(&f, Some(&hv("h")), &mut m);
     assert_eq!(m["x-forwarded-for"], "10.0.0.7");
     assert_eq!(m["x-forwarded-host"], "h");
     assert_eq!(m["forwarded"], "for=10.0.0.7;host=\"h\";proto=http");
@@ -287,7 +292,7 @@ fn forwarding_append_replace_off_and_rfc7239() {
     assert_eq!(m["forwarded"], "for=1.2.3.4, for=\"[::1]\";proto=http");
 
     let mut m = map(&client);
-    fw(ForwardMode::Off, true).apply(&f, Some("h"), &mut m);
+    fw(ForwardMode::Off, true).apply(&f, Some(&hv("h")), &mut m);
     assert_eq!(m, map(&client), "off: the client's values pass as sent");
 }
 

@@ -137,6 +137,9 @@ impl Validator {
                 forwarding: Forwarding {
                     mode,
                     rfc7239: l.forwarded_rfc7239.unwrap_or(false),
+                    server: (!server_name.is_empty())
+                        .then(|| http::HeaderValue::from_str(&server_name).ok())
+                        .flatten(),
                 },
                 server_name,
                 client_cert_headers: self.cert_headers(
