@@ -14,7 +14,9 @@ use pingora_core::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,10 +62,11 @@ pub(super) async fn serve(
     let accepted = Instant::now();
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut first = true;
-    let mut phase = fd.shared.state.phase.subscribe();
+    // made at the first keep-alive wait (a connection with one request never needs it)
+    let mut idle: Option<IdleWait> = None;
     loop {
         let (buf, check) =
-            match read_request(&fd.shared, &mut stream, &mut phase, door, first, accepted).await {
+            match read_request(&fd.shared, &mut stream, &mut idle, door, first, accepted).await {
                 Next::Request(buf, check) => (buf, check),
                 Next::Closed => return,
                 Next::Refuse(reason, seen) => {
@@ -110,23 +113,52 @@ pub(super) async fn serve(
     }
 }
 
+/// The keep-alive wait's two wake-ups besides the socket, made once per connection rather than
+/// once per request: the process reaching [`Phase::Stopping`], and an idle timer that may run
+/// early (it is only moved when it fires, so a busy connection does not re-arm a timer for
+/// every request).
+struct IdleWait {
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleWait {
+    fn new(mut phase: watch::Receiver<Phase>, first_deadline: Instant) -> Self {
+        IdleWait {
+            stop: Box::pin(async move {
+                // a closed channel (the process state gone) also ends the wait
+                let _ = phase.wait_for(|p| *p == Phase::Stopping).await;
+            }),
+            timer: Box::pin(tokio::time::sleep_until(first_deadline)),
+        }
+    }
+}
+
 /// Waits for the next request's first bytes on a kept-alive connection: `None` when the
 /// process is stopping or the connection stayed idle until `idle_until`.
 async fn wait_read(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    phase: &mut watch::Receiver<Phase>,
+    idle: &mut IdleWait,
     idle_until: Instant,
 ) -> Option<std::io::Result<usize>> {
     // why: an idle kept-alive connection stays open through the drain (its next request is
     // answered with `Connection: close`) and closes when the process stops; closing it at the
     // shutdown broadcast races a client that is just sending its next request, which then sees
     // a reset (src/lifecycle/handoff.rs).
-    tokio::select! {
-        biased;
-        r = stream.read_buf(buf) => Some(r),
-        _ = phase.wait_for(|p| *p == Phase::Stopping) => None,
-        _ = tokio::time::sleep_until(idle_until) => None,
+    loop {
+        tokio::select! {
+            biased;
+            r = stream.read_buf(buf) => return Some(r),
+            _ = idle.stop.as_mut() => return None,
+            _ = idle.timer.as_mut() => {
+                // the timer was set for an earlier request's idle time: move it on
+                if Instant::now() >= idle_until {
+                    return None;
+                }
+                idle.timer.as_mut().reset(idle_until);
+            }
+        }
     }
 }
 
@@ -134,7 +166,7 @@ async fn wait_read(
 async fn read_request(
     shared: &Shared,
     stream: &mut Stream,
-    phase: &mut watch::Receiver<Phase>,
+    idle: &mut Option<IdleWait>,
     door: usize,
     first: bool,
     accepted: Instant,
@@ -152,13 +184,16 @@ async fn read_request(
         Instant::now() + KEEPALIVE_IDLE
     };
     let mut deadline = first.then_some(idle_until);
-    let head_len = loop {
+    let (head_len, parsed) = loop {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(HEAD_BUF);
         }
         match deadline {
             None => {
-                let read = match wait_read(stream, &mut buf, phase, idle_until).await {
+                let idle = idle.get_or_insert_with(|| {
+                    IdleWait::new(shared.state.phase.subscribe(), idle_until)
+                });
+                let read = match wait_read(stream, &mut buf, idle, idle_until).await {
                     Some(r) => r,
                     None => return Next::Closed,
                 };
@@ -190,16 +225,29 @@ async fn read_request(
                 deadline = None;
             }
         }
+        // why: a head usually comes whole in its first read: one pass reads and checks it.
+        // Anything else (a part, a refusal, a head past the limits) goes the incremental way,
+        // which decides as before; a client dripping bytes is scanned once, not once per read.
+        if end.is_fresh() {
+            if let Ok(Some(h)) = head::parse_prefix(&buf, &d.limits) {
+                if h.len <= d.limits.max_head && h.version.1 <= d.limits.max_request_line {
+                    break (h.len, Some(h));
+                }
+            }
+        }
         match end.advance(&buf, &d.limits) {
             Progress::Incomplete => {}
-            Progress::Complete(n) => break n,
+            Progress::Complete(n) => break (n, None),
             Progress::Refused(r) => return Next::Refuse(r, buf),
         }
     };
 
-    let head = match head::parse(&buf[..head_len], &d.limits) {
-        Ok(h) => h,
-        Err(r) => return Next::Refuse(r, buf),
+    let head = match parsed {
+        Some(h) => h,
+        None => match head::parse(&buf[..head_len], &d.limits) {
+            Ok(h) => h,
+            Err(r) => return Next::Refuse(r, buf),
+        },
     };
     let method = &buf[head.method.0..head.method.1];
     if method == b"CONNECT" {

@@ -65,6 +65,11 @@ pub struct HeadEnd {
 }
 
 impl HeadEnd {
+    /// Nothing of this head scanned yet.
+    pub fn is_fresh(&self) -> bool {
+        self.scanned == 0 && self.first_lf.is_none()
+    }
+
     /// Looks at `buf` (the bytes received so far, leading blank lines already dropped).
     pub fn advance(&mut self, buf: &[u8], limits: &Limits) -> Progress {
         let mut i = self.scanned;
@@ -178,18 +183,6 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
     v
 }
 
-/// The byte index of the CR ending the line that starts at `from`, checking that the LF is
-/// preceded by CR and that no other CR appears on the way.
-fn line_end(head: &[u8], from: usize) -> Result<usize, Refusal> {
-    let lf = memchr::memchr(b'\n', &head[from..])
-        .map(|p| from + p)
-        .ok_or(Refusal::BareLf)?;
-    if lf == from || head[lf - 1] != b'\r' {
-        return Err(Refusal::BareLf);
-    }
-    Ok(lf - 1)
-}
-
 /// Checks the request line `line` (without CRLF); returns (method, target, version, http10).
 #[allow(clippy::type_complexity)]
 fn request_line(
@@ -225,7 +218,19 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// Checks a complete head (`head` ends with its blank line; leading blank lines were dropped).
 /// Does not look at the target's contents: see [`super::target::check`].
 pub fn parse(head: &[u8], limits: &Limits) -> Result<Head, Refusal> {
-    let rl_end = line_end(head, 0)?;
+    parse_prefix(head, limits)?.ok_or(Refusal::BareLf)
+}
+
+/// [`parse`] on the bytes received so far: `Ok(None)` when they end before the head does. The
+/// size limits are [`HeadEnd`]'s; a caller that skips it checks them on the result.
+pub fn parse_prefix(head: &[u8], limits: &Limits) -> Result<Option<Head>, Refusal> {
+    let Some(lf) = memchr::memchr(b'\n', head) else {
+        return Ok(None);
+    };
+    if lf == 0 || head[lf - 1] != b'\r' {
+        return Err(Refusal::BareLf);
+    }
+    let rl_end = lf - 1;
     let (method, target, version, http10) = request_line(&head[..rl_end])?;
     let fields_start = rl_end + 2;
     let mut pos = fields_start;
@@ -238,13 +243,13 @@ pub fn parse(head: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     let mut expect_continue = false;
     loop {
         match head.get(pos) {
-            Some(b'\r') => {
-                if head.get(pos + 1) == Some(&b'\n') {
-                    break;
-                }
-                return Err(Refusal::HeaderSyntax);
-            }
-            Some(b'\n') | None => return Err(Refusal::BareLf),
+            Some(b'\r') => match head.get(pos + 1) {
+                Some(b'\n') => break,
+                None => return Ok(None),
+                Some(_) => return Err(Refusal::HeaderSyntax),
+            },
+            Some(b'\n') => return Err(Refusal::BareLf),
+            None => return Ok(None),
             Some(b' ' | b'\t') => return Err(Refusal::ObsFold),
             Some(_) => {}
         }
@@ -254,22 +259,23 @@ pub fn parse(head: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         }
         // why: slice scans without per-byte bounds checks; this loop runs for every request
         let j = pos + span(&head[pos..], &TCHAR);
-        if j == pos || head.get(j) != Some(&b':') {
-            // covers a space before the colon, a missing colon and a bare LF inside the name
-            return Err(if head.get(j) == Some(&b'\n') {
-                Refusal::BareLf
-            } else {
-                Refusal::HeaderSyntax
-            });
+        match head.get(j) {
+            Some(b':') if j > pos => {}
+            None => return Ok(None),
+            // a bare LF inside the name
+            Some(b'\n') => return Err(Refusal::BareLf),
+            // a space before the colon, a missing colon, an empty name
+            Some(_) => return Err(Refusal::HeaderSyntax),
         }
         let name = &head[pos..j];
         let vstart = j + 1;
         // the first byte that is not a field-value byte must be the CR of a CRLF
         let k = vstart + span(&head[vstart..], &VALUE);
-        let cr = match head.get(k) {
-            Some(b'\r') if head.get(k + 1) == Some(&b'\n') => k,
-            Some(b'\n') | None => return Err(Refusal::BareLf),
-            Some(_) => return Err(Refusal::HeaderSyntax),
+        let cr = match (head.get(k), head.get(k + 1)) {
+            (Some(b'\r'), Some(b'\n')) => k,
+            (None, _) | (Some(b'\r'), None) => return Ok(None),
+            (Some(b'\n'), _) => return Err(Refusal::BareLf),
+            (Some(_), _) => return Err(Refusal::HeaderSyntax),
         };
         let value = trim_ows(&head[vstart..cr]);
         match name.len() {
@@ -324,7 +330,7 @@ pub fn parse(head: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         (None, Some(n)) => Framing::Length(n),
         (None, None) => Framing::None,
     };
-    Ok(Head {
+    Ok(Some(Head {
         len: pos + 2,
         method,
         target,
@@ -334,7 +340,7 @@ pub fn parse(head: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         expect_continue,
         host_line,
         fields_start,
-    })
+    }))
 }
 
 /// Rewrites an absolute-form request (`GET http://a.test/x HTTP/1.1`) to origin-form with the
@@ -387,6 +393,23 @@ mod tests {
 
     fn refused(head: &str) -> Refusal {
         p(head).expect_err(head)
+    }
+
+    #[test]
+    fn a_prefix_is_incomplete_until_the_blank_line() {
+        let full = b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc";
+        let end = full.len() - 3;
+        for n in 0..end {
+            assert_eq!(parse_prefix(&full[..n], &limits()), Ok(None), "{n} bytes");
+        }
+        let h = parse_prefix(full, &limits()).unwrap().unwrap();
+        assert_eq!(h.len, end);
+        assert_eq!(Ok(h), parse(&full[..end], &limits()));
+        assert_eq!(
+            parse_prefix(b"GET / HTTP/1.1\r\nHost: a\nX", &limits()),
+            Err(Refusal::BareLf),
+            "a bare LF is refused before the head ends"
+        );
     }
 
     #[test]
