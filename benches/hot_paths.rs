@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of floodgate's pure per-request hot paths (no sockets):
-//! route resolution, server choice, admission slots, cache keys.
+//! route resolution, server choice, admission slots, cache keys, the front door's head check.
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench hot_paths`
 //! (one group: `... --bench hot_paths -- choose`). See `benches/README.md`.
@@ -275,8 +275,39 @@ fn bench_lua_patterns(c: &mut Criterion) {
     group.finish();
 }
 
+/// The front door's one-pass read and check of a head that came whole (`head::parse_prefix`):
+/// ApacheBench's four-header request, and a subscription-manager call with ten headers.
+fn bench_frontdoor_head(c: &mut Criterion) {
+    use floodgate::frontdoor::head::{parse_prefix, Limits};
+    let limits = Limits {
+        max_head: 32 * 1024,
+        max_fields: 100,
+        max_request_line: 8 * 1024,
+        allow_length_with_chunked: false,
+    };
+    let ab: &[u8] = b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: 127.0.0.1:8080\r\n\
+User-Agent: ApacheBench/2.3\r\nAccept: */*\r\n\r\n";
+    let rhsm: &[u8] = b"GET /rhsm/consumers/0f3e9f8a-1b2c-4d5e-8f90-123456789abc/certificates?serials=1 HTTP/1.1\r\n\
+Host: foreman.example.com\r\nAccept-Encoding: identity\r\nUser-Agent: RHSM/1.0 (cmd=rhsmcertd-worker) \
+subscription-manager/1.29.40\r\nAccept: application/json\r\nX-Subman-Version: 1.29.40\r\n\
+X-Correlation-Id: 0f3e9f8a1b2c4d5e8f90123456789abc\r\nAuthorization: Basic YWRtaW46Y2hhbmdlbWU=\r\n\
+Accept-Language: en-us\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n\r\n";
+    let mut g = c.benchmark_group("frontdoor_head");
+    for (label, head) in [("ab_4_fields", ab), ("rhsm_10_fields", rhsm)] {
+        assert!(
+            matches!(parse_prefix(head, &limits), Ok(Some(_))),
+            "{label}"
+        );
+        g.bench_function(label, |b| {
+            b.iter(|| parse_prefix(black_box(head), black_box(&limits)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_frontdoor_head,
     bench_routing,
     bench_choose,
     bench_admission,
