@@ -47,10 +47,12 @@ impl Ours<'_> {
     }
 }
 
-fn name(s: &'static str) -> WriteName {
+/// A forwarding header's name, `lower` as the `http` crate holds it and `spelled` as Apache's
+/// mod_proxy writes it (an HTTP/1 upstream sees that case).
+fn name(lower: &'static str, spelled: &'static str) -> WriteName {
     WriteName {
-        name: HeaderName::from_static(s),
-        spelled: Bytes::from_static(s.as_bytes()),
+        name: HeaderName::from_static(lower),
+        spelled: Bytes::from_static(spelled.as_bytes()),
     }
 }
 
@@ -62,18 +64,33 @@ impl Forwarding {
             return;
         }
         if let Some(ip) = f.client_ip {
-            self.put(h, name("x-forwarded-for"), Ours::Text(ip));
+            self.put(
+                h,
+                name("x-forwarded-for", "X-Forwarded-For"),
+                Ours::Text(ip),
+            );
         }
         // why: a `Host` that is not text is not repeated (nor in `Forwarded`)
         let host = host.filter(|v| v.to_str().is_ok());
         if let Some(v) = host {
-            self.put(h, name("x-forwarded-host"), Ours::Value(v));
+            self.put(
+                h,
+                name("x-forwarded-host", "X-Forwarded-Host"),
+                Ours::Value(v),
+            );
         }
         if let Some(v) = &self.server {
-            self.put(h, name("x-forwarded-server"), Ours::Value(v));
+            self.put(
+                h,
+                name("x-forwarded-server", "X-Forwarded-Server"),
+                Ours::Value(v),
+            );
         }
         let proto = if f.https { "https" } else { "http" };
-        h.set(&name("x-forwarded-proto"), HeaderValue::from_static(proto));
+        h.set(
+            &name("x-forwarded-proto", "X-Forwarded-Proto"),
+            HeaderValue::from_static(proto),
+        );
         if self.rfc7239 {
             let mut el = String::new();
             if let Some(ip) = f.client_ip {
@@ -88,7 +105,7 @@ impl Forwarding {
             }
             el.push_str("proto=");
             el.push_str(proto);
-            self.put(h, name("forwarded"), Ours::Text(&el));
+            self.put(h, name("forwarded", "Forwarded"), Ours::Text(&el));
         }
     }
 

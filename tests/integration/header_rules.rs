@@ -347,6 +347,22 @@ routes:
     for (k, v) in forged {
         assert_eq!(values(&h, k), [v], "off passes the client's {k}: {h:?}");
     }
+
+    // spelled as Apache's mod_proxy spells them (HTTP/1 upstreams see the case)
+    get(&format!("http://127.0.0.1:{p2}/b"), &[]).await;
+    let h = o.last();
+    for k in [
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Server",
+        "X-Forwarded-Proto",
+        "Forwarded",
+    ] {
+        assert!(
+            h.iter().any(|(n, _)| n == k),
+            "{k} as Apache writes it: {h:?}"
+        );
+    }
 }
 
 /// A client certificate with subject `subj`, signed by the CA of `tls::make_pki`.
