@@ -30,31 +30,34 @@ pub struct Forwarding {
     pub server: Option<HeaderValue>,
 }
 
-/// Our value of one forwarding header: text, or a header value already made.
+/// Our value of one forwarding header: its text, and the header value when one is already
+/// made (shared, not copied, when the client sent no value of its own).
 #[derive(Clone, Copy)]
-enum Ours<'a> {
-    Text(&'a str),
-    /// Known to be text (checked by the caller).
-    Value(&'a HeaderValue),
+struct Ours<'a> {
+    text: &'a str,
+    made: Option<&'a HeaderValue>,
 }
 
-impl Ours<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            Ours::Text(s) => s,
-            Ours::Value(v) => v.to_str().unwrap_or(""),
-        }
+impl<'a> Ours<'a> {
+    fn text(text: &'a str) -> Self {
+        Ours { text, made: None }
     }
 }
 
 /// A forwarding header's name, `lower` as the `http` crate holds it and `spelled` as Apache's
-/// mod_proxy writes it (an HTTP/1 upstream sees that case).
-fn name(lower: &'static str, spelled: &'static str) -> WriteName {
+/// mod_proxy writes it (an HTTP/1 upstream sees that case); made at compile time.
+const fn name(lower: &'static str, spelled: &'static str) -> WriteName {
     WriteName {
         name: HeaderName::from_static(lower),
         spelled: Bytes::from_static(spelled.as_bytes()),
     }
 }
+
+const X_FORWARDED_FOR: WriteName = name("x-forwarded-for", "X-Forwarded-For");
+const X_FORWARDED_HOST: WriteName = name("x-forwarded-host", "X-Forwarded-Host");
+const X_FORWARDED_SERVER: WriteName = name("x-forwarded-server", "X-Forwarded-Server");
+const X_FORWARDED_PROTO: WriteName = name("x-forwarded-proto", "X-Forwarded-Proto");
+const FORWARDED: WriteName = name("forwarded", "Forwarded");
 
 impl Forwarding {
     /// Writes the forwarding headers into the upstream request `h`; `host` is the `Host` the
@@ -64,33 +67,33 @@ impl Forwarding {
             return;
         }
         if let Some(ip) = f.client_ip {
-            self.put(
-                h,
-                name("x-forwarded-for", "X-Forwarded-For"),
-                Ours::Text(ip),
-            );
+            self.put(h, &X_FORWARDED_FOR, Ours::text(ip));
         }
         // why: a `Host` that is not text is not repeated (nor in `Forwarded`)
-        let host = host.filter(|v| v.to_str().is_ok());
-        if let Some(v) = host {
+        let host = host.and_then(|v| Some((v, v.to_str().ok()?)));
+        if let Some((v, text)) = host {
             self.put(
                 h,
-                name("x-forwarded-host", "X-Forwarded-Host"),
-                Ours::Value(v),
+                &X_FORWARDED_HOST,
+                Ours {
+                    text,
+                    made: Some(v),
+                },
             );
         }
         if let Some(v) = &self.server {
+            let text = f.server_name;
             self.put(
                 h,
-                name("x-forwarded-server", "X-Forwarded-Server"),
-                Ours::Value(v),
+                &X_FORWARDED_SERVER,
+                Ours {
+                    text,
+                    made: Some(v),
+                },
             );
         }
         let proto = if f.https { "https" } else { "http" };
-        h.set(
-            &name("x-forwarded-proto", "X-Forwarded-Proto"),
-            HeaderValue::from_static(proto),
-        );
+        h.set(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         if self.rfc7239 {
             let mut el = String::new();
             if let Some(ip) = f.client_ip {
@@ -100,17 +103,17 @@ impl Forwarding {
                     el.push_str(&format!("for={ip};"));
                 }
             }
-            if let Some(host) = host.and_then(|v| v.to_str().ok()) {
+            if let Some((_, host)) = host {
                 el.push_str(&format!("host=\"{}\";", host.replace(['"', '\\'], "")));
             }
             el.push_str("proto=");
             el.push_str(proto);
-            self.put(h, name("forwarded", "Forwarded"), Ours::Text(&el));
+            self.put(h, &FORWARDED, Ours::text(&el));
         }
     }
 
     /// `append`: the client's lines joined, then ours; `replace`: ours alone.
-    fn put(&self, h: &mut impl HeaderTarget, n: WriteName, ours: Ours) {
+    fn put(&self, h: &mut impl HeaderTarget, n: &WriteName, ours: Ours) {
         let mut v = String::new();
         if self.mode == ForwardMode::Append {
             for prev in h.map().get_all(&n.name) {
@@ -124,16 +127,16 @@ impl Forwarding {
         }
         // why: the common case (the client sent none) writes ours without building a string
         // (and a value that already is one, such as the client's `Host`, is shared, not copied)
-        let value = match ours {
-            Ours::Value(ours) if v.is_empty() => Ok(ours.clone()),
-            Ours::Text(ours) if v.is_empty() => HeaderValue::from_str(ours),
-            ours => {
-                v.push_str(ours.as_str());
+        let value = match ours.made {
+            Some(made) if v.is_empty() => Ok(made.clone()),
+            _ if v.is_empty() => HeaderValue::from_str(ours.text),
+            _ => {
+                v.push_str(ours.text);
                 HeaderValue::from_str(&v)
             }
         };
         if let Ok(v) = value {
-            h.set(&n, v);
+            h.set(n, v);
         }
     }
 }

@@ -137,9 +137,9 @@ impl Validator {
                 forwarding: Forwarding {
                     mode,
                     rfc7239: l.forwarded_rfc7239.unwrap_or(false),
-                    server: (!server_name.is_empty())
-                        .then(|| http::HeaderValue::from_str(&server_name).ok())
-                        .flatten(),
+                    server: Some(server_name.as_str())
+                        .filter(|n| !n.is_empty())
+                        .and_then(|n| http::HeaderValue::from_str(n).ok()),
                 },
                 server_name,
                 client_cert_headers: self.cert_headers(
