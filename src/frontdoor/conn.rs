@@ -229,10 +229,8 @@ async fn read_request(
         // Anything else (a part, a refusal, a head past the limits) goes the incremental way,
         // which decides as before; a client dripping bytes is scanned once, not once per read.
         if end.is_fresh() {
-            if let Ok(Some(h)) = head::parse_prefix(&buf, &d.limits) {
-                if h.len <= d.limits.max_head && h.version.1 <= d.limits.max_request_line {
-                    break (h.len, Some(h));
-                }
+            if let Some(h) = head::parse_whole(&buf, &d.limits) {
+                break (h.len, Some(h));
             }
         }
         match end.advance(&buf, &d.limits) {

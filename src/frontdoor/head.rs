@@ -221,6 +221,14 @@ pub fn parse(head: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     parse_prefix(head, limits)?.ok_or(Refusal::BareLf)
 }
 
+/// A head that came whole in one read, read and checked in one pass: [`parse_prefix`] with
+/// [`HeadEnd`]'s limits. `None` for anything else (a part, a refusal, a head past the limits),
+/// which the incremental way then decides as it always did.
+pub fn parse_whole(buf: &[u8], limits: &Limits) -> Option<Head> {
+    let h = parse_prefix(buf, limits).ok()??;
+    (h.len <= limits.max_head && h.version.1 <= limits.max_request_line).then_some(h)
+}
+
 /// [`parse`] on the bytes received so far: `Ok(None)` when they end before the head does. The
 /// size limits are [`HeadEnd`]'s; a caller that skips it checks them on the result.
 pub fn parse_prefix(head: &[u8], limits: &Limits) -> Result<Option<Head>, Refusal> {
@@ -410,6 +418,20 @@ mod tests {
             Err(Refusal::BareLf),
             "a bare LF is refused before the head ends"
         );
+        assert!(parse_whole(&full[..end], &limits()).is_some());
+        let small = Limits {
+            max_request_line: 10,
+            ..limits()
+        };
+        assert!(
+            parse_whole(&full[..end], &small).is_none(),
+            "past a limit: the slow way"
+        );
+        let small = Limits {
+            max_head: end - 1,
+            ..limits()
+        };
+        assert!(parse_whole(&full[..end], &small).is_none());
     }
 
     #[test]
