@@ -334,75 +334,75 @@ mod tests {
     use pingora_core::protocols::l4::stream::Stream as L4;
     use tokio::net::{TcpListener, TcpStream};
 
-    /// A connected pair: our end as a Pingora stream, and the client's socket.
-    async fn pair() -> (Stream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (ours, _) = l.accept().await.unwrap();
-        (Box::new(L4::from(ours)), client)
+    /// A kept-alive connection between requests: our end, the client's socket, the process
+    /// phase, and the wait armed for an earlier request's deadline `first` from the start.
+    struct Waiting {
+        ours: Stream,
+        client: TcpStream,
+        phase: watch::Sender<Phase>,
+        idle: IdleWait,
+        buf: BytesMut,
+        start: Instant,
+    }
+
+    impl Waiting {
+        async fn new(first: Duration) -> Self {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (ours, _) = l.accept().await.unwrap();
+            let (phase, rx) = watch::channel(Phase::Running);
+            let start = Instant::now();
+            Waiting {
+                ours: Box::new(L4::from(ours)),
+                client,
+                phase,
+                idle: IdleWait::new(rx, start + first),
+                buf: BytesMut::with_capacity(64),
+                start,
+            }
+        }
+
+        /// One wait, this request's idle deadline `until` from the start.
+        async fn wait(&mut self, until: Duration) -> Option<std::io::Result<usize>> {
+            let until = self.start + until;
+            wait_read(&mut self.ours, &mut self.buf, &mut self.idle, until).await
+        }
+
+        fn secs(&self) -> u64 {
+            self.start.elapsed().as_secs()
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_idle_wait_ends_at_the_requests_deadline_not_the_timers_first_one() {
-        let (_tx, rx) = watch::channel(Phase::Running);
-        let (mut ours, _client) = pair().await;
-        let start = Instant::now();
         // armed for an earlier request's deadline, 1 s away; this request's is 3 s away
-        let mut idle = IdleWait::new(rx, start + Duration::from_secs(1));
-        let mut buf = BytesMut::with_capacity(64);
-        let r = wait_read(
-            &mut ours,
-            &mut buf,
-            &mut idle,
-            start + Duration::from_secs(3),
-        )
-        .await;
-        assert!(r.is_none(), "idle past the deadline closes");
-        assert_eq!(start.elapsed().as_secs(), 3, "at the request's deadline");
+        let mut w = Waiting::new(Duration::from_secs(1)).await;
+        assert!(
+            w.wait(Duration::from_secs(3)).await.is_none(),
+            "idle past the deadline closes"
+        );
+        assert_eq!(w.secs(), 3, "at the request's deadline");
         // the same timer serves the next wait, moved on again
-        let until = Instant::now() + Duration::from_secs(5);
-        assert!(wait_read(&mut ours, &mut buf, &mut idle, until)
-            .await
-            .is_none());
-        assert_eq!(start.elapsed().as_secs(), 8);
+        assert!(w.wait(Duration::from_secs(8)).await.is_none());
+        assert_eq!(w.secs(), 8);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_idle_wait_returns_bytes_and_ends_when_the_process_stops() {
-        let (tx, rx) = watch::channel(Phase::Running);
-        let (mut ours, mut client) = pair().await;
-        let start = Instant::now();
-        let mut idle = IdleWait::new(rx, start + Duration::from_secs(60));
-        let mut buf = BytesMut::with_capacity(64);
-        client.write_all(b"GET").await.unwrap();
-        let r = wait_read(
-            &mut ours,
-            &mut buf,
-            &mut idle,
-            start + Duration::from_secs(60),
-        )
-        .await;
+        let mut w = Waiting::new(Duration::from_secs(60)).await;
+        w.client.write_all(b"GET").await.unwrap();
+        let r = w.wait(Duration::from_secs(60)).await;
         assert!(matches!(r, Some(Ok(3))), "{r:?}");
-        assert_eq!(&buf[..], b"GET");
+        assert_eq!(&w.buf[..], b"GET");
         // draining keeps an idle connection waiting; stopping ends the wait
+        let phase = w.phase.clone();
         tokio::spawn(async move {
-            tx.send_replace(Phase::Draining);
+            phase.send_replace(Phase::Draining);
             tokio::time::sleep(Duration::from_secs(2)).await;
-            tx.send_replace(Phase::Stopping);
+            phase.send_replace(Phase::Stopping);
             tokio::time::sleep(Duration::from_secs(600)).await;
         });
-        let r = wait_read(
-            &mut ours,
-            &mut buf,
-            &mut idle,
-            start + Duration::from_secs(60),
-        )
-        .await;
-        assert!(r.is_none());
-        assert_eq!(
-            start.elapsed().as_secs(),
-            2,
-            "at the stop, not the idle deadline"
-        );
+        assert!(w.wait(Duration::from_secs(60)).await.is_none());
+        assert_eq!(w.secs(), 2, "at the stop, not the idle deadline");
     }
 }
