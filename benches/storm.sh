@@ -33,8 +33,8 @@
 #
 # Targets (each run gets a fresh app server and a fresh gateway):
 #   floodgate      conf/foreman.yaml as shipped; only addresses, the admin bind and the
-#                  durations tied to the client timeout are rewritten (170s -> 17s queue
-#                  timeout, 180s -> 18s read timeout), logs off
+#                  durations tied to the client timeout are rewritten (the shipped queue
+#                  timeout and the 180s read timeout, scaled), logs off
 #   haproxy-prio   server maxconn C + maxqueue + timeout queue, and
 #                  `http-request set-priority-class int(1) if { method POST } { path /rhsm/consumers }`
 #                  (new hosts below hosts under way, as floodgate ships), GET /register not cached
@@ -58,7 +58,8 @@ JITTER=${JITTER:-0.5}
 RENDER_MS=${RENDER_MS:-10}
 COLLAPSE=${COLLAPSE:-1.0}
 QUEUE_MAX=${QUEUE_MAX:-5000}
-QUEUE_TIMEOUT_S=${QUEUE_TIMEOUT_S:-17}   # HAProxy/Apache; floodgate uses the shipped 170s scaled
+FOREMAN_CONF=${FOREMAN_CONF:-}          # default: the repository's conf/foreman.yaml
+QUEUE_TIMEOUT_S=${QUEUE_TIMEOUT_S:-}     # HAProxy/Apache; default: floodgate's shipped one, scaled
 HA_ABORTONCLOSE=${HA_ABORTONCLOSE:-0}
 GRACE_S=${GRACE_S:-3}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -74,6 +75,11 @@ APACHE_BIN=${APACHE_BIN:-apache2}
 APACHE_MODULES=${APACHE_MODULES:-/usr/lib/apache2/modules}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+FOREMAN_CONF=${FOREMAN_CONF:-$ROOT/conf/foreman.yaml}
+# the queue timeout floodgate ships (seconds, unscaled): the same wait for every target
+SHIPPED_QUEUE_S=$(sed -n 's/^ *queue: {.* timeout: \([0-9.]*\)s.*/\1/p' "$FOREMAN_CONF" | head -n1)
+[ -n "$SHIPPED_QUEUE_S" ] || { echo "storm.sh: no 'queue: { ... timeout: Ns' in $FOREMAN_CONF" >&2; exit 1; }
+QUEUE_TIMEOUT_S=${QUEUE_TIMEOUT_S:-$(awk -v s="$SCALE" -v t="$SHIPPED_QUEUE_S" 'BEGIN { printf "%g", t * s }')}
 WORK=$(mktemp -d /tmp/floodgate-storm.XXXXXX)
 PIDS=()
 log() { echo "[storm.sh $(date +%T)] $*" >&2; }
@@ -134,7 +140,7 @@ $abort
   timeout client ${DEADLINE_S}s
   timeout server ${DEADLINE_S}s
   timeout http-keep-alive ${DEADLINE_S}s
-  timeout queue ${QUEUE_TIMEOUT_S}s
+  timeout queue $(awk -v t="$QUEUE_TIMEOUT_S" 'BEGIN { printf "%d", t * 1000 }')ms
 frontend fe
   bind ${PROXY_ADDR}
 $prio
@@ -182,7 +188,7 @@ MaxKeepAliveRequests 0
 KeepAliveTimeout ${DEADLINE_S}
 Timeout ${DEADLINE_S}
 <Proxy "balancer://app">
-  BalancerMember "http://${ORIGIN_ADDR}" max=${SLOTS} acquire=$((QUEUE_TIMEOUT_S * 1000)) timeout=${DEADLINE_S} retry=0
+  BalancerMember "http://${ORIGIN_ADDR}" max=${SLOTS} acquire=$(awk -v t="$QUEUE_TIMEOUT_S" 'BEGIN { printf "%d", t * 1000 }') timeout=${DEADLINE_S} retry=0
 </Proxy>
 ProxyPass "/" "balancer://app/"
 CFG
@@ -192,12 +198,12 @@ CFG
 # durations tied to the client's 180 s timeout (scaled), logs off.
 write_floodgate_cfg() { # file variant
   local q r
-  q=$(awk -v s="$SCALE" 'BEGIN { printf "%g", 170 * s }')
+  q=$(awk -v s="$SCALE" -v t="$SHIPPED_QUEUE_S" 'BEGIN { printf "%g", t * s }')
   r=$(awk -v s="$SCALE" 'BEGIN { printf "%g", 180 * s }')
   sed -e "s|127.0.0.1:3000|$ORIGIN_ADDR|; s|127.0.0.1:8080|$PROXY_ADDR|; s|127.0.0.1:9901|$FG_ADMIN_ADDR|" \
-      -e "s|timeout: 170s|timeout: ${q}s|; s|read: 180s|read: ${r}s|" \
+      -e "s|timeout: ${SHIPPED_QUEUE_S}s|timeout: ${q}s|; s|read: 180s|read: ${r}s|" \
       -e "s|^access_log: .*|access_log: { enabled: false }|" \
-      "$ROOT/conf/foreman.yaml" >"$1"
+      "$FOREMAN_CONF" >"$1"
   if [ "$2" = floodgate-lua ]; then
     # the example policy instead of the route priorities
     sed -i -e 's|^    priority: [01]$||' -e 's|, priority: 1 }| }|' "$1"
