@@ -5,8 +5,10 @@
 //! granted slots)`. That rate is not the class's service time: higher classes are served
 //! first, so a class drains at whatever the slots have left over. It is measured directly:
 //! grants to the class are counted against the time the class spent backlogged (waiting
-//! requests present) over the last [`WINDOW`]. The gap still open since the last grant counts
-//! as exposure too, so a stalled class is seen as slow without waiting for its next grant.
+//! requests present) over the last [`WINDOW`]. On arrival the gap still open since the last
+//! grant counts as exposure too, so a stalled class is seen as slow without waiting for its
+//! next grant; trimming requests already queued (a decision that cannot be taken back) reads
+//! a pause only once the grant that ends it arrives (see [`Leniency::open_gap`]).
 //! This is the maximum-likelihood rate of a Poisson process observed for that time (events /
 //! exposure), and unlike an average of the last few intervals it does not jump with each
 //! one: a 10 % overestimate turns away 10 % of the hosts that would have made it.
@@ -45,12 +47,16 @@ pub(super) struct Leniency {
     pub errors: f64,
     /// Whether the pace of the last `needed` grants counts when it is faster than the window's.
     pub recent: bool,
+    /// Whether the gap still open since the last grant counts as exposure (a stall is seen
+    /// before it ends).
+    pub open_gap: bool,
 }
 
 /// For a request arriving: one standard error, the window's pace.
 pub(super) const ON_ARRIVAL: Leniency = Leniency {
     errors: 1.0,
     recent: false,
+    open_gap: true,
 };
 
 /// Drain evidence of one priority class.
@@ -136,7 +142,7 @@ impl DrainRate {
         if n < needed.max(1) {
             return None;
         }
-        let open = if self.open_from_grant {
+        let open = if lenient.open_gap && self.open_from_grant {
             now.saturating_duration_since(since).as_secs_f64()
         } else {
             0.0
@@ -267,6 +273,38 @@ mod tests {
         let before = d.expected_wait(at(t0, 1_000), 99, 8).expect("evidence");
         let stalled = d.expected_wait(at(t0, 4_000), 99, 8).expect("evidence");
         assert!(stalled > 3.0 * before, "{before} -> {stalled}");
+    }
+
+    #[test]
+    fn without_the_open_gap_a_pause_is_judged_when_it_ends() {
+        let t0 = Instant::now();
+        let mut d = DrainRate::default();
+        d.backlogged(t0);
+        for i in 1..=100 {
+            d.granted(at(t0, i * 10));
+        }
+        let closed = Leniency {
+            open_gap: false,
+            ..ON_ARRIVAL
+        };
+        let before = d
+            .expected_wait_within(at(t0, 1_000), 99, 8, closed)
+            .expect("evidence");
+        let paused = d
+            .expected_wait_within(at(t0, 1_300), 99, 8, closed)
+            .expect("evidence");
+        assert_eq!(before, paused, "nothing is read into a pause still open");
+        // The grant that ends it brings the pause in: 100 gaps over 1.29 s instead of 99 over
+        // 0.99 s (the pause also widens the measured spread, hence a larger optimism).
+        d.granted(at(t0, 1_300));
+        let after = d
+            .expected_wait_within(at(t0, 1_300), 99, 8, closed)
+            .expect("evidence");
+        assert!(after > 1.05 * before, "{before} -> {after}");
+        let open = d
+            .expected_wait_within(at(t0, 1_300), 99, 8, ON_ARRIVAL)
+            .expect("evidence");
+        assert_eq!(open, after, "at a grant the two views agree");
     }
 
     #[test]

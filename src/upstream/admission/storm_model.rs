@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng};
 
 const SLOTS: usize = 16;
 const DEADLINE: Duration = Duration::from_secs(18);
-const QUEUE_TIMEOUT: Duration = Duration::from_secs(17);
+/// conf/foreman.yaml's 175 s, scaled.
+const QUEUE_TIMEOUT: Duration = Duration::from_millis(17_500);
 const CONSUMER_MS: f64 = 200.0;
 const JITTER: f64 = 0.5;
 const FOLLOW_UP_MS: f64 = 20.0;
@@ -219,14 +220,16 @@ async fn ramp_3000_hosts_reach_95_percent_of_the_physical_limit() {
 async fn burst_1500_hosts_reach_95_percent_of_the_physical_limit() {
     // why: in a burst the evidence needs about half a second to form (32 grants), and the
     // hosts that arrived before it are told from the back of the queue as it does, trusting
-    // the estimate more as their first second ends: 0.82-1.00 within 1 s over these seeds
-    // (0.63-0.88 with two standard errors throughout). Several seeds, as the share turns on
-    // how close the estimate of the burst's first second comes to the later drain.
-    for seed in 4..=11 {
+    // the estimate more as their first second ends: 0.74-1.00 within 1 s over these seeds
+    // (mean 0.88) at 1.00-1.05 of the limit. Several seeds, as the share turns on how close
+    // the estimate of the burst's first second comes to the later drain. The floor is below
+    // the share of one seed counting the gap still open (0.82 and up, see failfast.rs
+    // TRIM for why that is no longer counted) and above two errors throughout (0.63-0.88).
+    for seed in 4..=19 {
         judge(
             &format!("burst 1500 (seed {seed})"),
             &storm(1500, Duration::ZERO, seed).await,
-            0.8,
+            0.7,
         );
     }
 }
