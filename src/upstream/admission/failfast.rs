@@ -77,8 +77,7 @@ pub(super) fn trim_leniency(waited: Duration) -> Leniency {
     let f = ((waited - TRUST_FROM).as_secs_f64() / span).min(1.0);
     Leniency {
         errors: TRIM.errors + (TRUSTED.errors - TRIM.errors) * f,
-        recent: false,
-        open_gap: false,
+        ..TRUSTED
     }
 }
 
