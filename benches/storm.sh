@@ -58,8 +58,8 @@ JITTER=${JITTER:-0.5}
 RENDER_MS=${RENDER_MS:-10}
 COLLAPSE=${COLLAPSE:-1.0}
 QUEUE_MAX=${QUEUE_MAX:-5000}
-FOREMAN_CONF=${FOREMAN_CONF:-}          # default: the repository's conf/foreman.yaml
-QUEUE_TIMEOUT_S=${QUEUE_TIMEOUT_S:-}     # HAProxy/Apache; default: floodgate's shipped one, scaled
+# FOREMAN_CONF (default: the repository's conf/foreman.yaml) and QUEUE_TIMEOUT_S (HAProxy and
+# Apache; default: that config's queue timeout, scaled) are read once ROOT is known, below.
 HA_ABORTONCLOSE=${HA_ABORTONCLOSE:-0}
 GRACE_S=${GRACE_S:-3}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -79,7 +79,9 @@ FOREMAN_CONF=${FOREMAN_CONF:-$ROOT/conf/foreman.yaml}
 # the queue timeout floodgate ships (seconds, unscaled): the same wait for every target
 SHIPPED_QUEUE_S=$(sed -n 's/^ *queue: {.* timeout: \([0-9.]*\)s.*/\1/p' "$FOREMAN_CONF" | head -n1)
 [ -n "$SHIPPED_QUEUE_S" ] || { echo "storm.sh: no 'queue: { ... timeout: Ns' in $FOREMAN_CONF" >&2; exit 1; }
-QUEUE_TIMEOUT_S=${QUEUE_TIMEOUT_S:-$(awk -v s="$SCALE" -v t="$SHIPPED_QUEUE_S" 'BEGIN { printf "%g", t * s }')}
+SHIPPED_QUEUE_SCALED=$(awk -v s="$SCALE" -v t="$SHIPPED_QUEUE_S" 'BEGIN { printf "%g", t * s }')
+QUEUE_TIMEOUT_S=${QUEUE_TIMEOUT_S:-$SHIPPED_QUEUE_SCALED}
+QUEUE_TIMEOUT_MS=$(awk -v t="$QUEUE_TIMEOUT_S" 'BEGIN { printf "%d", t * 1000 }')
 WORK=$(mktemp -d /tmp/floodgate-storm.XXXXXX)
 PIDS=()
 log() { echo "[storm.sh $(date +%T)] $*" >&2; }
@@ -140,7 +142,7 @@ $abort
   timeout client ${DEADLINE_S}s
   timeout server ${DEADLINE_S}s
   timeout http-keep-alive ${DEADLINE_S}s
-  timeout queue $(awk -v t="$QUEUE_TIMEOUT_S" 'BEGIN { printf "%d", t * 1000 }')ms
+  timeout queue ${QUEUE_TIMEOUT_MS}ms
 frontend fe
   bind ${PROXY_ADDR}
 $prio
@@ -188,7 +190,7 @@ MaxKeepAliveRequests 0
 KeepAliveTimeout ${DEADLINE_S}
 Timeout ${DEADLINE_S}
 <Proxy "balancer://app">
-  BalancerMember "http://${ORIGIN_ADDR}" max=${SLOTS} acquire=$(awk -v t="$QUEUE_TIMEOUT_S" 'BEGIN { printf "%d", t * 1000 }') timeout=${DEADLINE_S} retry=0
+  BalancerMember "http://${ORIGIN_ADDR}" max=${SLOTS} acquire=${QUEUE_TIMEOUT_MS} timeout=${DEADLINE_S} retry=0
 </Proxy>
 ProxyPass "/" "balancer://app/"
 CFG
@@ -197,8 +199,7 @@ CFG
 # The shipped conf/foreman.yaml with only what a test bench must change: addresses, the
 # durations tied to the client's 180 s timeout (scaled), logs off.
 write_floodgate_cfg() { # file variant
-  local q r
-  q=$(awk -v s="$SCALE" -v t="$SHIPPED_QUEUE_S" 'BEGIN { printf "%g", t * s }')
+  local q=$SHIPPED_QUEUE_SCALED r
   r=$(awk -v s="$SCALE" 'BEGIN { printf "%g", 180 * s }')
   sed -e "s|127.0.0.1:3000|$ORIGIN_ADDR|; s|127.0.0.1:8080|$PROXY_ADDR|; s|127.0.0.1:9901|$FG_ADMIN_ADDR|" \
       -e "s|timeout: ${SHIPPED_QUEUE_S}s|timeout: ${q}s|; s|read: 180s|read: ${r}s|" \
