@@ -160,8 +160,9 @@ pub struct AdmissionStats {
 /// What a queued request is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Grant {
-    /// The slot of this group is handed over (already counted in flight).
-    Slot(usize),
+    /// The slot of this group is handed over (already counted in flight) at this instant:
+    /// the slot is held from here, however long the waiter takes to wake.
+    Slot(usize, Instant),
     /// Answered from the queue, already counted: `QueueFull` when a request of a higher
     /// class took this one's place, `FailFast` when the drain showed it cannot be served
     /// within its queue timeout.
@@ -511,7 +512,7 @@ impl Admission {
                 return;
             };
             // The slot moves to the waiter: the in-flight count stays as it is.
-            if waiter.tx.send(Grant::Slot(group)).is_ok() {
+            if waiter.tx.send(Grant::Slot(group, Instant::now())).is_ok() {
                 self.granted.fetch_add(1, Ordering::Relaxed);
                 if self.settings.fail_fast {
                     self.trim_tails(st);
@@ -601,9 +602,9 @@ impl Waiting {
     async fn wait(mut self) -> Result<Permit, Rejection> {
         let deadline = self.arrived + self.admission.settings.timeout;
         match tokio::time::timeout_at(deadline, &mut self.rx).await {
-            Ok(Ok(Grant::Slot(group))) => {
+            Ok(Ok(Grant::Slot(group, at))) => {
                 self.settled = true;
-                return Ok(self.permit(group));
+                return Ok(self.permit(group, at));
             }
             Ok(Ok(Grant::Refused(reason))) => {
                 self.settled = true;
@@ -623,7 +624,7 @@ impl Waiting {
             }
         };
         match granted {
-            Some(Grant::Slot(group)) => Ok(self.permit(group)),
+            Some(Grant::Slot(group, at)) => Ok(self.permit(group, at)),
             Some(Grant::Refused(reason)) => {
                 Err(self.admission.rejection(reason, self.arrived.elapsed()))
             }
@@ -633,14 +634,13 @@ impl Waiting {
         }
     }
 
-    fn permit(&self, group: usize) -> Permit {
-        let now = Instant::now();
+    fn permit(&self, group: usize, granted: Instant) -> Permit {
         Permit::new(
             &self.admission,
             group,
             self.priority,
-            now,
-            now - self.arrived,
+            granted,
+            granted.saturating_duration_since(self.arrived),
         )
     }
 }
@@ -656,7 +656,7 @@ impl Drop for Waiting {
             // Granted but never taken: the slot was sent to us under the same lock that
             // removed us, so it is in the channel. Pass it on.
             match self.rx.try_recv() {
-                Ok(Grant::Slot(group)) => admission.release_locked(&mut st, group),
+                Ok(Grant::Slot(group, _)) => admission.release_locked(&mut st, group),
                 Ok(Grant::Refused(_)) | Err(_) => return,
             }
         }

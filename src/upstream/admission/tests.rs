@@ -523,6 +523,28 @@ async fn ewma_tracks_hold_times_and_permit_reports_queue_wait() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_slot_is_held_from_its_hand_over_not_from_when_the_waiter_wakes() {
+    let adm = Admission::new(vec![Some(1)], settings(10, 60));
+    let held = hold(&adm, &[0]);
+    let queued = adm.acquire(0, &[0], &mut first);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let handed_over = Instant::now();
+    drop(held);
+    // The waiter only runs two seconds later (a busy runtime): the slot was its all along.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let permit = queued.await.unwrap();
+    assert_eq!(permit.acquired_at(), handed_over);
+    assert_eq!(permit.waited(), Duration::from_secs(3));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    drop(permit);
+    assert_eq!(
+        adm.ewma_service_time(),
+        Some(Duration::from_secs(3)),
+        "both holds 3 s: the second from its hand-over (1 s from its wake would give 2.75 s)"
+    );
+}
+
 #[tokio::test]
 async fn balancer_chooses_among_free_groups_and_unlimited_never_queues() {
     let adm = Admission::new(vec![Some(1), Some(1), None], settings(0, 60));
