@@ -5,10 +5,10 @@
 //! granted slots)`. That rate is not the class's service time: higher classes are served
 //! first, so a class drains at whatever the slots have left over. It is measured directly:
 //! grants to the class are counted against the time the class spent backlogged (waiting
-//! requests present) over the last [`WINDOW`]. On arrival the gap still open since the last
-//! grant counts as exposure too, so a stalled class is seen as slow without waiting for its
-//! next grant; trimming requests already queued (a decision that cannot be taken back) reads
-//! a pause only once the grant that ends it arrives (see [`Leniency::open_gap`]).
+//! requests present) over the last [`WINDOW`]. The gap still open since the last grant
+//! counts as exposure too, so a stalled class is seen as slow without waiting for its next
+//! grant. This is the arrival check's evidence; trimming requests already queued reads the
+//! class's costs instead ([`cost`](super::cost)).
 //! This is the maximum-likelihood rate of a Poisson process observed for that time (events /
 //! exposure), and unlike an average of the last few intervals it does not jump with each
 //! one: a 10 % overestimate turns away 10 % of the hosts that would have made it.
@@ -39,25 +39,6 @@ pub(super) const WINDOW: Duration = Duration::from_secs(10);
 const PRIOR_BATCHES: f64 = 2.0;
 /// Most grants remembered per class (a fast class shortens its own window).
 const MAX_GRANTS: usize = 4096;
-
-/// How lenient an estimate is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Leniency {
-    /// Standard errors of optimism on the measured rate.
-    pub errors: f64,
-    /// Whether the pace of the last `needed` grants counts when it is faster than the window's.
-    pub recent: bool,
-    /// Whether the gap still open since the last grant counts as exposure (a stall is seen
-    /// before it ends).
-    pub open_gap: bool,
-}
-
-/// For a request arriving: one standard error, the window's pace.
-pub(super) const ON_ARRIVAL: Leniency = Leniency {
-    errors: 1.0,
-    recent: false,
-    open_gap: true,
-};
 
 /// Drain evidence of one priority class.
 #[derive(Debug, Default)]
@@ -122,27 +103,16 @@ impl DrainRate {
         }
     }
 
-    /// Seconds a request joining the class behind `ahead` waiters can expect to wait, or
-    /// `None` without enough evidence: fewer than `needed` grants in the window, or the class
-    /// is not backlogged now.
+    /// Seconds a request joining the class behind `ahead` waiters can expect to wait,
+    /// optimistic by one standard error, or `None` without enough evidence: fewer than
+    /// `needed` grants in the window, or the class is not backlogged now.
     pub(super) fn expected_wait(&self, now: Instant, ahead: usize, needed: usize) -> Option<f64> {
-        self.expected_wait_within(now, ahead, needed, ON_ARRIVAL)
-    }
-
-    /// [`expected_wait`](Self::expected_wait) with the given leniency.
-    pub(super) fn expected_wait_within(
-        &self,
-        now: Instant,
-        ahead: usize,
-        needed: usize,
-        lenient: Leniency,
-    ) -> Option<f64> {
         let since = self.open_since?;
         let n = self.grants.len();
         if n < needed.max(1) {
             return None;
         }
-        let open = if lenient.open_gap && self.open_from_grant {
+        let open = if self.open_from_grant {
             now.saturating_duration_since(since).as_secs_f64()
         } else {
             0.0
@@ -151,28 +121,9 @@ impl DrainRate {
         if exposure <= 0.0 {
             return None;
         }
-        let mut rate = n as f64 / exposure;
-        if lenient.recent {
-            // why: a storm's drain speeds up over its first seconds (connections, cache fills
-            // and the first wave of follow-ups settle), so for the lenient judgement of
-            // requests queued without evidence the pace of the last `needed` grants counts
-            // when it is faster (not on arrival: over-admitting there costs hosts whose POST
-            // ends too late for their follow-ups)
-            let k = needed.max(1).min(n);
-            let recent = self
-                .grants
-                .iter()
-                .rev()
-                .take(k)
-                .map(|(_, g)| g)
-                .sum::<f64>()
-                + open;
-            if recent > 0.0 {
-                rate = rate.max(k as f64 / recent);
-            }
-        }
+        let rate = n as f64 / exposure;
         let dispersion = self.dispersion((needed / 2).max(2));
-        let optimistic = rate * (1.0 + lenient.errors * (dispersion / n as f64).sqrt());
+        let optimistic = rate * (1.0 + (dispersion / n as f64).sqrt());
         Some((ahead + 1) as f64 / optimistic)
     }
 }
@@ -216,9 +167,9 @@ impl DrainRate {
             .open_since
             .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64());
         format!(
-            "{} grants over {:.2}s backlogged, {open:.2}s since the last",
+            "{} grants over {:.2}s backlogged, {open:.2}s since the last D16={:.3} D8={:.3} D32={:.3}",
             self.grants.len(),
-            self.exposure + open
+            self.exposure + open, self.dispersion(16), self.dispersion(8), self.dispersion(32)
         )
     }
 }
@@ -263,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stall_counts_on_arrival_before_the_next_grant_and_for_trimming_when_it_ends() {
+    fn a_stall_counts_before_the_next_grant() {
         let t0 = Instant::now();
         let mut d = DrainRate::default();
         d.backlogged(t0);
@@ -273,32 +224,6 @@ mod tests {
         let before = d.expected_wait(at(t0, 1_000), 99, 8).expect("evidence");
         let stalled = d.expected_wait(at(t0, 4_000), 99, 8).expect("evidence");
         assert!(stalled > 3.0 * before, "{before} -> {stalled}");
-
-        // Without the open gap (trimming), nothing is read into a pause still open...
-        let closed = Leniency {
-            open_gap: false,
-            ..ON_ARRIVAL
-        };
-        let wait = |d: &DrainRate, ms, lenient| {
-            d.expected_wait_within(at(t0, ms), 99, 8, lenient)
-                .expect("evidence")
-        };
-        assert_eq!(wait(&d, 1_000, closed), before);
-        assert_eq!(
-            wait(&d, 1_300, closed),
-            before,
-            "nothing is read into a pause still open"
-        );
-        // ...and the grant that ends it brings the pause in: 100 gaps over 1.29 s instead of
-        // 99 over 0.99 s (the pause also widens the measured spread, hence a larger optimism).
-        d.granted(at(t0, 1_300));
-        let after = wait(&d, 1_300, closed);
-        assert!(after > 1.05 * before, "{before} -> {after}");
-        assert_eq!(
-            wait(&d, 1_300, ON_ARRIVAL),
-            after,
-            "at a grant the two views agree"
-        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+mod cost;
 mod drain;
 mod failfast;
 use drain::DrainRate;
@@ -191,6 +192,9 @@ struct State {
     class_service: BTreeMap<i32, (f64, u64)>,
     /// Per priority class: how fast it drains while backlogged (fail-fast estimates).
     drain: BTreeMap<i32, DrainRate>,
+    /// Per priority class: hold times and arrivals (fail-fast's trimming; kept only with
+    /// fail-fast on).
+    cost: BTreeMap<i32, cost::ClassCost>,
     /// Reused buffer of free eligible groups for the balancer callback.
     free: Vec<usize>,
 }
@@ -248,6 +252,7 @@ impl Admission {
                 ewma_secs: None,
                 class_service: BTreeMap::new(),
                 drain: BTreeMap::new(),
+                cost: BTreeMap::new(),
                 free: Vec::new(),
             }),
             inflight,
@@ -388,6 +393,9 @@ impl Admission {
     ) -> Start {
         let arrived = Instant::now();
         let mut st = self.state.lock();
+        if self.settings.fail_fast {
+            st.cost.entry(priority).or_default().arrived(arrived);
+        }
         if let Some(group) = self.take_free(&mut st, eligible, choose) {
             drop(st);
             return Start::Done(Ok(Permit::new(
@@ -571,6 +579,12 @@ impl Admission {
     fn finish(&self, group: usize, priority: i32, held: Duration) {
         let mut st = self.state.lock();
         let sample = held.as_secs_f64();
+        if self.settings.fail_fast {
+            st.cost
+                .entry(priority)
+                .or_default()
+                .completed(Instant::now(), held);
+        }
         let entry = st.class_service.entry(priority).or_insert((sample, 0));
         entry.0 += EWMA_ALPHA * (sample - entry.0);
         entry.1 += 1;

@@ -218,18 +218,18 @@ async fn ramp_3000_hosts_reach_95_percent_of_the_physical_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn burst_1500_hosts_reach_95_percent_of_the_physical_limit() {
-    // why: in a burst the evidence needs about half a second to form (32 grants), and the
-    // hosts that arrived before it are told from the back of the queue as it does, trusting
-    // the estimate more as their first second ends: 0.74-1.00 within 1 s over these seeds
-    // (mean 0.88) at 1.00-1.05 of the limit. Counting the gap still open since the last
-    // grant told more here (0.82 and up over seeds 4-11), in a model with no machine pauses,
-    // but cut too deep on a real machine (failfast.rs, TRIM). Several seeds, as the share
-    // turns on how close the estimate of the burst's first second comes to the later drain.
+    // why: in a burst the evidence needs about half a second to form (32 settled holds), and
+    // the hosts that arrived before it are told from the back of the queue as it does,
+    // trusting the estimate more as their first second ends: 0.87-1.00 within 1 s over these
+    // seeds (mean 0.97) at 0.97-1.04 of the limit. Reading the drain from grant counts told
+    // 0.74-1.00 (mean 0.89) here, and on a real machine cut too deep in some bursts
+    // (cost.rs). Several seeds, as the share turns on how close the first second's holds come
+    // to the later ones.
     for seed in 4..=19 {
         judge(
             &format!("burst 1500 (seed {seed})"),
             &storm(1500, Duration::ZERO, seed).await,
-            0.7,
+            0.85,
         );
     }
 }
