@@ -210,20 +210,26 @@ impl BackgroundService for Background {
         {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        if st.current_phase() == Phase::Starting {
-            st.set_phase(Phase::Running);
-            log::info!(
-                "floodgate {} is ready (config version {})",
-                crate::VERSION,
-                st.snapshot().version
-            );
-        }
-        // the proxy listeners start now (they depend on this service)
+        // the proxy listeners start now (they depend on this service)...
         ready.notify_ready();
-        tasks.push(tokio::spawn(tell_systemd_when_listening(
-            self.intake.clone(),
-            st.snapshot().config.listeners.len() + 1,
-        )));
+        // ...and /readyz says so only once they listen: an outer load balancer (or a script)
+        // that sends traffic on the first 200 must not meet a refused connection.
+        let intake = self.intake.clone();
+        let expected = st.snapshot().config.listeners.len() + 1;
+        let st_ready = st.clone();
+        tasks.push(tokio::spawn(async move {
+            wait_until_listening(&intake, expected).await;
+            if st_ready.current_phase() == Phase::Starting {
+                st_ready.set_phase(Phase::Running);
+                log::info!(
+                    "floodgate {} is ready (config version {})",
+                    crate::VERSION,
+                    st_ready.snapshot().version
+                );
+            }
+            // why: MAINPID lets systemd follow a process started by an upgrade (NotifyAccess=all)
+            crate::sdnotify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        }));
         let mut sd = shutdown;
         let _ = sd.changed().await;
         for t in tasks {
@@ -232,16 +238,15 @@ impl BackgroundService for Background {
     }
 }
 
-/// Sends systemd `READY=1` once all `expected` sockets (listeners and admin) listen: systemd
-/// reports the start (and an upgrade) done only when connections are taken. At most 10 s.
-async fn tell_systemd_when_listening(intake: Arc<Intake>, expected: usize) {
+/// Returns once all `expected` sockets (listeners and admin) listen, at most 10 s: readiness
+/// and systemd's `READY=1` (the start, or an upgrade, is done) wait for connections to be
+/// taken.
+async fn wait_until_listening(intake: &Intake, expected: usize) {
     let started = std::time::Instant::now();
     while intake.socket_count() < expected && started.elapsed() < std::time::Duration::from_secs(10)
     {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    // why: MAINPID lets systemd follow a process started by an upgrade (NotifyAccess=all)
-    crate::sdnotify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
 }
 
 /// Serves the HAProxy Runtime API socket until the listeners stop. A process started by an
