@@ -70,13 +70,24 @@ impl ClassCost {
         }
     }
 
+    /// The completions of the last [`WINDOW`] at `now`, oldest first.
+    // why: the deque is pruned only when the class completes a request, so a class quiet for a
+    // while still holds older ones; read against arrivals of the last window they would price
+    // the classes above wrong.
+    fn recent(&self, now: Instant) -> std::collections::vec_deque::Iter<'_, (Instant, f64)> {
+        let from = self
+            .done
+            .partition_point(|(end, _)| now.saturating_duration_since(*end) > WINDOW);
+        self.done.range(from..)
+    }
+
     /// (count, mean, variance) of the settled holds at `now` (see the module docs), `None`
     /// with fewer than two.
     fn settled(&self, now: Instant) -> Option<(usize, f64, f64)> {
-        let longest = self.done.iter().map(|(_, h)| *h).fold(0.0, f64::max);
+        let longest = self.recent(now).map(|(_, h)| *h).fold(0.0, f64::max);
         let cutoff = now.checked_sub(Duration::from_secs_f64(longest))?;
         let (mut n, mut sum, mut sum_sq) = (0usize, 0.0, 0.0);
-        for &(end, h) in &self.done {
+        for &(end, h) in self.recent(now) {
             let started = end.checked_sub(Duration::from_secs_f64(h));
             if started.is_some_and(|s| s < cutoff) {
                 n += 1;
@@ -148,7 +159,9 @@ pub(super) fn drain(
     if n < needed || slots == 0 {
         return None;
     }
-    let since = own.done.front()?.0;
+    let mut recent = own.recent(now);
+    let completed = recent.len();
+    let since = recent.next()?.0;
     let mut above = 0.0;
     for (_, class) in costs.range((Bound::Excluded(priority), Bound::Unbounded)) {
         let arrived = class.arrivals_since(since);
@@ -156,7 +169,7 @@ pub(super) fn drain(
             above += arrived as f64 * class.settled(now)?.1;
         }
     }
-    let above = above / own.done.len() as f64;
+    let above = above / completed as f64;
     let cost = mean + above;
     if cost <= 0.0 {
         return None;
@@ -256,6 +269,26 @@ mod tests {
         // A class above arrives but none of its requests has ended: its cost is unknown.
         costs.entry(1).or_default().arrived(at(t0, 390));
         assert!(drain(&costs, 0, now, 16, 32).is_none());
+    }
+
+    #[test]
+    fn holds_older_than_the_window_are_not_read() {
+        let t0 = Instant::now();
+        let mut costs = storm(t0, 16, &[200], 2_000);
+        let later = at(t0, 2_000) + WINDOW + Duration::from_secs(1);
+        assert!(drain(&costs, 0, at(t0, 2_000), 16, 32).is_some());
+        assert!(
+            drain(&costs, 0, later, 16, 32).is_none(),
+            "a quiet class has no evidence"
+        );
+        // New follow-ups arrive: they are not priced against the old POSTs.
+        for i in 0..100 {
+            costs
+                .entry(1)
+                .or_default()
+                .arrived(later - Duration::from_millis(i));
+        }
+        assert!(drain(&costs, 0, later, 16, 32).is_none());
     }
 
     #[test]
