@@ -14,8 +14,8 @@
 //! error is the spread of the holds over the square root of their number.
 //!
 //! Only settled requests count towards a mean: those that started before the longest hold
-//! seen ended. While requests are young the ones that completed are the short ones, and the
-//! plain mean ran 6 % short over a burst's first second in the storm model.
+//! seen ended. While requests are young the ones that completed are the short ones (holds of
+//! 100 and 300 ms in turn, 700 ms in: a plain mean of 0.18 s, a settled one of 0.20 s).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
