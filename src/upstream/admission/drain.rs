@@ -167,9 +167,9 @@ impl DrainRate {
             .open_since
             .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64());
         format!(
-            "{} grants over {:.2}s backlogged, {open:.2}s since the last D16={:.3} D8={:.3} D32={:.3}",
+            "{} grants over {:.2}s backlogged, {open:.2}s since the last",
             self.grants.len(),
-            self.exposure + open, self.dispersion(16), self.dispersion(8), self.dispersion(32)
+            self.exposure + open
         )
     }
 }
