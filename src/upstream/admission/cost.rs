@@ -47,27 +47,13 @@ impl ClassCost {
     /// A request of the class asked for a slot at `now`.
     pub(super) fn arrived(&mut self, now: Instant) {
         self.arrivals.push_back(now);
-        while self.arrivals.len() > MAX_ARRIVALS
-            || self
-                .arrivals
-                .front()
-                .is_some_and(|at| now.saturating_duration_since(*at) > WINDOW)
-        {
-            self.arrivals.pop_front();
-        }
+        keep_window(&mut self.arrivals, MAX_ARRIVALS, now, |at| *at);
     }
 
     /// A request of the class released its slot at `now` after holding it for `held`.
     pub(super) fn completed(&mut self, now: Instant, held: Duration) {
         self.done.push_back((now, held.as_secs_f64()));
-        while self.done.len() > MAX_DONE
-            || self
-                .done
-                .front()
-                .is_some_and(|(at, _)| now.saturating_duration_since(*at) > WINDOW)
-        {
-            self.done.pop_front();
-        }
+        keep_window(&mut self.done, MAX_DONE, now, |(at, _)| *at);
     }
 
     /// The completions of the last [`WINDOW`] at `now`, oldest first.
@@ -105,6 +91,18 @@ impl ClassCost {
 
     fn arrivals_since(&self, since: Instant) -> usize {
         self.arrivals.len() - self.arrivals.partition_point(|at| *at < since)
+    }
+}
+
+/// Drops the oldest events of `events` (oldest first, `at` gives their instant) beyond `max`
+/// or older than [`WINDOW`] at `now`.
+fn keep_window<T>(events: &mut VecDeque<T>, max: usize, now: Instant, at: impl Fn(&T) -> Instant) {
+    while events.len() > max
+        || events
+            .front()
+            .is_some_and(|e| now.saturating_duration_since(at(e)) > WINDOW)
+    {
+        events.pop_front();
     }
 }
 
