@@ -8,6 +8,7 @@
 #   SKIP_BUILD=1 benches/storm.sh
 #   SKIP_BUILD=1 CELLS="burst:1500" TARGETS="floodgate" benches/storm.sh
 #   TABLE_FROM=results.jsonl benches/storm.sh          # re-render the table of an OUT_JSONL
+#   KEEP_WORK=1 ACCESS_LOG=json RUST_LOG=warn,access=info SKIP_BUILD=1 benches/storm.sh
 #
 # All timings are Foreman's scaled by SCALE (default 0.1): subscription-manager gives up after
 # 180 s (DEADLINE_S 18), the storm ramps over 100 s (RAMP_S 10).
@@ -29,7 +30,8 @@
 #   the app server's peak concurrency (it must never pass max_inflight = C);
 #   wasted work: app requests whose work finished after their host had given up, as a share of
 #     all app requests served;
-#   told within 1 s: failed hosts that got their 503 within 1 s of the request.
+#   told within 1 s: failed hosts that got their 503 within 1 s of the request (and the 90th
+#     percentile of how long a 503 took).
 #
 # Targets (each run gets a fresh app server and a fresh gateway):
 #   floodgate      conf/foreman.yaml as shipped; only addresses, the admin bind and the
@@ -64,6 +66,9 @@ HA_ABORTONCLOSE=${HA_ABORTONCLOSE:-0}
 GRACE_S=${GRACE_S:-3}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
+# floodgate's access log: off (default, as HAProxy and Apache run here), or a format
+# (`json`) written to the kept work directory's floodgate.log (with RUST_LOG=warn,access=info)
+ACCESS_LOG=${ACCESS_LOG:-off}
 OUT_JSONL=${OUT_JSONL:-}
 OUT_MD=${OUT_MD:-}
 
@@ -205,6 +210,9 @@ write_floodgate_cfg() { # file variant
       -e "s|timeout: ${SHIPPED_QUEUE_S}s|timeout: ${q}s|; s|read: 180s|read: ${r}s|" \
       -e "s|^access_log: .*|access_log: { enabled: false }|" \
       "$FOREMAN_CONF" >"$1"
+  if [ "$ACCESS_LOG" != off ]; then
+    sed -i -e "s|^access_log: .*|access_log: { format: $ACCESS_LOG }|" "$1"
+  fi
   if [ "$2" = floodgate-lua ]; then
     # the example policy instead of the route priorities
     sed -i -e 's|^    priority: [01]$||' -e 's|, priority: 1 }| }|' "$1"
@@ -330,6 +338,8 @@ for line in open(sys.argv[1]):
     wasted = w.get("wasted_after_gone", 0)
     wpct = 100.0 * wasted / served if served else 0
     told = s["told_within_1s"]
+    if s.get("told_p90_ms"):
+        told = f"{told} (p90 {s['told_p90_ms']/1000:.1f} s)"
     print(f"| {r['mode']} | {n} | {r['target']} | {lim*100:.1f}% | {s['pass_rate']*100:.1f}% | {ratio:.2f} "
           f"| {o.get('max_concurrent','?')} ({c}) | {wasted} of {served} ({wpct:.1f}%) | {told} of {s['failed']} | {s['p99_ms']/1000:.2f} |")
 PY

@@ -81,8 +81,8 @@ pub enum HostFailure {
     Deadline,
     /// One request exceeded `per_request_timeout` (before the deadline).
     RequestTimeout,
-    /// A 503 answer; `quick` = it came within [`TOLD_QUICKLY`] of the request.
-    Rejected { quick: bool },
+    /// A 503 answer, `after` its request was sent.
+    Rejected { after: Duration },
     /// Another non-2xx status.
     Status(u16),
     /// Connect, read or write failure, or an unparsable response.
@@ -110,6 +110,12 @@ pub struct StormReport {
     pub told_within_1s: usize,
     /// Hosts failed by a 503 (quick or not).
     pub rejected_503: usize,
+    /// Median time from request to 503 of the hosts failed by one (zero if none).
+    pub told_p50: Duration,
+    /// 90th percentile of that time.
+    pub told_p90: Duration,
+    /// Longest such time.
+    pub told_max: Duration,
     /// Hosts that ran out of their whole-registration deadline.
     pub deadline_exceeded: usize,
     /// Hosts failed by one request exceeding `per_request_timeout`.
@@ -136,6 +142,8 @@ impl StormReport {
             "hosts": self.hosts, "passed": self.passed, "failed": self.failed,
             "pass_rate": self.pass_rate, "p50_ms": ms(self.p50), "p99_ms": ms(self.p99),
             "max_passed_ms": ms(self.max_passed), "told_within_1s": self.told_within_1s,
+            "told_p50_ms": ms(self.told_p50), "told_p90_ms": ms(self.told_p90),
+            "told_max_ms": ms(self.told_max),
             "rejected_503": self.rejected_503, "deadline_exceeded": self.deadline_exceeded,
             "request_timeouts": self.request_timeouts, "bad_status": self.bad_status,
             "io_errors": self.io_errors, "requests_sent": self.requests_sent,
@@ -204,6 +212,7 @@ pub async fn run_storm(cfg: StormConfig) -> StormReport {
         ..StormReport::default()
     };
     let mut completions = Vec::with_capacity(cfg.hosts);
+    let mut told = Vec::new();
     while let Some(joined) = hosts.join_next().await {
         let run = match joined {
             Ok(run) => run,
@@ -224,11 +233,12 @@ pub async fn run_storm(cfg: StormConfig) -> StormReport {
             Err(failure) => match failure {
                 HostFailure::Deadline => report.deadline_exceeded += 1,
                 HostFailure::RequestTimeout => report.request_timeouts += 1,
-                HostFailure::Rejected { quick } => {
+                HostFailure::Rejected { after } => {
                     report.rejected_503 += 1;
-                    if quick {
+                    if after <= TOLD_QUICKLY {
                         report.told_within_1s += 1;
                     }
+                    told.push(after);
                 }
                 HostFailure::Status(_) => report.bad_status += 1,
                 HostFailure::Io(_) => report.io_errors += 1,
@@ -236,6 +246,10 @@ pub async fn run_storm(cfg: StormConfig) -> StormReport {
         }
     }
     completions.sort_unstable();
+    told.sort_unstable();
+    report.told_p50 = percentile(&told, 0.50);
+    report.told_p90 = percentile(&told, 0.90);
+    report.told_max = told.last().copied().unwrap_or_default();
     report.passed = completions.len();
     report.failed = cfg.hosts - report.passed;
     report.pass_rate = if cfg.hosts == 0 {
@@ -384,7 +398,7 @@ async fn step(
     match resp.status {
         200..=299 => Ok(resp.body),
         503 => Err(HostFailure::Rejected {
-            quick: sent_at.elapsed() <= TOLD_QUICKLY,
+            after: sent_at.elapsed(),
         }),
         other => Err(HostFailure::Status(other)),
     }
