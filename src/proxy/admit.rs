@@ -161,7 +161,7 @@ pub async fn admit_route(
     m: &AdmissionHandles,
     body: &str,
 ) -> Admit {
-    let fut = adm.acquire(ctx.priority, &[0], &mut |free| free[0]);
+    let fut = adm.acquire_as(ctx.admission_kind(), &[0], &mut |free| free[0]);
     let res = race_client(session, fut).await;
     finish(ctx, m, res, body)
 }
@@ -220,7 +220,9 @@ pub async fn admit_server(session: &mut Session, ctx: &mut Ctx, up: &Arc<Upstrea
         let fut = {
             let hash = ctx.hash_value.as_deref();
             up.admission
-                .acquire(ctx.priority, &list, &mut |free| up.choose(free, hash))
+                .acquire_as(ctx.admission_kind(), &list, &mut |free| {
+                    up.choose(free, hash)
+                })
         };
         // A request only one server may take waits in that server's queue (`show stat` qcur).
         let only = (list.len() == 1).then(|| &up.servers[list[0]].state.counters);

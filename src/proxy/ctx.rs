@@ -3,7 +3,7 @@
 
 use crate::error::Failure;
 use crate::state::{AppState, Route, Snapshot};
-use crate::upstream::admission::Permit;
+use crate::upstream::admission::{Kind, Permit};
 use crate::upstream::Upstream;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -142,6 +142,14 @@ impl Ctx {
             listener: 0,
             tls: None,
             guard: InflightGuard::new(state),
+        }
+    }
+
+    /// What this request asks admission for a slot as: its class and its route.
+    pub fn admission_kind(&self) -> Kind {
+        Kind {
+            priority: self.priority,
+            route: self.route.as_ref().map_or(0, |r| r.kind),
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Route {
     /// The route's own limit (`admission:`), if any.
     pub admission: Option<RouteLimit>,
     pub metrics: RouteHandles,
+    /// The route as a kind of request to admission (a hash of its name, the same across
+    /// reloads), so fail-fast prices its requests by their own costs.
+    pub kind: u64,
 }
 
 /// A route's own admission queue and its series.
@@ -102,6 +105,7 @@ impl Route {
             target,
             admission,
             metrics,
+            kind: kind_of(&cfg.name),
         })
     }
 
@@ -112,6 +116,16 @@ impl Route {
             _ => None,
         }
     }
+}
+
+/// The admission kind of the route named `name`: a hash of the name, never 0 (the kind of
+/// requests that tell none).
+fn kind_of(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // why: DefaultHasher::new() has fixed keys, so a route keeps its kind across reloads
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish().max(1)
 }
 
 impl Deref for Route {
@@ -309,5 +323,16 @@ routes:
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_route_is_one_admission_kind_across_reloads_and_never_the_kind_of_none() {
+        assert_eq!(
+            kind_of("new-host"),
+            kind_of("new-host"),
+            "the same on every reload"
+        );
+        assert_ne!(kind_of("new-host"), kind_of("register-script"));
+        assert_ne!(kind_of(""), 0, "0 is for callers that tell no kind");
     }
 }

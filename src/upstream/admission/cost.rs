@@ -16,6 +16,14 @@
 //! Only settled requests count towards a mean: those that started before the longest hold
 //! seen ended. While requests are young the ones that completed are the short ones (holds of
 //! 100 and 300 ms in turn, 700 ms in: a plain mean of 0.18 s, a settled one of 0.20 s).
+//!
+//! Costs are kept per [`Kind`]: a class and the route its requests came by. A class is not
+//! one kind of request: `conf/foreman.yaml` gives both `POST /rhsm/consumers` and cache fills
+//! of `GET /register` class 0, and a burst's first second holds one fill per activation key
+//! (14 ms each) among some 60 POSTs (200 ms): a class mean 5% short, which told hosts queued
+//! at the edge of what the app could serve that they would make it (benches/storm.sh,
+//! 2026-12-07, 8 bursts: the first second's mean 0.180-0.209 s, mean 0.195, the whole
+//! storm's 0.207). A waiter is priced by its own route's holds; work above it by each route's.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -34,7 +42,78 @@ const MAX_DONE: usize = 1024;
 /// completion of the class judged, over the same span).
 const MAX_ARRIVALS: usize = 8 * MAX_DONE;
 
-/// Hold times and arrivals of one priority class over the last [`WINDOW`].
+/// What costs are kept per: a priority class and a kind of request within it (the route it
+/// came by, as a hash of the route's name; 0 for callers that tell none).
+// why: the field order is the ordering: a class's kinds are adjacent, classes ascend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Kind {
+    /// The priority class (higher leaves the queue first).
+    pub priority: i32,
+    /// The kind of request within the class.
+    pub route: u64,
+}
+
+impl Kind {
+    /// Requests of class `priority` that tell no kind.
+    pub fn class(priority: i32) -> Self {
+        Self { priority, route: 0 }
+    }
+
+    /// The first and last kinds of class `priority`.
+    fn bounds(priority: i32) -> (Self, Self) {
+        (
+            Self { priority, route: 0 },
+            Self {
+                priority,
+                route: u64::MAX,
+            },
+        )
+    }
+}
+
+/// Settled holds: how many there are (the evidence), and the count, sum and sum of squares
+/// (seconds) of those the mean is read from (all of them, or the later half).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Holds {
+    evidence: usize,
+    n: usize,
+    sum: f64,
+    sum_sq: f64,
+}
+
+impl Holds {
+    fn one(hold: f64) -> Self {
+        Self {
+            evidence: 1,
+            n: 1,
+            sum: hold,
+            sum_sq: hold * hold,
+        }
+    }
+
+    fn add(&mut self, other: Holds) {
+        self.evidence += other.evidence;
+        self.n += other.n;
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.n as f64
+    }
+
+    /// The standard error of the mean (0 below two holds).
+    fn error(&self) -> f64 {
+        if self.n < 2 {
+            return 0.0;
+        }
+        let (n, mean) = (self.n as f64, self.mean());
+        let var = ((self.sum_sq - n * mean * mean) / (n - 1.0)).max(0.0);
+        (var / n).sqrt()
+    }
+}
+
+/// Hold times and arrivals of one [`Kind`] over the last [`WINDOW`].
 #[derive(Debug, Default)]
 pub(super) struct ClassCost {
     /// (instant of the end, hold seconds), oldest first.
@@ -67,26 +146,40 @@ impl ClassCost {
         self.done.range(from..)
     }
 
-    /// (count, mean, variance) of the settled holds at `now` (see the module docs), `None`
-    /// with fewer than two.
-    fn settled(&self, now: Instant) -> Option<(usize, f64, f64)> {
+    /// The settled holds at `now` (see the module docs): all of them, or the later half of
+    /// them when that half's mean is shorter.
+    // why: a cut cannot be taken back, and early holds can be long for a while that is over:
+    // a burst's first holds end while the gateway is still taking in the burst (up to 20% over
+    // the later ones, in some bursts of benches/storm.sh: 2026-12-07 04:00-04:40 UTC, a mean
+    // of 0.215-0.239 s at the first cut where the storm averaged 0.20 s); when the recent half
+    // says shorter, it is what the next seconds look like.
+    fn settled(&self, now: Instant) -> Holds {
         let longest = self.recent(now).map(|(_, h)| *h).fold(0.0, f64::max);
-        let cutoff = now.checked_sub(Duration::from_secs_f64(longest))?;
-        let (mut n, mut sum, mut sum_sq) = (0usize, 0.0, 0.0);
-        for &(end, h) in self.recent(now) {
-            let started = end.checked_sub(Duration::from_secs_f64(h));
-            if started.is_some_and(|s| s < cutoff) {
-                n += 1;
-                sum += h;
-                sum_sq += h * h;
+        let Some(cutoff) = now.checked_sub(Duration::from_secs_f64(longest)) else {
+            return Holds::default();
+        };
+        let settled = |&&(end, h): &&(Instant, f64)| {
+            end.checked_sub(Duration::from_secs_f64(h))
+                .is_some_and(|s| s < cutoff)
+        };
+        let mut all = Holds::default();
+        self.recent(now)
+            .filter(settled)
+            .for_each(|&(_, h)| all.add(Holds::one(h)));
+        let mut later = Holds::default();
+        self.recent(now)
+            .filter(settled)
+            .skip(all.n - all.n / 2)
+            .for_each(|&(_, h)| later.add(Holds::one(h)));
+        if later.n >= 2 && later.mean() < all.mean() {
+            // the evidence is all of them; the mean and its error are the later half's
+            Holds {
+                evidence: all.evidence,
+                ..later
             }
+        } else {
+            all
         }
-        if n < 2 {
-            return None;
-        }
-        let mean = sum / n as f64;
-        let var = ((sum_sq - n as f64 * mean * mean) / (n - 1) as f64).max(0.0);
-        Some((n, mean, var))
     }
 
     fn arrivals_since(&self, since: Instant) -> usize {
@@ -143,31 +236,40 @@ impl fmt::Display for CostDrain {
     }
 }
 
-/// The drain of class `priority` on `slots` slots at `now`, or `None` until `needed` of its
+/// The drain of requests of `kind` on `slots` slots at `now`, or `None` until `needed` of its
 /// holds have settled (or while a class above has arrived with no settled hold to price it).
+/// A kind with too few holds of its own is priced by its class's kinds together.
 pub(super) fn drain(
-    costs: &BTreeMap<i32, ClassCost>,
-    priority: i32,
+    costs: &BTreeMap<Kind, ClassCost>,
+    kind: Kind,
     now: Instant,
     slots: usize,
     needed: usize,
 ) -> Option<CostDrain> {
-    let own = costs.get(&priority)?;
-    let (n, mean, var) = own.settled(now)?;
-    if n < needed || slots == 0 {
+    if slots == 0 {
         return None;
     }
-    let mut recent = own.recent(now);
-    let completed = recent.len();
-    let since = recent.next()?.0;
+    let own = costs
+        .get(&kind)
+        .map(|c| (c.settled(now), c.recent(now)))
+        .filter(|(holds, _)| holds.evidence >= needed);
+    let (holds, completed, since) = match own {
+        Some((holds, mut recent)) => (holds, recent.len(), recent.next()?.0),
+        None => class_holds(costs, kind.priority, now)?,
+    };
+    if holds.evidence < needed.max(2) || holds.n < 2 {
+        return None;
+    }
     let mut above = 0.0;
-    for (_, class) in costs.range((Bound::Excluded(priority), Bound::Unbounded)) {
-        let arrived = class.arrivals_since(since);
+    let (_, last_of_class) = Kind::bounds(kind.priority);
+    for (k, c) in costs.range((Bound::Excluded(last_of_class), Bound::Unbounded)) {
+        let arrived = c.arrivals_since(since);
         if arrived > 0 {
-            above += arrived as f64 * class.settled(now)?.1;
+            above += arrived as f64 * price(costs, *k, now)?;
         }
     }
     let above = above / completed as f64;
+    let mean = holds.mean();
     let cost = mean + above;
     if cost <= 0.0 {
         return None;
@@ -176,9 +278,41 @@ pub(super) fn drain(
         own: mean,
         above,
         rate: slots as f64 / cost,
-        error: (var / n as f64).sqrt() / cost,
-        n,
+        error: holds.error() / cost,
+        n: holds.evidence,
     })
+}
+
+/// The settled holds of all kinds of class `priority` together, how many of its requests
+/// completed in the window and the end of the first of them.
+fn class_holds(
+    costs: &BTreeMap<Kind, ClassCost>,
+    priority: i32,
+    now: Instant,
+) -> Option<(Holds, usize, Instant)> {
+    let (first, last) = Kind::bounds(priority);
+    let mut holds = Holds::default();
+    let (mut completed, mut since) = (0, None::<Instant>);
+    for c in costs.range(first..=last).map(|(_, c)| c) {
+        holds.add(c.settled(now));
+        let mut recent = c.recent(now);
+        completed += recent.len();
+        if let Some(&(end, _)) = recent.next() {
+            since = Some(since.map_or(end, |s| s.min(end)));
+        }
+    }
+    Some((holds, completed, since?))
+}
+
+/// The mean settled hold of `kind`, or while it has fewer than two, of its class's kinds
+/// together; `None` when neither has two.
+fn price(costs: &BTreeMap<Kind, ClassCost>, kind: Kind, now: Instant) -> Option<f64> {
+    let own = costs.get(&kind).map(|c| c.settled(now)).unwrap_or_default();
+    if own.n >= 2 {
+        return Some(own.mean());
+    }
+    let (holds, _, _) = class_holds(costs, kind.priority, now)?;
+    (holds.n >= 2).then(|| holds.mean())
 }
 
 #[cfg(test)]
@@ -191,8 +325,8 @@ mod tests {
 
     /// `slots` slots each serving POSTs of `post_ms` then three follow-ups of 20 ms, for
     /// `ms`; returns the costs at the end.
-    fn storm(t0: Instant, slots: u64, post_ms: &[u64], ms: u64) -> BTreeMap<i32, ClassCost> {
-        let mut costs: BTreeMap<i32, ClassCost> = BTreeMap::new();
+    fn storm(t0: Instant, slots: u64, post_ms: &[u64], ms: u64) -> BTreeMap<Kind, ClassCost> {
+        let mut costs: BTreeMap<Kind, ClassCost> = BTreeMap::new();
         let mut events = Vec::new();
         for slot in 0..slots {
             let mut t = slot; // slots start a millisecond apart
@@ -214,9 +348,9 @@ mod tests {
         events.sort_unstable();
         for (t, kind, held) in events.into_iter().filter(|e| e.0 <= ms) {
             match kind {
-                -1 => costs.entry(1).or_default().arrived(at(t0, t)),
+                -1 => costs.entry(Kind::class(1)).or_default().arrived(at(t0, t)),
                 class => costs
-                    .entry(class)
+                    .entry(Kind::class(class))
                     .or_default()
                     .completed(at(t0, t), Duration::from_millis(held)),
             }
@@ -228,12 +362,12 @@ mod tests {
     fn the_drain_is_the_slots_over_the_work_each_request_brings() {
         let t0 = Instant::now();
         let costs = storm(t0, 16, &[200], 5_000);
-        let d = drain(&costs, 0, at(t0, 5_000), 16, 32).expect("enough holds");
+        let d = drain(&costs, Kind::class(0), at(t0, 5_000), 16, 32).expect("enough holds");
         // 16 slots over 200 ms + 3 x 20 ms per host.
         assert!((d.rate - 16.0 / 0.26).abs() < 0.02 * 16.0 / 0.26, "{d}");
         assert!(d.error < 1e-6, "equal holds have no spread: {d}");
         // The class above drains on all the slots: nothing is above it.
-        let up = drain(&costs, 1, at(t0, 5_000), 16, 32).expect("enough holds");
+        let up = drain(&costs, Kind::class(1), at(t0, 5_000), 16, 32).expect("enough holds");
         assert!((up.rate - 16.0 / 0.02).abs() < 1.0, "{up}");
     }
 
@@ -243,8 +377,8 @@ mod tests {
         // started late have not ended, so the plain mean of what completed runs short.
         let t0 = Instant::now();
         let costs = storm(t0, 16, &[100, 300], 700);
-        let (_, settled, _) = costs[&0].settled(at(t0, 700)).expect("settled holds");
-        let done = &costs[&0].done;
+        let settled = costs[&Kind::class(0)].settled(at(t0, 700)).mean();
+        let done = &costs[&Kind::class(0)].done;
         let plain = done.iter().map(|(_, h)| h).sum::<f64>() / done.len() as f64;
         assert!(plain < 0.19, "the plain mean runs short: {plain}");
         assert!((settled - 0.2).abs() < 0.02, "settled mean {settled}");
@@ -253,20 +387,29 @@ mod tests {
     #[test]
     fn no_drain_without_enough_settled_holds_or_a_priced_class_above() {
         let t0 = Instant::now();
-        let mut costs: BTreeMap<i32, ClassCost> = BTreeMap::new();
+        let mut costs: BTreeMap<Kind, ClassCost> = BTreeMap::new();
         for i in 1..=40 {
             costs
-                .entry(0)
+                .entry(Kind::class(0))
                 .or_default()
                 .completed(at(t0, i * 10), Duration::from_millis(5));
         }
         let now = at(t0, 400);
-        assert!(drain(&costs, 0, now, 16, 41).is_none(), "39 settled < 41");
-        assert!(drain(&costs, 0, now, 0, 32).is_none(), "no slots");
-        assert!(drain(&costs, 0, now, 16, 32).is_some());
+        assert!(
+            drain(&costs, Kind::class(0), now, 16, 41).is_none(),
+            "39 settled < 41"
+        );
+        assert!(
+            drain(&costs, Kind::class(0), now, 0, 32).is_none(),
+            "no slots"
+        );
+        assert!(drain(&costs, Kind::class(0), now, 16, 32).is_some());
         // A class above arrives but none of its requests has ended: its cost is unknown.
-        costs.entry(1).or_default().arrived(at(t0, 390));
-        assert!(drain(&costs, 0, now, 16, 32).is_none());
+        costs
+            .entry(Kind::class(1))
+            .or_default()
+            .arrived(at(t0, 390));
+        assert!(drain(&costs, Kind::class(0), now, 16, 32).is_none());
     }
 
     #[test]
@@ -274,19 +417,19 @@ mod tests {
         let t0 = Instant::now();
         let mut costs = storm(t0, 16, &[200], 2_000);
         let later = at(t0, 2_000) + WINDOW + Duration::from_secs(1);
-        assert!(drain(&costs, 0, at(t0, 2_000), 16, 32).is_some());
+        assert!(drain(&costs, Kind::class(0), at(t0, 2_000), 16, 32).is_some());
         assert!(
-            drain(&costs, 0, later, 16, 32).is_none(),
+            drain(&costs, Kind::class(0), later, 16, 32).is_none(),
             "a quiet class has no evidence"
         );
         // New follow-ups arrive: they are not priced against the old POSTs.
         for i in 0..100 {
             costs
-                .entry(1)
+                .entry(Kind::class(1))
                 .or_default()
                 .arrived(later - Duration::from_millis(i));
         }
-        assert!(drain(&costs, 0, later, 16, 32).is_none());
+        assert!(drain(&costs, Kind::class(0), later, 16, 32).is_none());
     }
 
     #[test]
@@ -294,10 +437,67 @@ mod tests {
         let t0 = Instant::now();
         let short = storm(t0, 16, &[100, 300, 150, 250], 1_000);
         let long = storm(t0, 16, &[100, 300, 150, 250], 8_000);
-        let a = drain(&short, 0, at(t0, 1_000), 16, 16).expect("a second of holds");
-        let b = drain(&long, 0, at(t0, 8_000), 16, 16).expect("eight seconds of holds");
+        let a = drain(&short, Kind::class(0), at(t0, 1_000), 16, 16).expect("a second of holds");
+        let b =
+            drain(&long, Kind::class(0), at(t0, 8_000), 16, 16).expect("eight seconds of holds");
         assert!(a.error > 0.01 && b.error < a.error / 2.0, "{a} / {b}");
         let wait = a.expected_wait(99, 1.0);
         assert!(wait < a.expected_wait(99, 0.0) && wait > 0.0);
+    }
+
+    #[test]
+    fn a_cheap_kind_in_the_class_does_not_shorten_another_kinds_price() {
+        // A burst's first second: POSTs of 200 ms (the storm's kind-0 requests) and, in the
+        // same class, four cache fills of 14 ms, one per activation key, at the start.
+        let t0 = Instant::now();
+        let mut costs = storm(t0, 16, &[200], 1_000);
+        let alone = drain(&costs, Kind::class(0), at(t0, 1_000), 16, 32).expect("holds");
+        let fill = Kind {
+            priority: 0,
+            route: 7,
+        };
+        for i in 0..4 {
+            costs.entry(fill).or_default().arrived(at(t0, i));
+            costs
+                .entry(fill)
+                .or_default()
+                .completed(at(t0, 14 + i), Duration::from_millis(14));
+        }
+        let post = drain(&costs, Kind::class(0), at(t0, 1_000), 16, 32).expect("holds");
+        assert_eq!(post, alone, "the fills are not POSTs");
+        let (pooled, _, _) = class_holds(&costs, 0, at(t0, 1_000)).expect("holds");
+        assert!(
+            pooled.mean() < 0.95 * 0.2,
+            "one class mean runs short: {pooled:?}"
+        );
+        // A kind with too few holds of its own is priced by its class's kinds together.
+        let rare = drain(&costs, fill, at(t0, 1_000), 16, 32).expect("priced by the class");
+        assert!((rare.own - pooled.mean()).abs() < 1e-9, "{rare}");
+    }
+
+    #[test]
+    fn a_slower_start_does_not_lengthen_the_mean_but_a_slower_present_does_not_shorten_it() {
+        // 20 holds of 240 ms (taken while the gateway was still taking a burst in), then 30
+        // of 200 ms: the later half says what comes next.
+        let t0 = Instant::now();
+        let mut costs: BTreeMap<Kind, ClassCost> = BTreeMap::new();
+        let c = costs.entry(Kind::class(0)).or_default();
+        for i in 0..50u64 {
+            let held = if i < 20 { 240 } else { 200 };
+            c.completed(at(t0, 300 + i * 10), Duration::from_millis(held));
+        }
+        let settled = c.settled(at(t0, 1_500));
+        assert_eq!(settled.evidence, 50, "every settled hold is evidence");
+        assert_eq!(settled.n, 25, "the mean is the later half's");
+        assert!((settled.mean() - 0.2).abs() < 1e-9, "{settled:?}");
+        // The other way round the whole mean stands (the shorter of the two).
+        let mut costs: BTreeMap<Kind, ClassCost> = BTreeMap::new();
+        let c = costs.entry(Kind::class(0)).or_default();
+        for i in 0..50u64 {
+            let held = if i < 20 { 200 } else { 240 };
+            c.completed(at(t0, 300 + i * 10), Duration::from_millis(held));
+        }
+        let settled = c.settled(at(t0, 1_500));
+        assert!((settled.mean() - 0.224).abs() < 1e-9, "{settled:?}");
     }
 }

@@ -26,23 +26,27 @@ pub(super) fn needed_grants(slots: usize) -> usize {
 }
 
 /// Trimming a waiter that already queued needs this many times the evidence of the arrival
-/// check (as settled holds of its class, see [`cost`](super::cost))...
+/// check (as settled holds of its kind, see [`cost`](super::cost))...
 pub(super) const TRIM_EVIDENCE: usize = 1;
 /// ...and is optimistic by this many standard errors while the waiter judged has waited less
 /// than [`TRUST_FROM`] (the first settled holds of a burst are few)...
 const TRIM_ERRORS: f64 = 1.0;
 /// From this much waiting, trimming trusts its estimate more...
 const TRUST_FROM: Duration = Duration::from_millis(300);
-/// ...until, at this much waiting, it takes the estimate as it is: a host that cannot make it
-/// should hear so within a second, while the evidence of a burst's first second is what there
-/// is.
+/// ...until, at this much waiting, it keeps only [`TRUSTED_ERRORS`]: a host that cannot make
+/// it should hear so within a second, while the evidence of a burst's first second is what
+/// there is.
 const TRUST_BY: Duration = Duration::from_millis(800);
 /// Standard errors of optimism from [`TRUST_BY`].
-// why: by then the error is about 3% (some 70 settled holds), and a margin kept longer is paid
-// in hosts told late: benches/storm.sh burst 1,500 (2026-12-07 01:41-02:13 UTC): pass
-// 0.96-0.98 of the limit in 13 runs with no added optimism, 0.96-0.99 in 29 with one error,
-// refused hosts told within 1 s mean 83% against 78%.
-const TRUSTED_ERRORS: f64 = 0.0;
+// why: a cut cannot be taken back, and a burst's first holds end while the gateway is still
+// taking the burst in. benches/storm.sh burst 1,500 (2026-12-07 04:00-04:59 UTC, every route
+// priced by its own costs): none from 0.8 s cut some bursts too deep (0.93 and 0.95 of the
+// limit in 5 runs, the first cut reading a mean POST hold of 0.215-0.227 s where the storm
+// averaged 0.20 s); half an error, with the later half's mean when shorter (cost.rs): 0.95-0.99
+// in 14 runs, 87-100% of the refused hosts told within 1 s. More margin from 0.8 s does not
+// save a busy first second (one error: 0.93-1.00 in 6 runs alternating with it), as the first
+// cut comes before then.
+const TRUSTED_ERRORS: f64 = 0.5;
 
 /// The standard errors of optimism for trimming a waiter that has waited `waited`:
 /// [`TRIM_ERRORS`] at first, falling linearly to [`TRUSTED_ERRORS`] between [`TRUST_FROM`]
@@ -227,7 +231,7 @@ impl Admission {
         let waited = now.saturating_duration_since(tail.arrived);
         let left = self.settings.timeout.saturating_sub(waited);
         let slots = self.eligible_slots(&tail.eligible);
-        let Some(drain) = cost::drain(&st.cost, class.0, now, slots, needed) else {
+        let Some(drain) = cost::drain(&st.cost, tail.kind, now, slots, needed) else {
             return false;
         };
         let wait = drain.expected_wait(ahead, trim_errors(waited));

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 mod cost;
 mod drain;
 mod failfast;
+pub use cost::Kind;
 use drain::DrainRate;
 
 /// Default bound on the number of queued requests per [`Admission`].
@@ -173,6 +174,7 @@ enum Grant {
 /// One queued request.
 struct Waiter {
     id: u64,
+    kind: Kind,
     arrived: Instant,
     /// Queued without drain evidence (so before fail-fast could judge it).
     unjudged: bool,
@@ -192,9 +194,9 @@ struct State {
     class_service: BTreeMap<i32, (f64, u64)>,
     /// Per priority class: how fast it drains while backlogged (fail-fast estimates).
     drain: BTreeMap<i32, DrainRate>,
-    /// Per priority class: hold times and arrivals (fail-fast's trimming; kept only with
+    /// Per kind of request: hold times and arrivals (fail-fast's trimming; kept only with
     /// fail-fast on).
-    cost: BTreeMap<i32, cost::ClassCost>,
+    cost: BTreeMap<Kind, cost::ClassCost>,
     /// Reused buffer of free eligible groups for the balancer callback.
     free: Vec<usize>,
 }
@@ -297,7 +299,18 @@ impl Admission {
         eligible: &[usize],
         choose: &mut dyn FnMut(&[usize]) -> usize,
     ) -> impl Future<Output = Result<Permit, Rejection>> + Send + 'static {
-        let start = self.start(priority, eligible, choose);
+        self.acquire_as(Kind::class(priority), eligible, choose)
+    }
+
+    /// [`acquire`](Self::acquire) for a request of `kind`: its class, and the route it came
+    /// by, so fail-fast prices it by what requests of that route cost (see [`Kind`]).
+    pub fn acquire_as(
+        self: &Arc<Self>,
+        kind: Kind,
+        eligible: &[usize],
+        choose: &mut dyn FnMut(&[usize]) -> usize,
+    ) -> impl Future<Output = Result<Permit, Rejection>> + Send + 'static {
+        let start = self.start(kind, eligible, choose);
         async move {
             match start {
                 Start::Done(result) => result,
@@ -315,7 +328,13 @@ impl Admission {
     ) -> Option<Permit> {
         let now = Instant::now();
         let group = self.take_free(&mut self.state.lock(), eligible, choose)?;
-        Some(Permit::new(self, group, 0, now, Duration::ZERO))
+        Some(Permit::new(
+            self,
+            group,
+            Kind::class(0),
+            now,
+            Duration::ZERO,
+        ))
     }
 
     /// Slots held now on `group` (0 for an unknown group).
@@ -387,24 +406,19 @@ impl Admission {
     /// The synchronous part of `acquire`: fast path, admission checks, enqueue.
     fn start(
         self: &Arc<Self>,
-        priority: i32,
+        kind: Kind,
         eligible: &[usize],
         choose: &mut dyn FnMut(&[usize]) -> usize,
     ) -> Start {
+        let priority = kind.priority;
         let arrived = Instant::now();
         let mut st = self.state.lock();
         if self.settings.fail_fast {
-            st.cost.entry(priority).or_default().arrived(arrived);
+            st.cost.entry(kind).or_default().arrived(arrived);
         }
         if let Some(group) = self.take_free(&mut st, eligible, choose) {
             drop(st);
-            return Start::Done(Ok(Permit::new(
-                self,
-                group,
-                priority,
-                arrived,
-                Duration::ZERO,
-            )));
+            return Start::Done(Ok(Permit::new(self, group, kind, arrived, Duration::ZERO)));
         }
         let slots = self.eligible_slots(eligible);
         let drain = if self.settings.fail_fast {
@@ -429,6 +443,7 @@ impl Admission {
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             id,
+            kind,
             arrived,
             unjudged,
             eligible: eligible.into(),
@@ -446,7 +461,7 @@ impl Admission {
         Start::Queued(Waiting {
             admission: Arc::clone(self),
             id,
-            priority,
+            kind,
             arrived,
             rx,
             settled: false,
@@ -576,16 +591,16 @@ impl Admission {
     }
 
     /// Records a permit hold time and releases its slot.
-    fn finish(&self, group: usize, priority: i32, held: Duration) {
+    fn finish(&self, group: usize, kind: Kind, held: Duration) {
         let mut st = self.state.lock();
         let sample = held.as_secs_f64();
         if self.settings.fail_fast {
             st.cost
-                .entry(priority)
+                .entry(kind)
                 .or_default()
                 .completed(Instant::now(), held);
         }
-        let entry = st.class_service.entry(priority).or_insert((sample, 0));
+        let entry = st.class_service.entry(kind.priority).or_insert((sample, 0));
         entry.0 += EWMA_ALPHA * (sample - entry.0);
         entry.1 += 1;
         let ewma = match st.ewma_secs {
@@ -605,7 +620,7 @@ impl Admission {
 struct Waiting {
     admission: Arc<Admission>,
     id: u64,
-    priority: i32,
+    kind: Kind,
     arrived: Instant,
     rx: oneshot::Receiver<Grant>,
     /// Set once the outcome is decided and no cleanup is left for `Drop`.
@@ -631,7 +646,7 @@ impl Waiting {
             let admission = Arc::clone(&self.admission);
             let mut st = admission.state.lock();
             self.settled = true;
-            if admission.remove_waiter(&mut st, self.priority, self.id) {
+            if admission.remove_waiter(&mut st, self.kind.priority, self.id) {
                 None
             } else {
                 self.rx.try_recv().ok()
@@ -652,7 +667,7 @@ impl Waiting {
         Permit::new(
             &self.admission,
             group,
-            self.priority,
+            self.kind,
             granted,
             granted.saturating_duration_since(self.arrived),
         )
@@ -666,7 +681,7 @@ impl Drop for Waiting {
         }
         let admission = &self.admission;
         let mut st = admission.state.lock();
-        if !admission.remove_waiter(&mut st, self.priority, self.id) {
+        if !admission.remove_waiter(&mut st, self.kind.priority, self.id) {
             // Granted but never taken: the slot was sent to us under the same lock that
             // removed us, so it is in the channel. Pass it on.
             match self.rx.try_recv() {
@@ -683,7 +698,7 @@ impl Drop for Waiting {
 pub struct Permit {
     admission: Arc<Admission>,
     group: usize,
-    priority: i32,
+    kind: Kind,
     acquired_at: Instant,
     queued_for: Duration,
 }
@@ -692,14 +707,14 @@ impl Permit {
     fn new(
         admission: &Arc<Admission>,
         group: usize,
-        priority: i32,
+        kind: Kind,
         acquired_at: Instant,
         queued_for: Duration,
     ) -> Self {
         Self {
             admission: Arc::clone(admission),
             group,
-            priority,
+            kind,
             acquired_at,
             queued_for,
         }
@@ -733,7 +748,7 @@ impl std::fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.admission
-            .finish(self.group, self.priority, self.acquired_at.elapsed());
+            .finish(self.group, self.kind, self.acquired_at.elapsed());
     }
 }
 

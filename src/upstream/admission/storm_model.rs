@@ -5,7 +5,9 @@
 //! deterministically and in milliseconds. `benches/storm.sh` measures the whole gateway.
 //!
 //! Hosts as Foreman's: POST /rhsm/consumers (class 0, 200 ms +-50 %, the expensive step),
-//! then three follow-ups (class 1, 20 ms each); each host gives up 18 s after its start;
+//! then three follow-ups (class 1, 20 ms each); each host gives up 18 s after its start.
+//! `GET /register` is cached: the storm's first hosts fill it, one 10 ms render per activation
+//! key in class 0 (as `conf/foreman.yaml` routes cache misses), the rest never reach the app;
 //! the app server (16 slots) finishes every request it started, also for a host that has
 //! left (the slot is held until then, as the proxy does). A 503 fails a host at once.
 #![allow(clippy::unwrap_used)]
@@ -23,6 +25,21 @@ const JITTER: f64 = 0.5;
 const FOLLOW_UP_MS: f64 = 20.0;
 const FOLLOW_UPS: usize = 3;
 const RENDER_MS: f64 = 10.0;
+/// Activation keys: one cache fill each at the start of a storm.
+const KEYS: usize = 4;
+/// The routes, as admission tells kinds of requests apart.
+const POST: Kind = Kind {
+    priority: 0,
+    route: 2,
+};
+const FOLLOW_UP: Kind = Kind {
+    priority: 1,
+    route: 3,
+};
+const FILL: Kind = Kind {
+    priority: 0,
+    route: 1,
+};
 const BURST_SPREAD: Duration = Duration::from_millis(500);
 /// Gateway and network per request.
 const HOP: Duration = Duration::from_millis(1);
@@ -54,14 +71,14 @@ enum HostEnd {
 /// Returns whether the host was still there when the work ended.
 async fn app_request(
     adm: &Arc<Admission>,
-    priority: i32,
+    kind: Kind,
     ms: f64,
     deadline: Instant,
     served: &Arc<AtomicUsize>,
     wasted: &Arc<AtomicUsize>,
 ) -> Result<(), Rejection> {
     tokio::time::sleep(HOP).await;
-    let permit = adm.acquire(priority, &[0], &mut |_| 0).await?;
+    let permit = adm.acquire_as(kind, &[0], &mut |_| 0).await?;
     let work = Duration::from_secs_f64(ms / 1000.0);
     let (served, wasted) = (Arc::clone(served), Arc::clone(wasted));
     let done = tokio::spawn(async move {
@@ -87,7 +104,8 @@ async fn host(
     let deadline = started + DEADLINE;
     let run = async {
         let asked = Instant::now();
-        if let Err(_rejection) = app_request(&adm, 0, consumer_ms, deadline, &served, &wasted).await
+        if let Err(_rejection) =
+            app_request(&adm, POST, consumer_ms, deadline, &served, &wasted).await
         {
             return HostEnd::Rejected {
                 quick: asked.elapsed() <= Duration::from_secs(1),
@@ -95,7 +113,7 @@ async fn host(
         }
         for _ in 0..FOLLOW_UPS {
             let asked = Instant::now();
-            if app_request(&adm, 1, FOLLOW_UP_MS, deadline, &served, &wasted)
+            if app_request(&adm, FOLLOW_UP, FOLLOW_UP_MS, deadline, &served, &wasted)
                 .await
                 .is_err()
             {
@@ -125,6 +143,13 @@ async fn storm(hosts: usize, ramp: Duration, seed: u64) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(hosts);
+    for _ in 0..KEYS {
+        let (adm, served, wasted) = (Arc::clone(&adm), Arc::clone(&served), Arc::clone(&wasted));
+        let deadline = t0 + DEADLINE;
+        tokio::spawn(async move {
+            let _ = app_request(&adm, FILL, RENDER_MS, deadline, &served, &wasted).await;
+        });
+    }
     for i in 0..hosts {
         // why: a burst's hosts do not arrive in one instant: the storm generator's 1,500
         // connections and GET /register reach the queue over about half a second (measured)
@@ -219,17 +244,17 @@ async fn ramp_3000_hosts_reach_95_percent_of_the_physical_limit() {
 #[tokio::test(start_paused = true)]
 async fn burst_1500_hosts_reach_95_percent_of_the_physical_limit() {
     // why: in a burst the evidence needs about half a second to form (32 settled holds), and
-    // the hosts that arrived before it are told from the back of the queue as it does,
-    // trusting the estimate more as their first second ends: 0.87-1.00 within 1 s over these
-    // seeds (mean 0.97) at 0.97-1.04 of the limit. Reading the drain from grant counts told
-    // 0.74-1.00 (mean 0.89) here, and on a real machine cut too deep in some bursts
-    // (cost.rs). Several seeds, as the share turns on how close the first second's holds come
+    // the hosts that arrived before it are told from the back of the queue as it does. The
+    // model has no gateway taking the burst in, so the margin trimming keeps for a real
+    // burst's first holds (half an error, the later half's mean when shorter: failfast.rs,
+    // cost.rs) is optimism here: 0.85-1.00 told within 1 s (mean 0.95) over these seeds at 0.97-1.04 of
+    // the limit. Several seeds, as the share turns on how close the first second's holds come
     // to the later ones.
     for seed in 4..=19 {
         judge(
             &format!("burst 1500 (seed {seed})"),
             &storm(1500, Duration::ZERO, seed).await,
-            0.85,
+            0.8,
         );
     }
 }
