@@ -17,7 +17,8 @@
 # enters; the expensive step) costs CONSUMER_MS +-50% (2 s in real life), every other call
 # BASE_MS (0.2 s), `GET /register` RENDER_MS (0.1 s). The service time grows while more than C
 # requests are inside (congestive collapse). Like Rails it finishes every request, also for a
-# client that has left; it records when each request's work finished and for which host.
+# client that has left; it records when each request's work finished, for which host and how
+# long it was inside (completions.tsv: host, path, finished Unix ms, inside µs).
 #
 # The storm (test kit `sim-storm`): each host, on one keep-alive connection, sends
 # GET /register (cacheable), POST /rhsm/consumers, then three GET /rhsm/consumers/<uuid>/...

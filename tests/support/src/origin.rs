@@ -111,13 +111,15 @@ pub struct OriginStats {
     pub per_path: BTreeMap<String, u64>,
 }
 
-/// One finished app request: who asked (the `X-Storm-Host` header, if any), what, and when
-/// the app finished its work (Unix milliseconds).
+/// One finished app request: who asked (the `X-Storm-Host` header, if any), what, when the
+/// app finished its work (Unix milliseconds) and how long it was inside the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
     pub host: Option<u64>,
     pub path: String,
     pub finished_ms: u64,
+    /// From entering the app (waiting for a worker included) to the end of its work.
+    pub inside_us: u64,
 }
 
 /// Now as Unix milliseconds (storm and origin compare these in one process or on one clock).
@@ -546,6 +548,7 @@ async fn route(
     }
 
     let guard = shared.enter();
+    let entered = tokio::time::Instant::now();
     let reply = if path == "/slow" {
         let ms = query_param(&req.query, "ms")
             .and_then(|v| v.parse::<u64>().ok())
@@ -590,6 +593,7 @@ async fn route(
             host,
             path: path.to_string(),
             finished_ms: epoch_ms(),
+            inside_us: u64::try_from(entered.elapsed().as_micros()).unwrap_or(u64::MAX),
         });
     }
     drop(guard);

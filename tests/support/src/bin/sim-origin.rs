@@ -78,7 +78,10 @@ fn main() -> ExitCode {
             let mut out = String::new();
             for c in h.completions() {
                 let host = c.host.map_or("-".to_string(), |h| h.to_string());
-                out.push_str(&format!("{host}\t{}\t{}\n", c.path, c.finished_ms));
+                out.push_str(&format!(
+                    "{host}\t{}\t{}\t{}\n",
+                    c.path, c.finished_ms, c.inside_us
+                ));
             }
             std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
         }
