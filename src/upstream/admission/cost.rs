@@ -148,11 +148,12 @@ impl ClassCost {
 
     /// The settled holds at `now` (see the module docs): all of them, or the later half of
     /// them when that half's mean is shorter.
-    // why: a cut cannot be taken back, and early holds can be long for a while that is over:
-    // a burst's first holds end while the gateway is still taking in the burst (up to 20% over
-    // the later ones, in some bursts of benches/storm.sh: 2026-12-07 04:00-04:40 UTC, a mean
-    // of 0.215-0.239 s at the first cut where the storm averaged 0.20 s); when the recent half
-    // says shorter, it is what the next seconds look like.
+    // why: a cut cannot be taken back, and a burst's first cut reads some 35 holds, whose mean
+    // a run of long requests can take well past the storm's (benches/storm.sh, 2026-12-07
+    // 04:00-04:40 UTC: 0.215-0.239 s at the first cut where the storm averaged 0.20 s; the
+    // app's own time inside, recorded since, matches the gateway's holds within 1-5 ms, so it
+    // is the draw, not the gateway). The shorter of the two means is a margin that grows when
+    // the halves disagree, that is when one stretch weighs on the first cut.
     fn settled(&self, now: Instant) -> Holds {
         let longest = self.recent(now).map(|(_, h)| *h).fold(0.0, f64::max);
         let Some(cutoff) = now.checked_sub(Duration::from_secs_f64(longest)) else {

@@ -38,14 +38,14 @@ const TRUST_FROM: Duration = Duration::from_millis(300);
 /// there is.
 const TRUST_BY: Duration = Duration::from_millis(800);
 /// Standard errors of optimism from [`TRUST_BY`].
-// why: a cut cannot be taken back, and a burst's first holds end while the gateway is still
-// taking the burst in. benches/storm.sh burst 1,500 (2026-12-07 04:00-04:59 UTC, every route
+// why: a cut cannot be taken back, and a burst's first cut reads few holds. benches/storm.sh
+// burst 1,500 (2026-12-07 04:00-04:59 UTC, every route
 // priced by its own costs): none from 0.8 s cut some bursts too deep (0.93 and 0.95 of the
 // limit in 5 runs, the first cut reading a mean POST hold of 0.215-0.227 s where the storm
 // averaged 0.20 s); half an error, with the later half's mean when shorter (cost.rs): 0.95-0.99
 // in 14 runs, 87-100% of the refused hosts told within 1 s. More margin from 0.8 s does not
-// save a busy first second (one error: 0.93-1.00 in 6 runs alternating with it), as the first
-// cut comes before then.
+// save a first cut that read long holds (one error: 0.93-1.00 in 6 runs alternating with it),
+// as the first cut comes before then.
 const TRUSTED_ERRORS: f64 = 0.5;
 
 /// The standard errors of optimism for trimming a waiter that has waited `waited`:
