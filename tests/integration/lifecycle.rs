@@ -237,6 +237,13 @@ impl Drop for Proc {
     }
 }
 
+/// Writes `yaml` as `dir`'s floodgate.yaml; its path.
+fn write_config(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
+    let config = dir.join("floodgate.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
 fn kill(sig: &str, pid: u32) {
     let ok = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -313,16 +320,14 @@ async fn upgrade_and_reload_under_a_request_stream_fail_zero_requests() {
     let dir = temp_dir("upgrade");
     let (port, admin) = (free_port(), free_port());
     let sock = dir.join("upgrade.sock");
-    let config = dir.join("floodgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        &dir,
+        &format!(
             "listeners: [{{ bind: \"127.0.0.1:{port}\" }}]\nadmin: {{ bind: \"127.0.0.1:{admin}\" }}\nserver: {{ upgrade_sock: {} }}\nupstreams:\n  a: {{ servers: [{{ addr: \"{}\" }}] }}\nroutes: [{{ name: all, upstream: a }}]\nshutdown: {{ drain: 10s }}\n",
             sock.display(),
             a.addr()
         ),
-    )
-    .unwrap();
+    );
     let mut old = Proc::start(&config, &[], dir.join("old.log"));
     assert!(
         eventually(Duration::from_secs(15), || ready(admin)).await,
@@ -461,15 +466,13 @@ async fn systemd_hears_ready_reloading_and_stopping_on_notify_socket() {
     let a = origin("a").await;
     let dir = temp_dir("sdnotify");
     let (port, admin) = (free_port(), free_port());
-    let config = dir.join("floodgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        &dir,
+        &format!(
             "listeners: [{{ bind: \"127.0.0.1:{port}\" }}]\nadmin: {{ bind: \"127.0.0.1:{admin}\" }}\nupstreams:\n  a: {{ servers: [{{ addr: \"{}\" }}] }}\nroutes: [{{ name: all, upstream: a }}]\n",
             a.addr()
         ),
-    )
-    .unwrap();
+    );
     let notify = dir.join("notify.sock");
     let rx = tokio::net::UnixDatagram::bind(&notify).unwrap();
     let out = std::fs::File::create(dir.join("out.log")).unwrap();
@@ -591,14 +594,12 @@ async fn readyz_turns_200_only_once_every_listener_accepts() {
             .enumerate()
             .map(|(i, port)| format!("  - {{ name: l{i}, bind: \"127.0.0.1:{port}\" }}\n"))
             .collect();
-        let config = dir.join("floodgate.yaml");
-        std::fs::write(
-            &config,
-            format!(
+        let config = write_config(
+            &dir,
+            &format!(
                 "listeners:\n{listeners}admin: {{ bind: \"127.0.0.1:{admin}\" }}\nupstreams:\n  u: {{ servers: [{{ addr: \"127.0.0.1:9\" }}] }}\nroutes: [{{ name: all, upstream: u }}]\n"
             ),
-        )
-        .unwrap();
+        );
         let mut p = Proc::start(&config, &[], dir.join("out.log"));
         let t = Instant::now();
         while !ready(admin).await {
@@ -624,14 +625,12 @@ async fn readyz_turns_200_only_once_every_listener_accepts() {
 async fn sigint_during_a_drain_stops_at_once() {
     let dir = temp_dir("sigint");
     let (port, admin) = (free_port(), free_port());
-    let config = dir.join("floodgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        &dir,
+        &format!(
             "listeners: [{{ bind: \"127.0.0.1:{port}\" }}]\nadmin: {{ bind: \"127.0.0.1:{admin}\" }}\nupstreams:\n  a: {{ servers: [{{ addr: \"127.0.0.1:9\" }}] }}\nroutes: [{{ name: all, upstream: a }}]\nshutdown: {{ pre_drain: 30s }}\n"
         ),
-    )
-    .unwrap();
+    );
     let mut p = Proc::start(&config, &[], dir.join("out.log"));
     assert!(
         eventually(Duration::from_secs(15), || ready(admin)).await,
