@@ -233,13 +233,7 @@ pub async fn run_storm(cfg: StormConfig) -> StormReport {
             Err(failure) => match failure {
                 HostFailure::Deadline => report.deadline_exceeded += 1,
                 HostFailure::RequestTimeout => report.request_timeouts += 1,
-                HostFailure::Rejected { after } => {
-                    report.rejected_503 += 1;
-                    if after <= TOLD_QUICKLY {
-                        report.told_within_1s += 1;
-                    }
-                    told.push(after);
-                }
+                HostFailure::Rejected { after } => told.push(after),
                 HostFailure::Status(_) => report.bad_status += 1,
                 HostFailure::Io(_) => report.io_errors += 1,
             },
@@ -247,6 +241,8 @@ pub async fn run_storm(cfg: StormConfig) -> StormReport {
     }
     completions.sort_unstable();
     told.sort_unstable();
+    report.rejected_503 = told.len();
+    report.told_within_1s = told.partition_point(|&after| after <= TOLD_QUICKLY);
     report.told_p50 = percentile(&told, 0.50);
     report.told_p90 = percentile(&told, 0.90);
     report.told_max = told.last().copied().unwrap_or_default();
