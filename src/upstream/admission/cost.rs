@@ -34,12 +34,12 @@ use tokio::time::Instant;
 
 use super::drain::WINDOW;
 
-/// Most completions remembered per class.
+/// Most completions remembered per kind.
 // why: the mean's standard error at 1,024 holds is 3 % of their spread, and the settled
 // holds are scanned at each grant while a class has waiters queued without evidence.
 const MAX_DONE: usize = 1024;
-/// Most arrivals remembered per class (a class above may arrive several times per
-/// completion of the class judged, over the same span).
+/// Most arrivals remembered per kind (a kind above may arrive several times per completion
+/// of the kind judged, over the same span).
 const MAX_ARRIVALS: usize = 8 * MAX_DONE;
 
 /// What costs are kept per: a priority class and a kind of request within it (the route it
@@ -115,30 +115,30 @@ impl Holds {
 
 /// Hold times and arrivals of one [`Kind`] over the last [`WINDOW`].
 #[derive(Debug, Default)]
-pub(super) struct ClassCost {
+pub(super) struct KindCost {
     /// (instant of the end, hold seconds), oldest first.
     done: VecDeque<(Instant, f64)>,
     /// Instants of arrival (every request that asked, queued or not), oldest first.
     arrivals: VecDeque<Instant>,
 }
 
-impl ClassCost {
-    /// A request of the class asked for a slot at `now`.
+impl KindCost {
+    /// A request of the kind asked for a slot at `now`.
     pub(super) fn arrived(&mut self, now: Instant) {
         self.arrivals.push_back(now);
         keep_window(&mut self.arrivals, MAX_ARRIVALS, now, |at| *at);
     }
 
-    /// A request of the class released its slot at `now` after holding it for `held`.
+    /// A request of the kind released its slot at `now` after holding it for `held`.
     pub(super) fn completed(&mut self, now: Instant, held: Duration) {
         self.done.push_back((now, held.as_secs_f64()));
         keep_window(&mut self.done, MAX_DONE, now, |(at, _)| *at);
     }
 
     /// The completions of the last [`WINDOW`] at `now`, oldest first.
-    // why: the deque is pruned only when the class completes a request, so a class quiet for a
+    // why: the deque is pruned only when the kind completes a request, so a kind quiet for a
     // while still holds older ones; read against arrivals of the last window they would price
-    // the classes above wrong.
+    // the kinds above wrong.
     fn recent(&self, now: Instant) -> std::collections::vec_deque::Iter<'_, (Instant, f64)> {
         let from = self
             .done
@@ -200,12 +200,12 @@ fn keep_window<T>(events: &mut VecDeque<T>, max: usize, now: Instant, at: impl F
     }
 }
 
-/// A class's drain read from its costs.
+/// A kind's drain read from the costs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct CostDrain {
-    /// Mean settled hold of the class, seconds.
+    /// Mean settled hold of the kind (or of its class's kinds together), seconds.
     own: f64,
-    /// Hold seconds of higher classes per completion of the class.
+    /// Hold seconds of higher classes per completion of the kind.
     above: f64,
     /// Slots granted per second.
     rate: f64,
@@ -241,7 +241,7 @@ impl fmt::Display for CostDrain {
 /// holds have settled (or while a class above has arrived with no settled hold to price it).
 /// A kind with too few holds of its own is priced by its class's kinds together.
 pub(super) fn drain(
-    costs: &BTreeMap<Kind, ClassCost>,
+    costs: &BTreeMap<Kind, KindCost>,
     kind: Kind,
     now: Instant,
     slots: usize,
@@ -287,7 +287,7 @@ pub(super) fn drain(
 /// The settled holds of all kinds of class `priority` together, how many of its requests
 /// completed in the window and the end of the first of them.
 fn class_holds(
-    costs: &BTreeMap<Kind, ClassCost>,
+    costs: &BTreeMap<Kind, KindCost>,
     priority: i32,
     now: Instant,
 ) -> Option<(Holds, usize, Instant)> {
@@ -307,7 +307,7 @@ fn class_holds(
 
 /// The mean settled hold of `kind`, or while it has fewer than two, of its class's kinds
 /// together; `None` when neither has two.
-fn price(costs: &BTreeMap<Kind, ClassCost>, kind: Kind, now: Instant) -> Option<f64> {
+fn price(costs: &BTreeMap<Kind, KindCost>, kind: Kind, now: Instant) -> Option<f64> {
     let own = costs.get(&kind).map(|c| c.settled(now)).unwrap_or_default();
     if own.n >= 2 {
         return Some(own.mean());
@@ -326,8 +326,8 @@ mod tests {
 
     /// `slots` slots each serving POSTs of `post_ms` then three follow-ups of 20 ms, for
     /// `ms`; returns the costs at the end.
-    fn storm(t0: Instant, slots: u64, post_ms: &[u64], ms: u64) -> BTreeMap<Kind, ClassCost> {
-        let mut costs: BTreeMap<Kind, ClassCost> = BTreeMap::new();
+    fn storm(t0: Instant, slots: u64, post_ms: &[u64], ms: u64) -> BTreeMap<Kind, KindCost> {
+        let mut costs: BTreeMap<Kind, KindCost> = BTreeMap::new();
         let mut events = Vec::new();
         for slot in 0..slots {
             let mut t = slot; // slots start a millisecond apart
@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn no_drain_without_enough_settled_holds_or_a_priced_class_above() {
         let t0 = Instant::now();
-        let mut costs: BTreeMap<Kind, ClassCost> = BTreeMap::new();
+        let mut costs: BTreeMap<Kind, KindCost> = BTreeMap::new();
         for i in 1..=40 {
             costs
                 .entry(Kind::class(0))
@@ -478,27 +478,23 @@ mod tests {
 
     #[test]
     fn a_slower_start_does_not_lengthen_the_mean_but_a_slower_present_does_not_shorten_it() {
-        // 20 holds of 240 ms (taken while the gateway was still taking a burst in), then 30
-        // of 200 ms: the later half says what comes next.
-        let t0 = Instant::now();
-        let mut costs: BTreeMap<Kind, ClassCost> = BTreeMap::new();
-        let c = costs.entry(Kind::class(0)).or_default();
-        for i in 0..50u64 {
-            let held = if i < 20 { 240 } else { 200 };
-            c.completed(at(t0, 300 + i * 10), Duration::from_millis(held));
+        // 20 holds of `first` ms, then 30 of `then` ms, all settled by 1.5 s.
+        fn settled(first: u64, then: u64) -> Holds {
+            let t0 = Instant::now();
+            let mut c = KindCost::default();
+            for i in 0..50u64 {
+                let held = if i < 20 { first } else { then };
+                c.completed(at(t0, 300 + i * 10), Duration::from_millis(held));
+            }
+            c.settled(at(t0, 1_500))
         }
-        let settled = c.settled(at(t0, 1_500));
-        assert_eq!(settled.evidence, 50, "every settled hold is evidence");
-        assert_eq!(settled.n, 25, "the mean is the later half's");
-        assert!((settled.mean() - 0.2).abs() < 1e-9, "{settled:?}");
+        // A stretch of long requests at first: the later half says what comes next.
+        let s = settled(240, 200);
+        assert_eq!(s.evidence, 50, "every settled hold is evidence");
+        assert_eq!(s.n, 25, "the mean is the later half's");
+        assert!((s.mean() - 0.2).abs() < 1e-9, "{s:?}");
         // The other way round the whole mean stands (the shorter of the two).
-        let mut costs: BTreeMap<Kind, ClassCost> = BTreeMap::new();
-        let c = costs.entry(Kind::class(0)).or_default();
-        for i in 0..50u64 {
-            let held = if i < 20 { 200 } else { 240 };
-            c.completed(at(t0, 300 + i * 10), Duration::from_millis(held));
-        }
-        let settled = c.settled(at(t0, 1_500));
-        assert!((settled.mean() - 0.224).abs() < 1e-9, "{settled:?}");
+        let s = settled(200, 240);
+        assert!((s.mean() - 0.224).abs() < 1e-9, "{s:?}");
     }
 }

@@ -196,7 +196,7 @@ struct State {
     drain: BTreeMap<i32, DrainRate>,
     /// Per kind of request: hold times and arrivals (fail-fast's trimming; kept only with
     /// fail-fast on).
-    cost: BTreeMap<Kind, cost::ClassCost>,
+    cost: BTreeMap<Kind, cost::KindCost>,
     /// Reused buffer of free eligible groups for the balancer callback.
     free: Vec<usize>,
 }
