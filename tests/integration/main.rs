@@ -5,6 +5,7 @@
 
 mod admin_bodies;
 mod admission;
+mod admission_kinds;
 mod cache;
 mod cache_memory;
 mod cache_rules;
