@@ -234,11 +234,17 @@ async fn ramp_1500_hosts_reach_the_physical_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn ramp_3000_hosts_reach_95_percent_of_the_physical_limit() {
-    judge(
-        "ramp 3000",
-        &storm(3000, Duration::from_secs(10), 3).await,
-        0.9,
-    );
+    // why: a storm that keeps arriving holds the queue at the edge of what can be served, so
+    // the arrival check's margin decides who hears at once and who waits the queue timeout
+    // for a 503 (drain.rs, ARRIVAL_ERRORS): over these seeds 0.977-1.00 are told within 1 s
+    // (with one error of optimism, seeds 30-41: 0.95 at least, 0.97 on average).
+    for seed in [3, 30, 31, 32, 33, 34] {
+        judge(
+            &format!("ramp 3000 (seed {seed})"),
+            &storm(3000, Duration::from_secs(10), seed).await,
+            0.97,
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -244,23 +244,23 @@ async fn fail_fast_uses_how_fast_a_backlogged_class_drains() {
     }
     // 2 class-0 waiters left; 6 grants (t = 10, 12, ..., 20 s) inside the 10 s window,
     // over 12 s of backlog, perfectly regular: 3 batches of 2 without spread, dispersion
-    // 2 / (2 + 2) = 0.5 (the prior's weight). Fill the class to 19 waiting: the drain
-    // predicts (19 + 1) x 2 s, one standard error optimistic, 40 s / (1 + sqrt(0.5 / 6)) =
-    // 31.0 s > 30 s for the next one, which is told at once. (Service times alone would say
-    // 19 x 1 s + 1 s = 20 s and queue it to time out.)
+    // 2 / (2 + 2) = 0.5 (the prior's weight). Fill the class to 12 waiting: the drain
+    // predicts (12 + 1) x 2 s, half a standard error pessimistic, 26 s / (1 - sqrt(0.5 / 6)
+    // / 2) = 30.4 s > 30 s for the next one, which is told at once. (Service times alone
+    // would say 12 x 1 s + 1 s = 13 s and queue it to time out.)
     let mut more = Vec::new();
-    for _ in 0..17 {
+    for _ in 0..10 {
         more.push(adm.acquire(0, &[0], &mut first));
     }
-    assert_eq!(adm.queue_depth(), 19);
+    assert_eq!(adm.queue_depth(), 12);
     let told = adm.acquire(0, &[0], &mut first).await.unwrap_err();
     assert_eq!(told.reason, RejectReason::FailFast, "{told}");
-    assert_eq!(adm.queue_depth(), 19, "nothing queued for it");
-    // One fewer waiting: 38 s / 1.289 = 29.5 s < 30 s, queued.
+    assert_eq!(adm.queue_depth(), 12, "nothing queued for it");
+    // One fewer waiting: 24 s / 0.856 = 28.0 s < 30 s, queued.
     drop(more.pop());
-    assert_eq!(adm.queue_depth(), 18);
+    assert_eq!(adm.queue_depth(), 11);
     let queued = adm.acquire(0, &[0], &mut first);
-    assert_eq!(adm.queue_depth(), 19, "29.5 s < 30 s: queued");
+    assert_eq!(adm.queue_depth(), 12, "28.0 s < 30 s: queued");
     drop(queued);
     drop((more, held, waiters));
 }
