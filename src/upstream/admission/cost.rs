@@ -60,7 +60,7 @@ impl Kind {
     }
 
     /// The first and last kinds of class `priority`.
-    fn bounds(priority: i32) -> (Self, Self) {
+    pub(super) fn bounds(priority: i32) -> (Self, Self) {
         (
             Self { priority, route: 0 },
             Self {
@@ -133,6 +133,14 @@ impl KindCost {
     pub(super) fn completed(&mut self, now: Instant, held: Duration) {
         self.done.push_back((now, held.as_secs_f64()));
         keep_window(&mut self.done, MAX_DONE, now, |(at, _)| *at);
+    }
+
+    /// Whether no request of the kind arrived or completed in the last [`WINDOW`] at `now`:
+    /// nothing of it is read any more.
+    pub(super) fn idle(&self, now: Instant) -> bool {
+        let old = |at: Instant| now.saturating_duration_since(at) > WINDOW;
+        self.done.back().is_none_or(|(at, _)| old(*at))
+            && self.arrivals.back().is_none_or(|at| old(*at))
     }
 
     /// The completions of the last [`WINDOW`] at `now`, oldest first.

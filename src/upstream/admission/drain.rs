@@ -71,6 +71,9 @@ impl DrainRate {
     /// The class has waiters from `now` (no effect when it already had).
     pub(super) fn backlogged(&mut self, now: Instant) {
         if self.open_since.is_none() {
+            // why: grants leave the window only as new ones come; a class quiet for longer
+            // than the window would otherwise be judged by its last backlog's pace.
+            self.forget_before(now);
             self.open_since = Some(now);
             self.open_from_grant = false;
         }
@@ -100,18 +103,36 @@ impl DrainRate {
         let gap = now.saturating_duration_since(since).as_secs_f64();
         self.grants.push_back((now, gap));
         self.exposure += gap;
-        while self.grants.len() > MAX_GRANTS
-            || self
-                .grants
-                .front()
-                .is_some_and(|(at, _)| now.saturating_duration_since(*at) > WINDOW)
+        while self.grants.len() > MAX_GRANTS {
+            self.pop_oldest();
+        }
+        self.forget_before(now);
+    }
+
+    /// Whether the class has no waiter and no grant of the last [`WINDOW`] at `now`:
+    /// nothing of it is remembered any more.
+    pub(super) fn idle(&mut self, now: Instant) -> bool {
+        self.forget_before(now);
+        self.open_since.is_none() && self.grants.is_empty()
+    }
+
+    /// Drops the grants older than [`WINDOW`] at `now`.
+    fn forget_before(&mut self, now: Instant) {
+        while self
+            .grants
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > WINDOW)
         {
-            if let Some((_, old)) = self.grants.pop_front() {
-                self.exposure -= old;
-            }
+            self.pop_oldest();
         }
         if self.grants.is_empty() {
             self.exposure = 0.0;
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, old)) = self.grants.pop_front() {
+            self.exposure -= old;
         }
     }
 
@@ -255,6 +276,27 @@ mod tests {
         let wait = d.expected_wait(at(t0, 5_000), 49, 8).expect("evidence");
         // 50 requests at 50/s: 1 s, plus the margin of 100 grants.
         assert!((1.0..=1.08).contains(&wait), "{wait}");
+    }
+
+    #[test]
+    fn a_class_back_from_quiet_is_not_judged_by_its_last_backlog() {
+        let t0 = Instant::now();
+        let mut d = DrainRate::default();
+        d.backlogged(t0);
+        for i in 1..=100 {
+            d.granted(at(t0, i * 10));
+        }
+        d.emptied();
+        assert!(!d.idle(at(t0, 1_500)), "its grants are still evidence");
+        let back = at(t0, 1_000) + WINDOW + Duration::from_secs(5);
+        assert!(d.idle(back), "no waiter, no grant of the last window");
+        d.backlogged(back);
+        assert_eq!(
+            d.expected_wait(back + Duration::from_millis(10), 10, 8),
+            None,
+            "the grants of 15 s ago are no evidence"
+        );
+        assert!(!d.idle(back), "backlogged again");
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{cost, Admission, Grant, RejectReason, State};
+use super::drain::WINDOW;
+use super::{cost, Admission, Grant, Kind, RejectReason, State};
 
 /// Most grants (or completions) of a class fail-fast waits for before it trusts what it saw.
 const FAIL_FAST_MAX_EVIDENCE: usize = 32;
@@ -58,6 +59,35 @@ pub(super) fn trim_errors(waited: Duration) -> f64 {
     let span = (TRUST_BY - TRUST_FROM).as_secs_f64();
     let f = ((waited - TRUST_FROM).as_secs_f64() / span).min(1.0);
     TRIM_ERRORS + (TRUSTED_ERRORS - TRIM_ERRORS) * f
+}
+
+impl State {
+    /// Drops the evidence of the kinds and classes that have been quiet for a whole
+    /// [`WINDOW`] (none of it is read any more), at most once per window.
+    // why: priorities come from policies too, and a policy may derive them from a request:
+    // every priority ever seen would otherwise stay in these maps for good.
+    pub(super) fn forget_idle(&mut self, now: Instant) {
+        if self
+            .forgot_at
+            .is_some_and(|at| now.saturating_duration_since(at) < WINDOW)
+        {
+            return;
+        }
+        self.forgot_at = Some(now);
+        self.cost.retain(|_, c| !c.idle(now));
+        self.drain.retain(|_, d| !d.idle(now));
+        let (cost, classes) = (&self.cost, &self.classes);
+        self.class_service.retain(|&priority, _| {
+            let (first, last) = Kind::bounds(priority);
+            classes.contains_key(&Reverse(priority)) || cost.range(first..=last).next().is_some()
+        });
+    }
+
+    /// How many kinds and classes fail-fast remembers evidence of.
+    #[cfg(test)]
+    pub(super) fn remembered(&self) -> (usize, usize, usize) {
+        (self.cost.len(), self.drain.len(), self.class_service.len())
+    }
 }
 
 impl Admission {

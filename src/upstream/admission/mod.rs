@@ -31,6 +31,8 @@ mod drain;
 mod failfast;
 pub use cost::Kind;
 use drain::DrainRate;
+#[cfg(test)]
+use drain::WINDOW;
 
 /// Default bound on the number of queued requests per [`Admission`].
 pub const DEFAULT_QUEUE_MAX: usize = 1000;
@@ -190,13 +192,16 @@ struct State {
     next_id: u64,
     ewma_secs: Option<f64>,
     /// Per priority class: (EWMA of hold times, samples). Classes often differ in cost (a
-    /// 100 ms `/register` render vs a 20 ms `/rhsm` call), so fail-fast estimates use them.
+    /// 100 ms `/register` render vs a 20 ms `/rhsm` call), so fail-fast estimates use them
+    /// (kept only with fail-fast on).
     class_service: BTreeMap<i32, (f64, u64)>,
     /// Per priority class: how fast it drains while backlogged (fail-fast estimates).
     drain: BTreeMap<i32, DrainRate>,
     /// Per kind of request: hold times and arrivals (fail-fast's trimming; kept only with
     /// fail-fast on).
     cost: BTreeMap<Kind, cost::KindCost>,
+    /// When the evidence of quiet kinds and classes was last dropped.
+    forgot_at: Option<Instant>,
     /// Reused buffer of free eligible groups for the balancer callback.
     free: Vec<usize>,
 }
@@ -255,6 +260,7 @@ impl Admission {
                 class_service: BTreeMap::new(),
                 drain: BTreeMap::new(),
                 cost: BTreeMap::new(),
+                forgot_at: None,
                 free: Vec::new(),
             }),
             inflight,
@@ -414,6 +420,7 @@ impl Admission {
         let arrived = Instant::now();
         let mut st = self.state.lock();
         if self.settings.fail_fast {
+            st.forget_idle(arrived);
             st.cost.entry(kind).or_default().arrived(arrived);
         }
         if let Some(group) = self.take_free(&mut st, eligible, choose) {
@@ -600,9 +607,11 @@ impl Admission {
                 .or_default()
                 .completed(Instant::now(), held);
         }
-        let entry = st.class_service.entry(kind.priority).or_insert((sample, 0));
-        entry.0 += EWMA_ALPHA * (sample - entry.0);
-        entry.1 += 1;
+        if self.settings.fail_fast {
+            let entry = st.class_service.entry(kind.priority).or_insert((sample, 0));
+            entry.0 += EWMA_ALPHA * (sample - entry.0);
+            entry.1 += 1;
+        }
         let ewma = match st.ewma_secs {
             Some(prev) => prev + EWMA_ALPHA * (sample - prev),
             None => sample,

@@ -591,3 +591,50 @@ async fn empty_or_unknown_eligible_set_is_rejected() {
     }
     assert_eq!(adm.queue_depth(), 0, "nothing queued");
 }
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_forgets_the_classes_and_kinds_it_no_longer_sees() {
+    let s = QueueSettings {
+        fail_fast: true,
+        ..settings(100, 30)
+    };
+    let adm = Admission::new(vec![Some(1)], s);
+    // A policy that derives the priority from the request: 1,000 classes, each seen once,
+    // each backlogged for a moment (so each has drain evidence too).
+    for p in 0..1000 {
+        let held = adm.acquire(p, &[0], &mut first).await.unwrap();
+        let queued = adm.acquire(p, &[0], &mut first);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        drop(held);
+        let p = queued.await.unwrap();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        drop(p);
+    }
+    let (kinds, drains, services) = adm.state.lock().remembered();
+    assert!(
+        kinds >= 1000 && drains >= 1000 && services >= 1000,
+        "{kinds} {drains} {services}"
+    );
+    // 10.5 s on (the last of them 10.5 s old, the first 12.5 s), class 7 comes back: what
+    // is older than the window is dropped as it arrives.
+    tokio::time::advance(Duration::from_millis(10_500)).await;
+    drop(adm.acquire(7, &[0], &mut first).await.unwrap());
+    assert_eq!(adm.state.lock().remembered(), (1, 0, 1), "class 7 alone");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let newcomer = adm.acquire(5000, &[0], &mut first).await.unwrap();
+    drop(newcomer);
+    assert_eq!(
+        adm.state.lock().remembered(),
+        (2, 0, 2),
+        "class 7 and the newcomer"
+    );
+    // Once a window later, they are forgotten in turn.
+    tokio::time::advance(WINDOW + Duration::from_secs(1)).await;
+    let last = adm.acquire(1, &[0], &mut first).await.unwrap();
+    assert_eq!(
+        adm.state.lock().remembered(),
+        (1, 0, 0),
+        "only the last arrival"
+    );
+    drop(last);
+}
