@@ -195,7 +195,8 @@ struct State {
     /// 100 ms `/register` render vs a 20 ms `/rhsm` call), so fail-fast estimates use them
     /// (kept only with fail-fast on).
     class_service: BTreeMap<i32, (f64, u64)>,
-    /// Per priority class: how fast it drains while backlogged (fail-fast estimates).
+    /// Per priority class: how fast it drains while backlogged (fail-fast estimates; kept
+    /// only with fail-fast on).
     drain: BTreeMap<i32, DrainRate>,
     /// Per kind of request: hold times and arrivals (fail-fast's trimming; kept only with
     /// fail-fast on).
@@ -460,7 +461,9 @@ impl Admission {
             .entry(Reverse(priority))
             .or_default()
             .push_back(waiter);
-        st.drain.entry(priority).or_default().backlogged(arrived);
+        if self.settings.fail_fast {
+            st.drain.entry(priority).or_default().backlogged(arrived);
+        }
         st.depth += 1;
         self.depth.store(st.depth, Ordering::Relaxed);
         self.queued.fetch_add(1, Ordering::Relaxed);

@@ -637,4 +637,14 @@ async fn fail_fast_forgets_the_classes_and_kinds_it_no_longer_sees() {
         "only the last arrival"
     );
     drop(last);
+
+    // Without fail-fast nothing of the kind is kept at all.
+    let adm = Admission::new(vec![Some(1)], settings(100, 30));
+    for p in 0..100 {
+        let held = adm.acquire(p, &[0], &mut first).await.unwrap();
+        let queued = adm.acquire(p, &[0], &mut first);
+        drop(held);
+        drop(queued.await.unwrap());
+    }
+    assert_eq!(adm.state.lock().remembered(), (0, 0, 0));
 }
