@@ -334,7 +334,10 @@ impl Admission {
         choose: &mut dyn FnMut(&[usize]) -> usize,
     ) -> Option<Permit> {
         let now = Instant::now();
-        let group = self.take_free(&mut self.state.lock(), eligible, choose)?;
+        let mut st = self.state.lock();
+        let group = self.take_free(&mut st, eligible, choose)?;
+        self.started(&mut st, Kind::class(0), now);
+        drop(st);
         Some(Permit::new(
             self,
             group,
@@ -425,6 +428,7 @@ impl Admission {
             st.cost.entry(kind).or_default().arrived(arrived);
         }
         if let Some(group) = self.take_free(&mut st, eligible, choose) {
+            self.started(&mut st, kind, arrived);
             drop(st);
             return Start::Done(Ok(Permit::new(self, group, kind, arrived, Duration::ZERO)));
         }
@@ -545,8 +549,10 @@ impl Admission {
                 return;
             };
             // The slot moves to the waiter: the in-flight count stays as it is.
-            if waiter.tx.send(Grant::Slot(group, Instant::now())).is_ok() {
+            let now = Instant::now();
+            if waiter.tx.send(Grant::Slot(group, now)).is_ok() {
                 self.granted.fetch_add(1, Ordering::Relaxed);
+                self.started(st, waiter.kind, now);
                 if self.settings.fail_fast {
                     self.trim_tails(st);
                 }
@@ -600,15 +606,24 @@ impl Admission {
         Some(waiter)
     }
 
+    /// A slot of a request of `kind` was given at `at` (fail-fast reads the holds still
+    /// running, see [`cost`]).
+    fn started(&self, st: &mut State, kind: Kind, at: Instant) {
+        if self.settings.fail_fast {
+            st.cost.entry(kind).or_default().started(at);
+        }
+    }
+
     /// Records a permit hold time and releases its slot.
-    fn finish(&self, group: usize, kind: Kind, held: Duration) {
+    fn finish(&self, group: usize, kind: Kind, acquired_at: Instant) {
         let mut st = self.state.lock();
+        let now = Instant::now();
+        let held = now.saturating_duration_since(acquired_at);
         let sample = held.as_secs_f64();
         if self.settings.fail_fast {
-            st.cost
-                .entry(kind)
-                .or_default()
-                .completed(Instant::now(), held);
+            let cost = st.cost.entry(kind).or_default();
+            cost.completed(now, held);
+            cost.ended(acquired_at);
         }
         if self.settings.fail_fast {
             let entry = st.class_service.entry(kind.priority).or_insert((sample, 0));
@@ -697,7 +712,12 @@ impl Drop for Waiting {
             // Granted but never taken: the slot was sent to us under the same lock that
             // removed us, so it is in the channel. Pass it on.
             match self.rx.try_recv() {
-                Ok(Grant::Slot(group, _)) => admission.release_locked(&mut st, group),
+                Ok(Grant::Slot(group, at)) => {
+                    if let Some(cost) = st.cost.get_mut(&self.kind) {
+                        cost.ended(at);
+                    }
+                    admission.release_locked(&mut st, group);
+                }
                 Ok(Grant::Refused(_)) | Err(_) => return,
             }
         }
@@ -760,7 +780,7 @@ impl std::fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.admission
-            .finish(self.group, self.kind, self.acquired_at.elapsed());
+            .finish(self.group, self.kind, self.acquired_at);
     }
 }
 

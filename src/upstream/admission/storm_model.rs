@@ -40,6 +40,29 @@ const FILL: Kind = Kind {
     priority: 0,
     route: 1,
 };
+/// How the POSTs' costs are drawn (each with a mean of [`CONSUMER_MS`]).
+#[derive(Clone, Copy)]
+enum Draw {
+    /// +-[`JITTER`] around the mean, as the issue states Foreman's cost.
+    Uniform,
+    /// Log-normal with this sigma of the log: a long tail, as app servers' times have.
+    LogNormal(f64),
+}
+
+impl Draw {
+    fn ms(self, rng: &mut StdRng) -> f64 {
+        match self {
+            Self::Uniform => CONSUMER_MS * (1.0 + JITTER * rng.gen_range(-1.0..=1.0)),
+            Self::LogNormal(sigma) => {
+                // Box-Muller; exp(sigma z - sigma^2 / 2) has mean 1
+                let (u, v): (f64, f64) = (rng.gen_range(f64::EPSILON..1.0), rng.gen());
+                let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                CONSUMER_MS * (sigma * z - sigma * sigma / 2.0).exp()
+            }
+        }
+    }
+}
+
 const BURST_SPREAD: Duration = Duration::from_millis(500);
 /// Gateway and network per request.
 const HOP: Duration = Duration::from_millis(1);
@@ -130,7 +153,7 @@ async fn host(
 }
 
 /// `ramp` = the time over which the hosts start (zero: all at once).
-async fn storm(hosts: usize, ramp: Duration, seed: u64) -> Outcome {
+async fn storm(hosts: usize, ramp: Duration, seed: u64, draw: Draw) -> Outcome {
     let settings = QueueSettings {
         max: 5000,
         timeout: QUEUE_TIMEOUT,
@@ -155,7 +178,7 @@ async fn storm(hosts: usize, ramp: Duration, seed: u64) -> Outcome {
         // connections and GET /register reach the queue over about half a second (measured)
         let spread = if ramp.is_zero() { BURST_SPREAD } else { ramp };
         let start = t0 + spread.mul_f64(i as f64 / hosts as f64);
-        let consumer_ms = CONSUMER_MS * (1.0 + JITTER * rng.gen_range(-1.0..=1.0));
+        let consumer_ms = draw.ms(&mut rng);
         let (adm, served, wasted) = (Arc::clone(&adm), Arc::clone(&served), Arc::clone(&wasted));
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start).await;
@@ -188,8 +211,9 @@ async fn storm(hosts: usize, ramp: Duration, seed: u64) -> Outcome {
     out
 }
 
-/// `told`: the least share of the refused hosts that must hear so within 1 s.
-fn judge(name: &str, out: &Outcome, told: f64) {
+/// `floor`: the least pass rate over the physical limit; `told`: the least share of the
+/// refused hosts that must hear so within 1 s.
+fn judge(name: &str, out: &Outcome, floor: f64, told: f64) {
     let share = out.pass_rate() / out.limit;
     eprintln!(
         "{name}: pass {:.1}% of limit {:.1}% = {share:.3}; 503 {} (told <= 1 s {}); app {} wasted {}",
@@ -201,8 +225,8 @@ fn judge(name: &str, out: &Outcome, told: f64) {
         out.wasted
     );
     assert!(
-        share >= 0.95,
-        "{name}: pass / limit {share:.3} < 0.95: {out:?}"
+        share >= floor,
+        "{name}: pass / limit {share:.3} < {floor}: {out:?}"
     );
     assert!(
         out.told_quickly as f64 >= told * out.failed_503 as f64,
@@ -218,7 +242,8 @@ fn judge(name: &str, out: &Outcome, told: f64) {
 async fn ramp_1000_hosts_reach_the_physical_limit() {
     judge(
         "ramp 1000",
-        &storm(1000, Duration::from_secs(10), 1).await,
+        &storm(1000, Duration::from_secs(10), 1, Draw::Uniform).await,
+        0.95,
         0.9,
     );
 }
@@ -227,7 +252,8 @@ async fn ramp_1000_hosts_reach_the_physical_limit() {
 async fn ramp_1500_hosts_reach_the_physical_limit() {
     judge(
         "ramp 1500",
-        &storm(1500, Duration::from_secs(10), 2).await,
+        &storm(1500, Duration::from_secs(10), 2, Draw::Uniform).await,
+        0.95,
         0.9,
     );
 }
@@ -241,7 +267,8 @@ async fn ramp_3000_hosts_reach_95_percent_of_the_physical_limit() {
     for seed in [3, 30, 31, 32, 33, 34] {
         judge(
             &format!("ramp 3000 (seed {seed})"),
-            &storm(3000, Duration::from_secs(10), seed).await,
+            &storm(3000, Duration::from_secs(10), seed, Draw::Uniform).await,
+            0.95,
             0.97,
         );
     }
@@ -251,15 +278,64 @@ async fn ramp_3000_hosts_reach_95_percent_of_the_physical_limit() {
 async fn burst_1500_hosts_reach_95_percent_of_the_physical_limit() {
     // why: in a burst the evidence needs about half a second to form (32 settled holds), and
     // the hosts that arrived before it are told from the back of the queue as it does. The
-    // margin trimming keeps (half an error from 0.8 s, the later half's mean when shorter:
-    // failfast.rs, cost.rs) was set on benches/storm.sh's runs; over these seeds it tells
-    // 0.85-1.00 within 1 s (mean 0.95) at 0.97-1.04 of the limit. Several seeds, as the share
+    // margin trimming keeps (half an error from 0.8 s, failfast.rs; a Kaplan-Meier mean,
+    // cost.rs) was set on benches/storm.sh's runs; over these seeds it tells
+    // 0.86-1.00 within 1 s (mean 0.96) at 0.97-1.04 of the limit. Several seeds, as the share
     // turns on how close the first second's holds come to the later ones.
     for seed in 4..=19 {
         judge(
             &format!("burst 1500 (seed {seed})"),
-            &storm(1500, Duration::ZERO, seed).await,
+            &storm(1500, Duration::ZERO, seed, Draw::Uniform).await,
+            0.95,
             0.8,
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "prints the pass and told shares of a cell over many seeds; FG_CELL=burst:1500 (or ramp:N), FG_SIGMA (log-normal costs), FG_SEEDS"]
+async fn sweep() {
+    let var = |k: &str| std::env::var(k).ok();
+    let cell = var("FG_CELL").unwrap_or_else(|| "burst:1500".into());
+    let (mode, hosts) = cell.split_once(':').expect("FG_CELL=mode:hosts");
+    let hosts: usize = hosts.parse().expect("hosts");
+    let ramp = if mode == "burst" {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(10)
+    };
+    let draw = var("FG_SIGMA")
+        .and_then(|v| v.parse().ok())
+        .map_or(Draw::Uniform, Draw::LogNormal);
+    let seeds: u64 = var("FG_SEEDS").and_then(|v| v.parse().ok()).unwrap_or(32);
+    let (mut shares, mut told) = (Vec::new(), Vec::new());
+    for seed in 100..100 + seeds {
+        let out = storm(hosts, ramp, seed, draw).await;
+        shares.push(out.pass_rate() / out.limit);
+        told.push(out.told_quickly as f64 / out.failed_503.max(1) as f64);
+    }
+    let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!(
+        "{cell} over {seeds} seeds: pass / limit {:.3} at least, {:.3} on average; told within 1 s {:.3} at least, {:.3} on average",
+        min(&shares), mean(&shares), min(&told), mean(&told)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_1500_hosts_with_long_tailed_costs() {
+    // why: an app server's times have a long tail; log-normal costs of the same mean (sigma
+    // 0.5: a spread of 53% against the uniform draw's 29%) make the first second's mean much
+    // less certain, so a cut taken on it more often goes too deep. Reading the holds still
+    // running (cost.rs) keeps this cell at 0.92 of the limit at least over these 32 seeds
+    // (0.87 with the settled mean it replaced, which one long hold could freeze); 0.95 would
+    // need evidence the first second does not have.
+    for seed in 100..=131 {
+        judge(
+            &format!("burst 1500, log-normal costs (seed {seed})"),
+            &storm(1500, Duration::ZERO, seed, Draw::LogNormal(0.5)).await,
+            0.9,
+            0.5,
         );
     }
 }

@@ -318,7 +318,11 @@ async fn cancelled_waiter_is_never_granted_and_slot_goes_to_next() {
 
 #[tokio::test(start_paused = true)]
 async fn grant_racing_cancel_passes_the_slot_on() {
-    let adm = Admission::new(vec![Some(1)], settings(10, 60));
+    let s = QueueSettings {
+        fail_fast: true,
+        ..settings(10, 60)
+    };
+    let adm = Admission::new(vec![Some(1)], s);
     let held = hold(&adm, &[0]);
     let raced = adm.acquire(0, &[0], &mut first);
     let next = adm.acquire(0, &[0], &mut first);
@@ -328,11 +332,26 @@ async fn grant_racing_cancel_passes_the_slot_on() {
         1,
         "`raced` left the queue with the grant"
     );
+    assert_eq!(
+        adm.state.lock().running_holds(),
+        1,
+        "the hold given to `raced`"
+    );
     drop(raced); // client gone after the grant
     assert_eq!(adm.queue_depth(), 0, "slot passed on to `next`");
     assert_eq!(adm.inflight(0), 1, "slot neither leaked nor duplicated");
+    assert_eq!(
+        adm.state.lock().running_holds(),
+        1,
+        "`raced`'s ended, `next`'s runs"
+    );
     drop(next.await.expect("next waiter got the slot"));
     assert_eq!(adm.total_inflight(), 0, "all released");
+    assert_eq!(
+        adm.state.lock().running_holds(),
+        0,
+        "fail-fast counts none as running"
+    );
     assert_eq!(
         adm.stats().abandoned,
         1,
@@ -346,6 +365,7 @@ async fn mixed_acquire_cancel_timeout_operations_leak_nothing() {
     let s = QueueSettings {
         max_per_class: Some(20),
         timeout: Duration::from_millis(3),
+        fail_fast: true,
         ..settings(40, 0)
     };
     let adm = Admission::new(vec![Some(1), Some(2), Some(1)], s);
@@ -389,6 +409,11 @@ async fn mixed_acquire_cancel_timeout_operations_leak_nothing() {
     let stats = adm.stats();
     assert_eq!(adm.total_inflight(), 0, "no slot leaked: {stats:?}");
     assert_eq!(adm.queue_depth(), 0, "no waiter left behind: {stats:?}");
+    assert_eq!(
+        adm.state.lock().running_holds(),
+        0,
+        "no hold counted as running"
+    );
     assert!(stats.abandoned > 0, "cancellations exercised: {stats:?}");
     assert!(
         stats.rejected_timeout + stats.rejected_full > 0,
