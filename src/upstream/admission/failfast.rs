@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::cost::{self, CostDrain};
 use super::drain::WINDOW;
-use super::{cost, Admission, Grant, Kind, RejectReason, State};
+use super::{Admission, Grant, Kind, RejectReason, State};
 
 /// Most grants (or completions) of a class fail-fast waits for before it trusts what it saw.
 const FAIL_FAST_MAX_EVIDENCE: usize = 32;
@@ -43,9 +44,9 @@ const TRUST_BY: Duration = Duration::from_millis(800);
 // burst 1,500 (2026-12-07 04:00-04:59 UTC, every route
 // priced by its own costs): none from 0.8 s cut some bursts too deep (0.93 and 0.95 of the
 // limit in 5 runs, the first cut reading a mean POST hold of 0.215-0.227 s where the storm
-// averaged 0.20 s); half an error, with the later half's mean when shorter (cost.rs, since
-// replaced by a Kaplan-Meier mean: 0.96-0.99 in 6 runs, 86-100% told): 0.95-0.99
-// in 14 runs, 87-100% of the refused hosts told within 1 s. More margin from 0.8 s does not
+// averaged 0.20 s); half an error: 0.95-0.99 in 14 runs, 87-100% of the refused hosts told
+// within 1 s (with the settled mean of then; with the Kaplan-Meier mean since, cost.rs:
+// 0.96-0.99 in 6 runs, 86-100%). More margin from 0.8 s does not
 // save a first cut that read long holds (one error: 0.93-1.00 in 6 runs alternating with it),
 // as the first cut comes before then.
 const TRUSTED_ERRORS: f64 = 0.5;
@@ -236,9 +237,12 @@ impl Admission {
         let now = Instant::now();
         let slots: usize = self.capacities.iter().map(|c| c.unwrap_or(0)).sum();
         let needed = needed_grants(slots) * TRIM_EVIDENCE;
+        // why: the costs do not change while trimming (only waiters leave), and a first cut
+        // may answer hundreds of waiters: each kind's drain is read once per pass
+        let mut drains = Vec::new();
         let mut next = st.classes.keys().next().copied();
         while let Some(class) = next {
-            while self.trim_tail(st, class, now, needed) {}
+            while self.trim_tail(st, class, now, needed, &mut drains) {}
             next = st
                 .classes
                 .range((Bound::Excluded(class), Bound::Unbounded))
@@ -248,13 +252,15 @@ impl Admission {
     }
 
     /// Answers the newest waiter of `class` 503 if it cannot make it (see
-    /// [`Self::trim_tails`]); returns whether it did.
-    pub(super) fn trim_tail(
+    /// [`Self::trim_tails`]); returns whether it did. `drains` keeps the drains read at
+    /// `now` per kind and slots.
+    fn trim_tail(
         &self,
         st: &mut State,
         class: Reverse<i32>,
         now: Instant,
         needed: usize,
+        drains: &mut Vec<(Kind, usize, Option<CostDrain>)>,
     ) -> bool {
         let Some(tail) = st.classes.get(&class).and_then(VecDeque::back) else {
             return false;
@@ -268,7 +274,16 @@ impl Admission {
         let waited = now.saturating_duration_since(tail.arrived);
         let left = self.settings.timeout.saturating_sub(waited);
         let slots = self.eligible_slots(&tail.eligible);
-        let Some(drain) = cost::drain(&st.cost, tail.kind, now, slots, needed) else {
+        let read = drains
+            .iter()
+            .find(|(kind, s, _)| *kind == tail.kind && *s == slots)
+            .map(|&(_, _, drain)| drain);
+        let drain = read.unwrap_or_else(|| {
+            let drain = cost::drain(&st.cost, tail.kind, now, slots, needed);
+            drains.push((tail.kind, slots, drain));
+            drain
+        });
+        let Some(drain) = drain else {
             return false;
         };
         let wait = drain.expected_wait(ahead, trim_errors(waited));

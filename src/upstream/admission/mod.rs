@@ -624,8 +624,6 @@ impl Admission {
             let cost = st.cost.entry(kind).or_default();
             cost.completed(now, held);
             cost.ended(acquired_at);
-        }
-        if self.settings.fail_fast {
             let entry = st.class_service.entry(kind.priority).or_insert((sample, 0));
             entry.0 += EWMA_ALPHA * (sample - entry.0);
             entry.1 += 1;

@@ -276,7 +276,7 @@ async fn ramp_3000_hosts_reach_95_percent_of_the_physical_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn burst_1500_hosts_reach_95_percent_of_the_physical_limit() {
-    // why: in a burst the evidence needs about half a second to form (32 settled holds), and
+    // why: in a burst the evidence needs about half a second to form (32 ended holds), and
     // the hosts that arrived before it are told from the back of the queue as it does. The
     // margin trimming keeps (half an error from 0.8 s, failfast.rs; a Kaplan-Meier mean,
     // cost.rs) was set on benches/storm.sh's runs; over these seeds it tells
