@@ -46,7 +46,7 @@ const TRUST_BY: Duration = Duration::from_millis(800);
 // limit in 5 runs, the first cut reading a mean POST hold of 0.215-0.227 s where the storm
 // averaged 0.20 s); half an error: 0.95-0.99 in 14 runs, 87-100% of the refused hosts told
 // within 1 s (with the settled mean of then; with the Kaplan-Meier mean since, cost.rs:
-// 0.94-1.00 in 12 runs, 87-100%). More margin from 0.8 s does not
+// 0.94-1.00 in 12 runs, 86-100%). More margin from 0.8 s does not
 // save a first cut that read long holds (one error: 0.93-1.00 in 6 runs alternating with it),
 // as the first cut comes before then.
 const TRUSTED_ERRORS: f64 = 0.5;
